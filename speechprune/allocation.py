@@ -1,0 +1,142 @@
+"""Mixed sparsity: how many channels each layer keeps, chosen from the weights alone.
+
+Every allocation removes the same total number of channels from a pool of units (all
+feed-forward units in scope form one pool, all attention units another): the number a
+uniform allocation removes. They differ only in where:
+
+* ``uniform``: every layer loses the same fraction (the reference).
+* ``variance``: a layer keeps channels in proportion to the variance of its producer
+  weights: layers with more spread-out weights keep more.
+* ``cost``: a global greedy on clustering cost: channels are removed, a grid step at a
+  time, from whichever layer's k-means inertia grows least per channel removed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from speechprune.errors import SpeechPruneError
+from speechprune.structure import Unit
+
+ALLOCATIONS = ("uniform", "variance", "cost")
+
+
+def uniform_keep(n: int, sparsity: float) -> int:
+    return int(round(n * (1.0 - sparsity)))
+
+
+def _check_uniform(units: Sequence[Unit], sparsity: float) -> dict[str, int]:
+    keep = {}
+    for u in units:
+        k = uniform_keep(u.n_channels, sparsity)
+        if k < 1:
+            raise SpeechPruneError(
+                f"sparsity {sparsity:g} leaves {u.name} with zero of its {u.n_channels} "
+                f"{'heads' if u.kind == 'attention' else 'channels'}"
+            )
+        keep[u.name] = k
+    return keep
+
+
+def _fit_total(ns: torch.Tensor, weights: torch.Tensor, total_keep: int, min_keep: torch.Tensor) -> torch.Tensor:
+    """Integer keeps in [min_keep, n] proportional to ``weights * n``, summing to ``total_keep``."""
+    lo, hi = 0.0, 1.0
+    while float(torch.clamp(hi * weights * ns, min_keep, ns).sum()) < total_keep:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if float(torch.clamp(mid * weights * ns, min_keep, ns).sum()) < total_keep:
+            lo = mid
+        else:
+            hi = mid
+    real = torch.clamp(hi * weights * ns, min_keep, ns)
+    keep = torch.floor(real).long()
+    # hand out the remaining channels to the largest fractional parts that still have room
+    short = total_keep - int(keep.sum())
+    order = torch.argsort(real - keep, descending=True)
+    for i in order.tolist():
+        if short <= 0:
+            break
+        if keep[i] < ns[i]:
+            keep[i] += 1
+            short -= 1
+    return keep
+
+
+def _variance_keep(units: Sequence[Unit], total_keep: int, min_frac: float) -> list[int]:
+    ns = torch.tensor([u.n_channels for u in units], dtype=torch.float64)
+    var = torch.tensor(
+        [float(torch.var(torch.cat([p.weight.detach().float().flatten() for p in u.producers]))) for u in units],
+        dtype=torch.float64,
+    )
+    min_keep = torch.clamp(torch.ceil(ns * min_frac), min=1)
+    return _fit_total(ns, var / var.mean(), total_keep, min_keep).tolist()
+
+
+def _cost_keep(units: Sequence[Unit], total_keep: int, sparsity: float, min_frac: float,
+               cost_fn: Callable[[Unit, int], float], progress: Callable[[str], None] | None) -> list[int]:
+    """Greedy over a grid of kept fractions, by least growth of clustering cost per channel."""
+    step = min(0.05, max(sparsity / 2, 0.01))
+    floor = max(min_frac, 1.0 - min(0.9, 3 * sparsity))
+    grids: list[list[int]] = []
+    for u in units:
+        n, ks, f = u.n_channels, [u.n_channels], 1.0 - step
+        while f >= floor - 1e-9:
+            k = max(1, int(round(n * f)))
+            if k < ks[-1]:
+                ks.append(k)
+            f -= step
+        grids.append(ks)
+    costs: list[list[float]] = []
+    for u, ks in zip(units, grids):
+        if progress:
+            progress(u.name)
+        costs.append([0.0] + [cost_fn(u, k) for k in ks[1:]])
+    pos = [0] * len(units)
+    to_remove = sum(u.n_channels for u in units) - total_keep
+    removed = 0
+    while removed < to_remove:
+        best, best_rate = -1, float("inf")
+        for i, ks in enumerate(grids):
+            j = pos[i]
+            if j + 1 < len(ks):
+                rate = (costs[i][j + 1] - costs[i][j]) / (ks[j] - ks[j + 1])
+                if rate < best_rate:
+                    best, best_rate = i, rate
+        if best < 0:
+            raise SpeechPruneError("cost allocation: the grid cannot reach the requested sparsity")
+        ks, j = grids[best], pos[best]
+        take = min(ks[j] - ks[j + 1], to_remove - removed)
+        pos[best] += 1
+        removed += take
+        if take < ks[j] - ks[j + 1]:  # the last step overshoots: stop part-way
+            grids[best] = ks[: j + 1] + [ks[j] - take]
+    return [grids[i][pos[i]] for i in range(len(units))]
+
+
+def allocate(units: Sequence[Unit], sparsity: float, allocation: str = "uniform", *,
+             min_keep_fraction: float = 0.05,
+             cost_fn: Callable[[Unit, int], float] | None = None,
+             progress: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Channels to keep per unit name. Pools feed-forward and attention units separately."""
+    if allocation not in ALLOCATIONS:
+        raise SpeechPruneError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
+    uniform = _check_uniform(units, sparsity)
+    if allocation == "uniform" or sparsity == 0:
+        return uniform
+    keep: dict[str, int] = {}
+    for kind in ("ffn", "attention"):
+        pool = [u for u in units if u.kind == kind]
+        if not pool:
+            continue
+        total = sum(uniform[u.name] for u in pool)
+        if allocation == "variance":
+            ks = _variance_keep(pool, total, min_keep_fraction)
+        else:
+            if cost_fn is None:
+                raise SpeechPruneError("the cost allocation needs a clustering cost function")
+            ks = _cost_keep(pool, total, sparsity, min_keep_fraction, cost_fn, progress)
+        keep.update({u.name: int(k) for u, k in zip(pool, ks)})
+    return keep

@@ -1,0 +1,149 @@
+"""Choosing and merging channels: channel clustering and the magnitude baseline.
+
+Both methods reduce a unit from ``n`` to ``k`` channels and both physically shrink its
+layers. They differ only in the assignment of old channels to new ones:
+
+* ``cluster``: k-means on each channel's feature vector (producer rows and biases, then
+  consumer columns); a cluster becomes one channel whose producer is the *mean* of its
+  members and whose consumer is the *sum* of theirs. Identical members merge exactly.
+* ``magnitude``: keep the ``k`` channels whose producer rows have the largest L2 norm,
+  drop the rest.
+
+An assignment is a label per old channel: ``0..k-1`` for the new channel it joins, ``-1``
+for a dropped one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from speechprune.errors import SpeechPruneError
+from speechprune.kmeans import kmeans
+from speechprune.structure import Unit
+
+METHODS = ("cluster", "magnitude")
+
+
+@dataclass
+class Assignment:
+    labels: torch.Tensor  # LongTensor [n]: new channel of each old one, -1 if dropped
+    k: int
+    cost: float  # clustering inertia, or the squared norm magnitude pruning throws away
+
+
+@torch.no_grad()
+def _producer_blocks(unit: Unit) -> list[torch.Tensor]:
+    """Each producer's weight and bias, as [n, group * (d_in + 1)] float32 blocks."""
+    n, g = unit.n_channels, unit.group_size
+    blocks = []
+    for lin in unit.producers:
+        w = lin.weight.float().reshape(n, g, -1)
+        if lin.bias is not None:
+            w = torch.cat([w, lin.bias.float().reshape(n, g, 1)], dim=2)
+        blocks.append(w.reshape(n, -1))
+    return blocks
+
+
+@torch.no_grad()
+def channel_features(unit: Unit, features: str = "both") -> torch.Tensor:
+    """Feature vector of every channel, [n, D] in float32.
+
+    ``both``: producer rows (with bias) then consumer columns, as in model folding.
+    ``producer``: producer rows with bias only.
+    """
+    parts = _producer_blocks(unit)
+    if features == "both":
+        n, g = unit.n_channels, unit.group_size
+        w = unit.consumer.weight.float()  # [d_out, n * g]
+        parts.append(w.reshape(w.shape[0], n, g).permute(1, 0, 2).reshape(n, -1))
+    elif features != "producer":
+        raise SpeechPruneError(f"unknown feature set {features!r}: use 'both' or 'producer'")
+    return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def magnitude_scores(unit: Unit) -> torch.Tensor:
+    """L2 norm of each channel's producer weights (all q/k/v rows of a head)."""
+    n, g = unit.n_channels, unit.group_size
+    sq = sum(lin.weight.float().reshape(n, g, -1).pow(2).sum(dim=(1, 2)) for lin in unit.producers)
+    return sq.sqrt()
+
+
+def _canonical(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Relabel clusters in order of their first member, so equal partitions give equal labels."""
+    n = labels.numel()
+    idx = torch.arange(n, device=labels.device)
+    first = torch.full((k,), n, device=labels.device, dtype=torch.long)
+    first.scatter_reduce_(0, labels, idx, reduce="amin")
+    rank = torch.empty_like(first)
+    rank[torch.argsort(first)] = torch.arange(k, device=labels.device)
+    return rank[labels]
+
+
+@torch.no_grad()
+def assign_magnitude(unit: Unit, k: int) -> Assignment:
+    scores = magnitude_scores(unit)
+    keep = torch.sort(torch.topk(scores, k).indices).values
+    labels = torch.full_like(scores, -1, dtype=torch.long)
+    labels[keep] = torch.arange(k, device=labels.device)
+    dropped = channel_features(unit)[labels < 0]
+    return Assignment(labels, k, float(dropped.pow(2).sum()))
+
+
+@torch.no_grad()
+def assign_cluster(unit: Unit, k: int, *, seed: int = 0, max_iter: int = 100, n_init: int = 1,
+                   features: str = "both") -> Assignment:
+    x = channel_features(unit, features)
+    result = kmeans(x, k, seed=seed, max_iter=max_iter, n_init=n_init)
+    return Assignment(_canonical(result.labels, k), k, float(result.inertia))
+
+
+def assign(unit: Unit, k: int, method: str, **cluster_options) -> Assignment:
+    """Assign ``unit``'s channels to ``k`` new ones; ``cluster_options`` go to k-means only."""
+    n = unit.n_channels
+    if not 1 <= k <= n:
+        raise SpeechPruneError(f"{unit.name}: cannot keep {k} of {n} channels")
+    if method == "cluster":
+        return assign_cluster(unit, k, **cluster_options)
+    if method == "magnitude":
+        return assign_magnitude(unit, k)
+    raise SpeechPruneError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+
+
+@torch.no_grad()
+def merge(unit: Unit, assignment: Assignment) -> None:
+    """Shrink ``unit`` to ``assignment.k`` channels: producers averaged, consumers summed.
+
+    Dropped channels (label -1) vanish from both sides; the consumer bias is unchanged.
+    """
+    labels, k = assignment.labels, assignment.k
+    n, g = unit.n_channels, unit.group_size
+    kept = labels >= 0
+    src = torch.nonzero(kept).squeeze(1)
+    dst = labels[kept]
+    counts = torch.zeros(k, device=labels.device).index_add_(0, dst, torch.ones_like(dst, dtype=torch.float))
+    if bool((counts == 0).any()):
+        raise SpeechPruneError(f"{unit.name}: assignment leaves a new channel without members")
+
+    old_producers = [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()) for lin in unit.producers]
+    old_consumer = unit.consumer.weight.detach()
+    old_consumer_bias = None if unit.consumer.bias is None else unit.consumer.bias.detach()
+    unit.resize(k)
+
+    def _mean_rows(t: torch.Tensor) -> torch.Tensor:  # [n*g, ...] -> [k*g, ...]
+        v = t.float().reshape(n, g, -1)[src]
+        out = torch.zeros(k, g, v.shape[-1], device=v.device).index_add_(0, dst, v)
+        return (out / counts.view(k, 1, 1)).reshape(k * g, *t.shape[1:])
+
+    for lin, (w, b) in zip(unit.producers, old_producers):
+        lin.weight.copy_(_mean_rows(w))
+        if b is not None:
+            lin.bias.copy_(_mean_rows(b))
+    d_out = old_consumer.shape[0]
+    cols = old_consumer.float().reshape(d_out, n, g)[:, src]  # [d_out, m, g]
+    summed = torch.zeros(d_out, k, g, device=cols.device).index_add_(1, dst, cols)
+    unit.consumer.weight.copy_(summed.reshape(d_out, k * g))
+    if old_consumer_bias is not None:
+        unit.consumer.bias.copy_(old_consumer_bias)

@@ -1,0 +1,197 @@
+"""Where the prunable channels of a speech transformer live, and how to resize them.
+
+A *unit* is one layer's set of interchangeable channels: the intermediate neurons of a
+feed-forward block (producer ``fc1`` rows, consumer ``fc2`` columns) or the heads of an
+attention block (producer q/k/v row blocks, consumer ``out_proj`` column blocks). The
+residual width, LayerNorms, convolutional front ends, embeddings and output heads are
+never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from speechprune.errors import SpeechPruneError
+
+PARTS = ("encoder.ffn", "encoder.attention", "decoder.ffn", "decoder.attention")
+SHORTHANDS = {
+    "all": PARTS,
+    "encoder": ("encoder.ffn", "encoder.attention"),
+    "decoder": ("decoder.ffn", "decoder.attention"),
+    "ffn": ("encoder.ffn", "decoder.ffn"),
+    "attention": ("encoder.attention", "decoder.attention"),
+}
+
+#: model class name -> family
+FAMILIES = {
+    "HubertForCTC": "hubert",
+    "Wav2Vec2ForCTC": "wav2vec2",
+    "WhisperForConditionalGeneration": "whisper",
+}
+
+
+@dataclass
+class Unit:
+    """One layer's prunable channels.
+
+    ``kind`` is ``"ffn"`` (channels are intermediate neurons) or ``"attention"`` (channels
+    are heads); ``stack`` is ``"encoder"`` or ``"decoder"``; ``block`` names the attention
+    block (``self_attn``, ``encoder_attn``) or ``ffn``.
+    """
+
+    name: str
+    stack: str
+    kind: str
+    layer: int
+    block: str
+    owner: nn.Module
+    producer_names: tuple[str, ...]
+    consumer_name: str
+
+    @property
+    def part(self) -> str:
+        return f"{self.stack}.{self.kind}"
+
+    @property
+    def producers(self) -> list[nn.Linear]:
+        return [getattr(self.owner, n) for n in self.producer_names]
+
+    @property
+    def consumer(self) -> nn.Linear:
+        return getattr(self.owner, self.consumer_name)
+
+    @property
+    def group_size(self) -> int:
+        """Rows of each producer that make up one channel (1, or the head dimension)."""
+        return self.owner.head_dim if self.kind == "attention" else 1
+
+    @property
+    def n_channels(self) -> int:
+        return self.consumer.in_features // self.group_size
+
+    def num_parameters(self) -> int:
+        mods = self.producers + [self.consumer]
+        return sum(p.numel() for m in mods for p in m.parameters())
+
+    def resize(self, n: int) -> None:
+        """Replace producer and consumer with uninitialised layers for ``n`` channels.
+
+        Keeps device, dtype and bias layout, and updates the module's own bookkeeping
+        (``num_heads``) so that ``forward`` and ``generate`` need no patching.
+        """
+        if n < 1:
+            raise SpeechPruneError(f"{self.name}: cannot keep {n} channels (at least 1 is needed)")
+        width = n * self.group_size
+        for pname in self.producer_names:
+            setattr(self.owner, pname, _like(getattr(self.owner, pname), out_features=width))
+        setattr(self.owner, self.consumer_name, _like(self.consumer, in_features=width))
+        if self.kind == "attention":
+            self.owner.num_heads = n
+
+
+def _like(linear: nn.Linear, *, in_features: int | None = None, out_features: int | None = None) -> nn.Linear:
+    w = linear.weight
+    return nn.Linear(
+        in_features if in_features is not None else linear.in_features,
+        out_features if out_features is not None else linear.out_features,
+        bias=linear.bias is not None,
+        device=w.device,
+        dtype=w.dtype,
+    )
+
+
+def model_family(model: nn.Module) -> str:
+    """``"hubert"``, ``"wav2vec2"`` or ``"whisper"``; anything else is a clear error."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in FAMILIES:
+            return FAMILIES[cls.__name__]
+    supported = ", ".join(FAMILIES)
+    raise SpeechPruneError(
+        f"unsupported model type {type(model).__name__}: speechprune prunes {supported}"
+    )
+
+
+def _stacks(model: nn.Module) -> dict[str, nn.ModuleList]:
+    family = model_family(model)
+    if family == "whisper":
+        return {"encoder": model.model.encoder.layers, "decoder": model.model.decoder.layers}
+    return {"encoder": getattr(model, family).encoder.layers}
+
+
+def iter_units(model: nn.Module) -> Iterator[Unit]:
+    """Every prunable unit of ``model``, in forward order (encoder before decoder)."""
+    family = model_family(model)
+    for stack, layers in _stacks(model).items():
+        for i, layer in enumerate(layers):
+            if family == "whisper":
+                blocks = ["self_attn"] + (["encoder_attn"] if stack == "decoder" else [])
+                for block in blocks:
+                    attn = getattr(layer, block)
+                    yield Unit(f"{stack}.layers.{i}.{block}", stack, "attention", i, block, attn,
+                               ("q_proj", "k_proj", "v_proj"), "out_proj")
+                yield Unit(f"{stack}.layers.{i}.ffn", stack, "ffn", i, "ffn", layer, ("fc1",), "fc2")
+            else:
+                yield Unit(f"{stack}.layers.{i}.attention", stack, "attention", i, "self_attn",
+                           layer.attention, ("q_proj", "k_proj", "v_proj"), "out_proj")
+                yield Unit(f"{stack}.layers.{i}.ffn", stack, "ffn", i, "ffn", layer.feed_forward,
+                           ("intermediate_dense",), "output_dense")
+
+
+def parse_scope(scope: str | list[str] | tuple[str, ...], model: nn.Module | None = None) -> tuple[str, ...]:
+    """Expand a scope such as ``"encoder.ffn,decoder"`` into parts, checked against ``model``."""
+    items = scope.split(",") if isinstance(scope, str) else list(scope)
+    parts: list[str] = []
+    for item in (s.strip() for s in items):
+        if not item:
+            continue
+        if item in SHORTHANDS:
+            expanded = SHORTHANDS[item]
+        elif item in PARTS:
+            expanded = (item,)
+        else:
+            raise SpeechPruneError(
+                f"unknown scope part {item!r}: use {', '.join(PARTS)} or {', '.join(SHORTHANDS)}"
+            )
+        parts.extend(p for p in expanded if p not in parts)
+    if not parts:
+        raise SpeechPruneError("empty scope: name at least one of " + ", ".join(PARTS))
+    if model is not None:
+        present = {u.part for u in iter_units(model)}
+        kept = tuple(p for p in PARTS if p in parts and p in present)
+        if not kept:
+            raise SpeechPruneError(
+                f"scope {scope!r} matches nothing in this {model_family(model)} model "
+                f"(it has {', '.join(sorted(present))})"
+            )
+        return kept
+    return tuple(p for p in PARTS if p in parts)
+
+
+def units_in_scope(model: nn.Module, scope: str | tuple[str, ...]) -> list[Unit]:
+    parts = parse_scope(scope, model)
+    return [u for u in iter_units(model) if u.part in parts]
+
+
+def widths(model: nn.Module) -> dict[str, int]:
+    """Channels (feed-forward neurons or heads) of every unit, by unit name."""
+    return {u.name: u.n_channels for u in iter_units(model)}
+
+
+def apply_widths(model: nn.Module, target: dict[str, int]) -> None:
+    """Resize every unit named in ``target`` to its channel count (weights uninitialised)."""
+    units = {u.name: u for u in iter_units(model)}
+    unknown = set(target) - set(units)
+    if unknown:
+        raise SpeechPruneError(f"pruned widths name units this model does not have: {sorted(unknown)}")
+    for name, n in target.items():
+        if units[name].n_channels != n:
+            units[name].resize(int(n))
+
+
+@torch.no_grad()
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,175 @@
+"""The pruning core on tiny random HuBERT, wav2vec2 and Whisper models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_tiny_hubert, make_tiny_wav2vec2, make_tiny_whisper
+
+from speechprune.allocation import allocate
+from speechprune.compress import compress
+from speechprune.errors import SpeechPruneError
+from speechprune.prune import assign, magnitude_scores, merge
+from speechprune.structure import iter_units, model_family, parse_scope, units_in_scope, widths
+
+MAKERS = {"hubert": make_tiny_hubert, "wav2vec2": make_tiny_wav2vec2, "whisper": make_tiny_whisper}
+
+
+def _forward(model, x):
+    with torch.no_grad():
+        if model_family(model) == "whisper":
+            dec = torch.tensor([[1, 5, 7, 9]] * x.shape[0])
+            return model(input_features=x, decoder_input_ids=dec).logits
+        return model(x).logits
+
+
+def _input(family):
+    torch.manual_seed(1)
+    return torch.randn(2, 8, 40) if family == "whisper" else torch.randn(2, 1600)
+
+
+@pytest.mark.parametrize("family", list(MAKERS))
+@pytest.mark.parametrize("method", ["cluster", "magnitude"])
+@pytest.mark.parametrize("scope", ["ffn", "attention", "all"])
+def test_shapes_shrink_exactly_and_model_still_runs(family, method, scope):
+    model = MAKERS[family]()
+    x = _input(family)
+    before = widths(model)
+    report = compress(model, method=method, sparsity=0.5, scope=scope, progress=False)
+    parts = parse_scope(scope, model)
+    for unit in iter_units(model):
+        n0 = before[unit.name]
+        expected = round(n0 * 0.5) if unit.part in parts else n0
+        assert unit.n_channels == expected, unit.name
+        width = expected * unit.group_size
+        assert unit.consumer.in_features == width
+        assert all(p.out_features == width for p in unit.producers)
+        if unit.kind == "attention":
+            assert unit.owner.num_heads == expected
+    assert report.params_after < report.params_before
+    assert report.params_after == sum(p.numel() for p in model.parameters())
+    assert report.channel_sparsity() == pytest.approx(0.5)
+    out = _forward(model, x)
+    assert torch.isfinite(out).all()
+    if family == "whisper":
+        ids = model.generate(x, max_new_tokens=4)
+        assert ids.shape[0] == 2
+    else:
+        assert out.argmax(-1).shape == out.shape[:2]  # CTC greedy decoding input
+
+
+@pytest.mark.parametrize("family", list(MAKERS))
+@pytest.mark.parametrize("method", ["cluster", "magnitude"])
+def test_zero_sparsity_leaves_outputs_unchanged(family, method):
+    model = MAKERS[family]()
+    x = _input(family)
+    ref = _forward(model, x)
+    compress(model, method=method, sparsity=0.0, scope="all", progress=False)
+    torch.testing.assert_close(_forward(model, x), ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", list(MAKERS))
+def test_duplicate_channels_and_heads_merge_exactly(family):
+    model = MAKERS[family]()
+    x = _input(family)
+    with torch.no_grad():
+        for unit in iter_units(model):
+            n, g = unit.n_channels, unit.group_size
+            half = n // 2
+            for lin in unit.producers:
+                w = lin.weight.view(n, g, -1)
+                w[half:] = w[:half]
+                if lin.bias is not None:
+                    b = lin.bias.view(n, g)
+                    b[half:] = b[:half]
+            c = unit.consumer.weight.view(unit.consumer.out_features, n, g)
+            c[:, half:] = c[:, :half]
+    ref = _forward(model, x)
+    report = compress(model, method="cluster", sparsity=0.5, scope="all", progress=False)
+    assert all(u.cost < 1e-6 for u in report.units)
+    torch.testing.assert_close(_forward(model, x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_magnitude_keeps_the_highest_norm_channels(tiny_whisper):
+    unit = next(u for u in iter_units(tiny_whisper) if u.kind == "ffn")
+    with torch.no_grad():
+        unit.producers[0].weight.mul_(torch.linspace(0.1, 2.0, unit.n_channels).flip(0)[torch.randperm(unit.n_channels)].unsqueeze(1))
+    scores = magnitude_scores(unit)
+    top = set(torch.topk(scores, 16).indices.tolist())
+    rows = unit.producers[0].weight.detach().clone()
+    merge(unit, assign(unit, 16, "magnitude"))
+    kept = unit.producers[0].weight.detach()
+    assert kept.shape[0] == 16
+    for row in kept:
+        i = int(torch.nonzero((rows == row).all(dim=1))[0])
+        assert i in top
+
+
+def test_same_seed_same_result_and_seed_matters():
+    results = []
+    for seed in (0, 0, 1):
+        model = make_tiny_whisper()
+        compress(model, method="cluster", sparsity=0.5, scope="all", seed=seed, progress=False)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(results[0], results[1])
+    assert not torch.equal(results[0], results[2])
+
+
+@pytest.mark.parametrize("allocation", ["variance", "cost"])
+def test_mixed_allocations_keep_the_uniform_budget(allocation):
+    model = make_tiny_whisper()
+    with torch.no_grad():  # give the layers different spreads so allocations differ
+        for i, unit in enumerate(u for u in iter_units(model) if u.kind == "ffn"):
+            unit.producers[0].weight.mul_(0.5 + i)
+            unit.consumer.weight.mul_(0.5 + i)
+    units = units_in_scope(model, "all")
+    uniform = allocate(units, 0.5, "uniform")
+    cost = lambda u, k: assign(u, k, "cluster").cost  # noqa: E731
+    mixed = allocate(units, 0.5, allocation, cost_fn=cost)
+    for kind in ("ffn", "attention"):
+        names = [u.name for u in units if u.kind == kind]
+        assert sum(mixed[n] for n in names) == sum(uniform[n] for n in names)
+    assert all(k >= 1 for k in mixed.values())
+    assert mixed != uniform
+    report = compress(model, sparsity=0.5, scope="all", allocation=allocation, progress=False)
+    assert {u.name: u.channels_after for u in report.units} == mixed
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, float("nan"), "abc"])
+def test_sparsity_out_of_range_is_refused_before_any_change(tiny_hubert, sparsity):
+    before = copy.deepcopy(tiny_hubert.state_dict())
+    with pytest.raises(SpeechPruneError, match="sparsity"):
+        compress(tiny_hubert, sparsity=sparsity, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in tiny_hubert.state_dict().items())
+
+
+def test_scope_errors(tiny_hubert):
+    with pytest.raises(SpeechPruneError, match="matches nothing"):
+        compress(tiny_hubert, sparsity=0.2, scope="decoder", progress=False)
+    with pytest.raises(SpeechPruneError, match="unknown scope part"):
+        compress(tiny_hubert, sparsity=0.2, scope="encoder.mlp", progress=False)
+
+
+def test_sparsity_that_empties_a_layer_is_refused(tiny_whisper):
+    before = widths(tiny_whisper)
+    with pytest.raises(SpeechPruneError, match="zero"):
+        compress(tiny_whisper, sparsity=0.9, scope="attention", progress=False)  # 4 heads -> 0
+    assert widths(tiny_whisper) == before
+
+
+def test_unsupported_model_is_named():
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(SpeechPruneError, match="BertModel.*HubertForCTC"):
+        compress(bert, sparsity=0.2, progress=False)
+
+
+def test_report_records_every_unit_and_widths_in_config(tiny_whisper):
+    report = compress(tiny_whisper, sparsity=0.25, scope="encoder.ffn,decoder.attention", progress=False)
+    assert [u.part for u in report.units] == ["encoder.ffn"] * 2 + ["decoder.attention"] * 4
+    assert tiny_whisper.config.speechprune["widths"] == widths(tiny_whisper)
+    text = report.table()
+    assert "encoder.layers.0.ffn" in text and "removed" in text
