@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   installs into .venv and runs the main job on the embedded default
+#   make test   installs into .venv and passes the tests (unit, slow and notebook smoke runs, book build)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.speechprune-installed
+
+.PHONY: setup demo test book clean-book bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the CPU wheel first, so that no dependency pulls a CUDA build of torch
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[embedded,book,dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m speechprune compare --out runs/main --overwrite
+
+test: setup
+	$(PY) -m pytest -q
+	$(PY) scripts/build_book.py --smoke
+
+book: setup
+	$(PY) scripts/build_book.py
+
+bench: setup
+	$(PY) benchmarks/bench_kmeans.py
+	$(PY) benchmarks/bench_compress.py
+
+clean-book:
+	rm -rf _build book/_generated

@@ -1,0 +1,163 @@
+"""The main experiment: the same budget, two ways to spend it.
+
+Compress one model with channel clustering and with magnitude pruning at the same sparsity
+and scope, evaluate the dense model and both pruned ones on the same speech, and write a
+results file (every WER with its model, data and settings) and a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from speechprune.allocation import ALLOCATIONS
+from speechprune.compress import check_sparsity, compress
+from speechprune.prune import METHODS
+
+DEFAULT_MODEL = "embedded:whisper-base"
+DEFAULT_DATA = "embedded"
+
+
+def run_comparison(
+    model: str = DEFAULT_MODEL,
+    data: str = DEFAULT_DATA,
+    *,
+    sparsity: float = 0.2,
+    scope: str = "encoder.ffn",
+    allocations: tuple[str, ...] = ("uniform",),
+    methods: tuple[str, ...] = METHODS,
+    max_samples: int | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Evaluate the dense model and every (method, allocation) pruned copy; return the records."""
+    from speechprune.data import load_speech
+    from speechprune.evaluate import evaluate
+    from speechprune.models import load_model
+
+    check_sparsity(sparsity)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    speech = load_speech(data, max_samples=max_samples)
+    dense, processor = load_model(model, device=device)
+    records = [evaluate(dense, processor, speech, batch_size=batch_size, device=device,
+                        progress=progress, label="dense")]
+    records[0]["compression"] = None
+    for allocation in allocations:
+        for method in methods:
+            pruned = copy.deepcopy(dense)
+            report = compress(pruned, method=method, sparsity=sparsity, scope=scope,
+                              allocation=allocation, seed=seed, progress=progress)
+            label = method if allocation == "uniform" else f"{method} ({allocation})"
+            record = evaluate(pruned, processor, speech, batch_size=batch_size, device=device,
+                              progress=progress, label=label)
+            record["compression"] = report.to_dict()
+            records.append(record)
+            del pruned
+    return {
+        "experiment": "method comparison at equal budget",
+        "model": model,
+        "data": data,
+        "sparsity": sparsity,
+        "scope": scope,
+        "seed": seed,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "records": records,
+    }
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """One flat row per evaluated model: label, WER, S/D/I, parameters, sparsity."""
+    rows = []
+    for r in result["records"]:
+        c = r.get("compression") or {}
+        rows.append({
+            "model": r["label"],
+            "wer": r["wer"],
+            "substitutions": r["substitutions"],
+            "deletions": r["deletions"],
+            "insertions": r["insertions"],
+            "params": c.get("params_after", r["model"].get("parameters")),
+            "param_sparsity": c.get("param_sparsity", 0.0),
+            "rtf": r["rtf"],
+        })
+    return rows
+
+
+def format_table(result: dict) -> str:
+    head = f"{'model':24s} {'WER %':>7s} {'S':>5s} {'D':>5s} {'I':>5s} {'params':>12s} {'removed':>8s} {'RTF':>6s}"
+    lines = [head, "-" * len(head)]
+    for row in summary_rows(result):
+        lines.append(
+            f"{row['model']:24s} {row['wer']:7.2f} {row['substitutions']:5d} {row['deletions']:5d} "
+            f"{row['insertions']:5d} {row['params']:12,d} {row['param_sparsity']:8.2%} {row['rtf']:6.3f}"
+        )
+    first = result["records"][0]
+    lines.append(
+        f"{result['model']} on {first['data'].get('name', result['data'])} ({first['n_utterances']} utterances), "
+        f"{result['scope']} at {result['sparsity']:.0%} channel sparsity, greedy decoding, Whisper English normaliser"
+    )
+    return "\n".join(lines)
+
+
+def plot_comparison(result: dict, path: str | Path) -> None:
+    """Bar chart of WER per model, the dense WER as a line, settings in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary_rows(result)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    pruned = rows[1:]
+    bars = ax.bar([r["model"] for r in pruned], [r["wer"] for r in pruned],
+                  color=["#2a7ab9" if r["model"].startswith("cluster") else "#d1495b" for r in pruned])
+    ax.bar_label(bars, fmt="%.1f%%")
+    ax.axhline(rows[0]["wer"], color="black", linestyle="--", linewidth=1, label=f"dense {rows[0]['wer']:.1f}%")
+    ax.set_ylabel("WER (%)")
+    ax.set_title(f"{result['model']}, {result['scope']} at {result['sparsity']:.0%}\n"
+                 f"{result['records'][0]['n_utterances']} utterances of {result['data']}", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="cluster vs magnitude at the same budget: compress, evaluate, plot",
+                       description="The main job: compress MODEL with each method at the same sparsity and scope, "
+                                   "evaluate the dense and pruned models, print the table and save a plot.")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--data", default=DEFAULT_DATA, help="embedded, embedded-full, an audiofolder, librispeech:test-clean ...")
+    p.add_argument("--sparsity", type=float, default=0.2)
+    p.add_argument("--scope", default="encoder.ffn")
+    p.add_argument("--allocations", default="uniform", help=f"comma-separated, from {', '.join(ALLOCATIONS)}")
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/main", help="folder for results.json and wer.png")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    from speechprune.checkpoint import check_output_dir
+
+    out = check_output_dir(args.out, overwrite=args.overwrite)
+    allocations = tuple(a.strip() for a in args.allocations.split(",") if a.strip())
+    result = run_comparison(args.model, args.data, sparsity=args.sparsity, scope=args.scope,
+                            allocations=allocations, max_samples=args.max_samples,
+                            batch_size=args.batch_size, device=args.device, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    plot_comparison(result, out / "wer.png")
+    print(format_table(result))
+    print(f"results: {out / 'results.json'}  figure: {out / 'wer.png'}")
+    return 0
