@@ -239,12 +239,14 @@ def ensure_embedded(name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=target.parent))
     try:
         _convert_embedded(model, tmp)
-        if target.exists():
+        if _is_complete(target, model):  # another process finished first: keep its folder
+            return target
+        if target.exists():  # stale or incomplete
             shutil.rmtree(target)
         try:
             tmp.rename(target)
         except OSError:
-            if not _is_complete(target, model):  # not another process finishing first
+            if not _is_complete(target, model):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
