@@ -1,0 +1,286 @@
+"""Word error rate of a speech model on a speech set: greedy decoding, Whisper normaliser, jiwer.
+
+CTC models (HuBERT, wav2vec2, ...) decode by argmax and collapse; Whisper by greedy ``generate``
+on 30 s padded log-mel features with ``speechprune.models.english_generate_kwargs`` (language
+"en" and task "transcribe" for multilingual checkpoints, nothing for English-only ones, no
+timestamps). References and hypotheses are normalised with transformers' Whisper
+``EnglishTextNormalizer``; the WER is corpus-level (total errors / total reference words).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jiwer
+import numpy as np
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+import speechprune
+from speechprune.data import SAMPLE_RATE, SpeechSet, load_speech
+from speechprune.errors import SpeechPruneError
+from speechprune.models import english_generate_kwargs, english_spelling_map, load_model
+
+WHISPER_SECONDS = 30.0
+
+
+def english_normalizer(tokenizer=None) -> EnglishTextNormalizer:
+    """Whisper's English normaliser with a British-to-American spelling map.
+
+    The map comes from the tokenizer (hub Whisper tokenizers carry ``normalizer.json``), else from
+    an installed ``whisper-normalizer`` / ``openai-whisper`` package, else it is empty: transformers
+    ships none of its own. ``describe_normalizer`` records which size was used.
+    """
+    mapping = getattr(tokenizer, "english_spelling_normalizer", None)
+    return EnglishTextNormalizer(mapping if mapping is not None else english_spelling_map())
+
+
+def describe_normalizer(normalizer: EnglishTextNormalizer) -> str:
+    """A one-line description of the normaliser for result records."""
+    entries = len(normalizer.standardize_spellings.mapping)
+    return f"transformers Whisper EnglishTextNormalizer, English spelling map: {entries} entries"
+
+
+def wer_details(refs: Sequence[str], hyps: Sequence[str], *,
+                normalizer: Callable[[str], str] | None = None) -> dict:
+    """Corpus WER (percent) and its error counts, from jiwer.
+
+    With ``normalizer``, both sides are normalised first. References that are empty (after
+    normalising) cannot be scored: they are left out and counted in ``n_dropped_empty``.
+    ``per_utterance_errors`` lists S+D+I for each input pair (None where dropped).
+    """
+    if len(refs) != len(hyps):
+        raise SpeechPruneError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    norm = normalizer or (lambda s: s)
+    refs = [" ".join(norm(r).split()) for r in refs]
+    hyps = [" ".join(norm(h).split()) for h in hyps]
+    kept = [i for i, r in enumerate(refs) if r]
+    if not kept:
+        raise SpeechPruneError("every reference is empty after normalising: nothing to score")
+    out = jiwer.process_words([refs[i] for i in kept], [hyps[i] for i in kept])
+    per_utterance: list[int | None] = [None] * len(refs)
+    for i, chunks in zip(kept, out.alignments):
+        per_utterance[i] = sum(
+            (c.hyp_end_idx - c.hyp_start_idx) if c.type == "insert" else (c.ref_end_idx - c.ref_start_idx)
+            for c in chunks if c.type != "equal"
+        )
+    ref_words = out.substitutions + out.deletions + out.hits
+    errors = out.substitutions + out.deletions + out.insertions
+    return dict(
+        wer=100.0 * errors / ref_words,
+        substitutions=out.substitutions,
+        deletions=out.deletions,
+        insertions=out.insertions,
+        hits=out.hits,
+        ref_words=ref_words,
+        n_scored=len(kept),
+        n_dropped_empty=len(refs) - len(kept),
+        references=refs,
+        hypotheses=hyps,
+        per_utterance_errors=per_utterance,
+    )
+
+
+def model_family(model: torch.nn.Module) -> str:
+    """``"ctc"`` or ``"whisper"``; anything else is refused."""
+    if any(cls.__name__.endswith("ForCTC") for cls in type(model).__mro__):
+        return "ctc"
+    if getattr(getattr(model, "config", None), "model_type", None) == "whisper" and hasattr(model, "generate"):
+        return "whisper"
+    raise SpeechPruneError(f"cannot evaluate {type(model).__name__}: expected a *ForCTC model or Whisper")
+
+
+def decoding_settings(model: torch.nn.Module, batch_size: int) -> dict:
+    """The decoding choices that a WER depends on, for the result record."""
+    if model_family(model) == "ctc":
+        return dict(method="greedy CTC: argmax per frame, collapse repeats, drop blanks", batch_size=batch_size)
+    kwargs = english_generate_kwargs(model)
+    return dict(
+        method="greedy generate (num_beams=1, no sampling)",
+        language=kwargs.get("language"),
+        task=kwargs.get("task"),
+        timestamps=kwargs["return_timestamps"],
+        input=f"log-mel features padded to {WHISPER_SECONDS:.0f} s (longer audio is cut)",
+        max_length=getattr(model.generation_config, "max_length", None),
+        batch_size=batch_size,
+    )
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+@torch.inference_mode()
+def _transcribe_ctc(model, processor, audios: list[np.ndarray], device: torch.device) -> list[str]:
+    features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt")
+    inputs = {k: v.to(device) for k, v in features.items() if k in ("input_values", "attention_mask")}
+    inputs["input_values"] = inputs["input_values"].to(_model_dtype(model))
+    ids = model(**inputs).logits.argmax(dim=-1).cpu()
+    lengths = model._get_feat_extract_output_lengths(torch.tensor([len(a) for a in audios]))
+    # No skip_special_tokens: transformers would drop the blank before collapsing repeats ("hel<pad>lo"
+    # -> "helo"). Leftover <s>/<unk> tokens are removed by the normaliser (text in angle brackets).
+    return processor.tokenizer.batch_decode([row[:n].tolist() for row, n in zip(ids, lengths.tolist())])
+
+
+@torch.inference_mode()
+def _transcribe_whisper(model, processor, audios: list[np.ndarray], device: torch.device) -> list[str]:
+    features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    input_features = features.input_features.to(device=device, dtype=_model_dtype(model))
+    ids = model.generate(input_features, num_beams=1, do_sample=False, **english_generate_kwargs(model))
+    return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], *, batch_size: int = 8,
+               device: str | torch.device | None = None, progress: bool = True) -> list[str]:
+    """Greedy transcripts of 16 kHz mono float32 clips, in input order.
+
+    Clips are batched by length (less padding); ``device`` moves the model there (default: where
+    it already is).
+    """
+    if batch_size < 1:
+        raise SpeechPruneError(f"batch size must be at least 1, got {batch_size}")
+    if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
+        raise SpeechPruneError(f"expected a processor with a feature extractor and a tokenizer, got {type(processor).__name__}")
+    decode = _transcribe_ctc if model_family(model) == "ctc" else _transcribe_whisper
+    if device is not None:
+        model.to(device)
+    device = _model_device(model)
+    model.eval()
+    order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
+    texts: list[str] = [""] * len(audios)
+    with tqdm(total=len(audios), desc="transcribing", unit="utt", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            for i, text in zip(batch, decode(model, processor, [audios[i] for i in batch], device)):
+                texts[i] = text.strip()
+            bar.update(len(batch))
+    return texts
+
+
+def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size: int = 8,
+             device: str | torch.device | None = None, max_samples: int | None = None,
+             progress: bool = True, label: str | None = None) -> dict:
+    """Transcribe ``speech`` greedily and score it; returns a JSON-ready record (WER in percent)."""
+    utterances = speech.utterances[:max_samples]
+    if not utterances:
+        raise SpeechPruneError(f"{speech.name} has no utterances to evaluate")
+    normalizer = english_normalizer(getattr(processor, "tokenizer", None))
+    started = time.perf_counter()
+    hyps = transcribe(model, processor, [u.audio for u in utterances], batch_size=batch_size,
+                      device=device, progress=progress)
+    decode_seconds = time.perf_counter() - started
+    refs = [u.text for u in utterances]
+    scores = wer_details(refs, hyps, normalizer=normalizer)
+    audio_seconds = float(sum(u.duration for u in utterances))
+    data = dict(speech.provenance)
+    if len(utterances) < len(speech):
+        data.update(max_samples=max_samples, count=len(utterances), hours=round(audio_seconds / 3600, 4))
+    settings = decoding_settings(model, batch_size)
+    if model_family(model) == "whisper":
+        settings["clips_over_30s"] = sum(u.duration > WHISPER_SECONDS for u in utterances)
+    return dict(
+        wer=round(scores["wer"], 4),
+        substitutions=scores["substitutions"],
+        deletions=scores["deletions"],
+        insertions=scores["insertions"],
+        hits=scores["hits"],
+        ref_words=scores["ref_words"],
+        n_utterances=len(utterances),
+        n_dropped_empty=scores["n_dropped_empty"],
+        audio_seconds=round(audio_seconds, 3),
+        decode_seconds=round(decode_seconds, 3),
+        seconds_per_utterance=round(decode_seconds / len(utterances), 4),
+        rtf=round(decode_seconds / audio_seconds, 4),
+        model=dict(
+            name=label or getattr(model, "name_or_path", "") or type(model).__name__,
+            family=model.config.model_type,
+            architecture=type(model).__name__,
+            parameters=sum(p.numel() for p in model.parameters()),
+        ),
+        data=data,
+        normalizer=describe_normalizer(normalizer),
+        dtype=str(_model_dtype(model)).removeprefix("torch."),
+        device=str(_model_device(model)),
+        decoding=settings,
+        versions=dict(
+            speechprune=speechprune.__version__,
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+            jiwer=importlib.metadata.version("jiwer"),
+            python=platform.python_version(),
+        ),
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        utterances=[
+            dict(id=u.id, duration=round(u.duration, 3), reference=u.text, hypothesis=hyp,
+                 reference_normalized=ref_n, hypothesis_normalized=hyp_n, errors=err)
+            for u, hyp, ref_n, hyp_n, err in zip(utterances, hyps, scores["references"],
+                                                  scores["hypotheses"], scores["per_utterance_errors"])
+        ],
+    )
+
+
+def summary(record: dict) -> str:
+    """One paragraph: WER, S/D/I, speed, model and data."""
+    model, data = record["model"], record["data"]
+    dropped = f", {record['n_dropped_empty']} empty reference(s) dropped" if record["n_dropped_empty"] else ""
+    return (
+        f"WER {record['wer']:.2f}% (S {record['substitutions']}, D {record['deletions']}, "
+        f"I {record['insertions']} over {record['ref_words']} reference words, "
+        f"{record['n_utterances']} utterances{dropped}) for {model['name']} ({model['family']}, "
+        f"{model['parameters'] / 1e6:.1f}M parameters, {record['dtype']}, {record['device']}) on "
+        f"{data.get('name')} ({record['audio_seconds'] / 60:.1f} min of audio). Decoding took "
+        f"{record['decode_seconds']:.1f} s ({record['seconds_per_utterance']:.2f} s per utterance, "
+        f"RTF {record['rtf']:.3f}); normaliser: {record['normalizer']}."
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.json is not None and not args.json.parent.is_dir():
+        raise SpeechPruneError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
+    if args.batch_size < 1:
+        raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
+    speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
+    model, processor = load_model(args.model, device=args.device or "cpu")
+    record = evaluate(model, processor, speech, batch_size=args.batch_size, device=args.device,
+                      label=args.model)
+    print(summary(record))
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add ``speechprune evaluate``."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="word error rate of a model on speech (greedy decoding)",
+        description="Transcribe speech greedily and report the corpus WER with the Whisper English "
+                    "normaliser; optionally write the full record as JSON.",
+    )
+    parser.add_argument("model", metavar="MODEL",
+                        help="embedded:whisper-tiny.en, embedded:whisper-base, a local folder or a hub id")
+    parser.add_argument("--data", default="embedded",
+                        help="embedded (default), embedded-full, embedded:train, an audiofolder, "
+                             "a LibriSpeech folder or librispeech:test-clean / test-other")
+    parser.add_argument("--split", default=None, help="keep rows of this split (audiofolders with a split column)")
+    parser.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N utterances only")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B")
+    parser.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT",
+                        help="write the record here (an existing file is replaced)")
+    parser.set_defaults(func=_run)
