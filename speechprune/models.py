@@ -40,7 +40,9 @@ _MARKER = "speechprune_source.json"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 # Where the Whisper English spelling map (british -> american) can be found, if installed.
-_SPELLING_SOURCES = (("whisper_normalizer", "normalizers/english.json"), ("whisper", "normalizers/english.json"))
+#: Whisper's British-to-American spelling map (openai/whisper normalizers/english.json, MIT),
+#: shipped with the package because transformers reads it only from a hub folder.
+SPELLING_FILE = Path(__file__).parent / "data" / "english_spelling.json"
 
 
 @dataclass(frozen=True)
@@ -167,15 +169,8 @@ def _read_verified(model: EmbeddedModel, file: PackageFile) -> bytes:
 
 
 def english_spelling_map() -> dict[str, str]:
-    """Whisper's British-to-American spelling map from an installed package, or ``{}`` if none.
-
-    ``whisper-normalizer`` or ``openai-whisper`` ship it; transformers does not.
-    """
-    for module, relative in _SPELLING_SOURCES:
-        root = _package_root(module)
-        if root is not None and (root / relative).is_file():
-            return json.loads((root / relative).read_text(encoding="utf-8"))
-    return {}
+    """Whisper's British-to-American spelling map (1,739 entries), as the Whisper normaliser uses it."""
+    return json.loads(SPELLING_FILE.read_text(encoding="utf-8"))
 
 
 def english_normalizer() -> Callable[[str], str]:
