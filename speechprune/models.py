@@ -285,31 +285,20 @@ def load_processor(spec_or_path: str | os.PathLike[str]):
         raise SpeechPruneError(f"cannot load a processor from {location}: {err}") from None
 
 
-def _load_plain(location: str, device: str | torch.device, dtype: torch.dtype | None) -> torch.nn.Module:
-    """Load an unpruned Hugging Face speech model (used until ``speechprune.checkpoint`` exists)."""
-    from safetensors import SafetensorError
-    from transformers import AutoConfig, AutoModelForCTC, AutoModelForSpeechSeq2Seq
-
-    try:
-        config = AutoConfig.from_pretrained(location)
-        auto = AutoModelForSpeechSeq2Seq if config.is_encoder_decoder else AutoModelForCTC
-        model = auto.from_pretrained(location, dtype=dtype or torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
-        raise SpeechPruneError(f"cannot load a model from {location}: {err}") from None
-    return model.to(device).eval()
-
-
 def load_model(
     spec: str | os.PathLike[str], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[torch.nn.Module, Any]:
-    """Resolve ``spec`` and load its model (eval mode, on ``device``) and processor."""
+    """Resolve ``spec`` and load its model (eval mode, on ``device``) and processor.
+
+    The processor is ``None`` for a local folder without one (weights only); evaluation
+    and fine-tuning then refuse the model with a clear message.
+    """
+    from speechprune.checkpoint import load_checkpoint
+
     location = resolve_model(spec)
-    try:
-        from speechprune.checkpoint import load_checkpoint
-    except ImportError:
-        model = _load_plain(location, device, dtype)
-    else:
-        model = load_checkpoint(location, device=device, dtype=dtype)
+    model = load_checkpoint(location, device=device, dtype=dtype)
+    if Path(location).is_dir() and not (Path(location) / "preprocessor_config.json").is_file():
+        return model, None
     return model, load_processor(location)
 
 
