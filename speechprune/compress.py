@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from speechprune.allocation import ALLOCATIONS, allocate
 from speechprune.errors import SpeechPruneError
-from speechprune.prune import METHODS, assign, assign_cluster, merge
+from speechprune.prune import MERGES, METHODS, assign, assign_cluster, merge
 from speechprune.structure import count_parameters, model_family, parse_scope, units_in_scope, widths
 
 
@@ -47,6 +47,8 @@ class CompressionReport:
     params_after: int
     seconds: float
     units: list[UnitReport] = field(default_factory=list)
+    features: str = "both"
+    merge_rule: str = "mean"
 
     @property
     def param_sparsity(self) -> float:
@@ -113,18 +115,22 @@ def compress(
     max_iter: int = 100,
     n_init: int = 1,
     features: str = "both",
+    merge_rule: str = "mean",
     progress: bool = True,
 ) -> CompressionReport:
     """Prune ``model`` in place and return what was done.
 
     ``sparsity`` is the fraction of channels removed in ``scope`` (feed-forward neurons
     and/or attention heads); the report also gives the fraction of all parameters.
-    Everything is checked before the first layer changes.
+    ``features`` and ``merge_rule`` choose what k-means sees and how merged producers are
+    combined (see :mod:`speechprune.prune`). Everything is checked before the first layer changes.
     """
     family = model_family(model)
     sparsity = check_sparsity(sparsity)
     if method not in METHODS:
         raise SpeechPruneError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if merge_rule not in MERGES:
+        raise SpeechPruneError(f"unknown merge rule {merge_rule!r}: use one of {', '.join(MERGES)}")
     parts = parse_scope(scope, model)
     units = units_in_scope(model, parts)
     options = dict(seed=seed, max_iter=max_iter, n_init=n_init, features=features)
@@ -144,13 +150,14 @@ def compress(
         t0 = time.perf_counter()
         n, p0 = unit.n_channels, unit.num_parameters()
         a = assign(unit, keep[unit.name], method, **options)
-        merge(unit, a)
+        merge(unit, a, merge_rule)
         reports.append(UnitReport(unit.name, unit.part, n, a.k, p0, unit.num_parameters(), a.cost,
                                   time.perf_counter() - t0))
         bar.update(1)
     bar.close()
     report = CompressionReport(family, method, sparsity, list(parts), allocation, seed, params_before,
-                               count_parameters(model), time.perf_counter() - start, reports)
+                               count_parameters(model), time.perf_counter() - start, reports,
+                               features if method == "cluster" else "producer", merge_rule)
     record_widths(model, {k: v for k, v in report.to_dict().items() if k != "units"})
     return report
 
@@ -175,6 +182,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated parts: encoder.ffn, encoder.attention, decoder.ffn, decoder.attention, "
                         "or encoder, decoder, ffn, attention, all (default: ffn)")
     p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform", help="how the budget is spread over layers")
+    p.add_argument("--merge", choices=MERGES, default="mean", dest="merge_rule",
+                   help="how a cluster's producers combine: mean (the paper) or projection (first-order optimal)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-iter", type=int, default=100, help="k-means iterations at most")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -192,7 +201,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load_model(args.model, device=device)
     report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
-                      allocation=args.allocation, seed=args.seed, max_iter=args.max_iter)
+                      allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
+                      merge_rule=args.merge_rule)
     save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite)
     print(report.table())
     print(f"saved to {args.out}")

@@ -112,12 +112,23 @@ def assign(unit: Unit, k: int, method: str, **cluster_options) -> Assignment:
     raise SpeechPruneError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
 
 
-@torch.no_grad()
-def merge(unit: Unit, assignment: Assignment) -> None:
-    """Shrink ``unit`` to ``assignment.k`` channels: producers averaged, consumers summed.
+MERGES = ("mean", "projection")
 
-    Dropped channels (label -1) vanish from both sides; the consumer bias is unchanged.
+
+@torch.no_grad()
+def merge(unit: Unit, assignment: Assignment, rule: str = "mean") -> None:
+    """Shrink ``unit`` to ``assignment.k`` channels: consumers summed, producers combined.
+
+    ``mean`` (the paper's reading): a new channel's producer is the plain mean of its
+    members'. ``projection``: a weighted mean with weights ``w_i = <c, c_i> / |c|^2``, where
+    ``c_i`` are the members' consumer columns and ``c`` their sum. These weights sum to one
+    and minimise the first-order output error ``|sum_i c_i (p_i - p)^T|`` of replacing every
+    member's producer ``p_i`` by ``p``: members that write more, along the merged direction,
+    count more. Both are exact for identical members. Dropped channels (label -1) vanish from
+    both sides; the consumer bias is unchanged.
     """
+    if rule not in MERGES:
+        raise SpeechPruneError(f"unknown merge rule {rule!r}: use one of {', '.join(MERGES)}")
     labels, k = assignment.labels, assignment.k
     n, g = unit.n_channels, unit.group_size
     kept = labels >= 0
@@ -130,20 +141,27 @@ def merge(unit: Unit, assignment: Assignment) -> None:
     old_producers = [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()) for lin in unit.producers]
     old_consumer = unit.consumer.weight.detach()
     old_consumer_bias = None if unit.consumer.bias is None else unit.consumer.bias.detach()
-    unit.resize(k)
-
-    def _mean_rows(t: torch.Tensor) -> torch.Tensor:  # [n*g, ...] -> [k*g, ...]
-        v = t.float().reshape(n, g, -1)[src]
-        out = torch.zeros(k, g, v.shape[-1], device=v.device).index_add_(0, dst, v)
-        return (out / counts.view(k, 1, 1)).reshape(k * g, *t.shape[1:])
-
-    for lin, (w, b) in zip(unit.producers, old_producers):
-        lin.weight.copy_(_mean_rows(w))
-        if b is not None:
-            lin.bias.copy_(_mean_rows(b))
     d_out = old_consumer.shape[0]
     cols = old_consumer.float().reshape(d_out, n, g)[:, src]  # [d_out, m, g]
     summed = torch.zeros(d_out, k, g, device=cols.device).index_add_(1, dst, cols)
+    weights = 1.0 / counts[dst]
+    if rule == "projection":
+        c = cols.permute(1, 0, 2).reshape(len(src), -1)  # [m, d_out * g]
+        total = summed.permute(1, 0, 2).reshape(k, -1)[dst]  # each member's cluster sum
+        norm2 = total.pow(2).sum(1)
+        usable = norm2 > 1e-12 * c.pow(2).sum(1).mean()
+        weights = torch.where(usable, (total * c).sum(1) / norm2.clamp_min(1e-30), weights)
+    unit.resize(k)
+
+    def _combine_rows(t: torch.Tensor) -> torch.Tensor:  # [n*g, ...] -> [k*g, ...]
+        v = t.float().reshape(n, g, -1)[src] * weights.view(-1, 1, 1)
+        out = torch.zeros(k, g, v.shape[-1], device=v.device).index_add_(0, dst, v)
+        return out.reshape(k * g, *t.shape[1:])
+
+    for lin, (w, b) in zip(unit.producers, old_producers):
+        lin.weight.copy_(_combine_rows(w))
+        if b is not None:
+            lin.bias.copy_(_combine_rows(b))
     unit.consumer.weight.copy_(summed.reshape(d_out, k * g))
     if old_consumer_bias is not None:
         unit.consumer.bias.copy_(old_consumer_bias)

@@ -71,7 +71,8 @@ def test_zero_sparsity_leaves_outputs_unchanged(family, method):
 
 
 @pytest.mark.parametrize("family", list(MAKERS))
-def test_duplicate_channels_and_heads_merge_exactly(family):
+@pytest.mark.parametrize("merge_rule", ["mean", "projection"])
+def test_duplicate_channels_and_heads_merge_exactly(family, merge_rule):
     model = MAKERS[family]()
     x = _input(family)
     with torch.no_grad():
@@ -87,7 +88,7 @@ def test_duplicate_channels_and_heads_merge_exactly(family):
             c = unit.consumer.weight.view(unit.consumer.out_features, n, g)
             c[:, half:] = c[:, :half]
     ref = _forward(model, x)
-    report = compress(model, method="cluster", sparsity=0.5, scope="all", progress=False)
+    report = compress(model, method="cluster", sparsity=0.5, scope="all", merge_rule=merge_rule, progress=False)
     assert all(u.cost < 1e-6 for u in report.units)
     torch.testing.assert_close(_forward(model, x), ref, rtol=1e-4, atol=1e-5)
 
@@ -173,3 +174,21 @@ def test_report_records_every_unit_and_widths_in_config(tiny_whisper):
     assert tiny_whisper.config.speechprune["widths"] == widths(tiny_whisper)
     text = report.table()
     assert "encoder.layers.0.ffn" in text and "removed" in text
+
+
+def test_projection_merge_weights_members_by_their_share_of_the_merged_consumer(tiny_whisper):
+    unit = next(u for u in iter_units(tiny_whisper) if u.kind == "ffn")
+    p = unit.producers[0].weight.detach().clone()
+    b = unit.producers[0].bias.detach().clone()
+    c = unit.consumer.weight.detach().clone()
+    with torch.no_grad():  # channel 1's consumer is twice channel 0's: weights 1/3 and 2/3
+        unit.consumer.weight[:, 1] = 2 * c[:, 0]
+    labels = torch.arange(unit.n_channels) - 1
+    labels[0] = 0
+    from speechprune.prune import Assignment
+
+    merge(unit, Assignment(labels, unit.n_channels - 1, 0.0), "projection")
+    torch.testing.assert_close(unit.producers[0].weight[0], p[0] / 3 + 2 * p[1] / 3)
+    torch.testing.assert_close(unit.producers[0].bias[0], b[0] / 3 + 2 * b[1] / 3)
+    torch.testing.assert_close(unit.consumer.weight[:, 0], 3 * c[:, 0])
+    torch.testing.assert_close(unit.producers[0].weight[1:], p[2:])
