@@ -37,12 +37,12 @@ WHISPER_SECONDS = 30.0
 def english_normalizer(tokenizer=None) -> EnglishTextNormalizer:
     """Whisper's English normaliser with a British-to-American spelling map.
 
-    The map comes from the tokenizer (hub Whisper tokenizers carry ``normalizer.json``), else from
-    an installed ``whisper-normalizer`` / ``openai-whisper`` package, else it is empty: transformers
-    ships none of its own. ``describe_normalizer`` records which size was used.
+    The map is the tokenizer's (hub Whisper tokenizers carry ``normalizer.json``) when it has a
+    non-empty one, else the copy shipped with speechprune (transformers ships none of its own).
+    ``describe_normalizer`` records its size.
     """
     mapping = getattr(tokenizer, "english_spelling_normalizer", None)
-    return EnglishTextNormalizer(mapping if mapping is not None else english_spelling_map())
+    return EnglishTextNormalizer(mapping or english_spelling_map())
 
 
 def describe_normalizer(normalizer: EnglishTextNormalizer) -> str:
@@ -153,6 +153,8 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
     """
     if batch_size < 1:
         raise SpeechPruneError(f"batch size must be at least 1, got {batch_size}")
+    if processor is None:
+        raise SpeechPruneError("no processor: the model folder holds weights only; save its processor beside it")
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise SpeechPruneError(f"expected a processor with a feature extractor and a tokenizer, got {type(processor).__name__}")
     decode = _transcribe_ctc if model_family(model) == "ctc" else _transcribe_whisper
