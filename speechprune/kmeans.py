@@ -1,0 +1,325 @@
+"""K-means in torch, fast when the number of clusters k is close to the number of points n.
+
+Channel clustering asks for k = 0.9 n (10% sparsity) or k = n / 2 clusters of a few thousand
+channels per layer. There, scikit-learn spends almost all its time in greedy k-means++, whose k
+sequential steps each compute distances from a few candidates to all n points (O(n d) each). Here
+the n x n squared-distance matrix is computed once with one matmul, so each step is O(n); Lloyd
+iterations keep the n x k distance matrix and recompute only the columns of centers that moved,
+which, when most clusters are singletons, is a small part of a full n x d x k matmul. Everything
+runs on the input's device with no per-point Python loops, so the same code is fast on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from speechprune.errors import SpeechPruneError
+
+#: Largest distance matrix (in elements) held at once: 2**28 is 1 GiB in float32.
+MAX_DISTANCE_ELEMENTS = 2**28
+
+INITS = ("k-means++", "random")
+
+
+@dataclass
+class KMeansResult:
+    """A partition of the rows of x into k non-empty clusters.
+
+    `centers` are the means of each cluster's members (so merging channels by `labels` and by
+    `centers` agree) and `inertia` is the sum of squared distances of points to their center.
+    `matmuls` lists the (rows, inner, columns) shapes of the distance matmuls that were run, so a
+    benchmark can time the bare matmuls against the whole run.
+    """
+
+    labels: Tensor
+    centers: Tensor
+    inertia: float
+    n_iter: int
+    matmuls: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def kmeans(
+    x: Tensor,
+    k: int,
+    *,
+    n_init: int = 1,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    init: str = "k-means++",
+) -> KMeansResult:
+    """Cluster the rows of `x` ([n, d]) into `k` clusters with Lloyd's algorithm.
+
+    Follows scikit-learn's `KMeans` (lloyd): greedy k-means++ with 2 + log(k) local trials,
+    `tol` relative to the mean feature variance on the total squared center shift, early stop when
+    no label changes, empty clusters re-seeded with the points farthest from their centers, best of
+    `n_init` runs by inertia. Exact duplicate rows always share a cluster unless k exceeds the
+    number of distinct rows (then copies are split off, at zero cost, to keep every cluster
+    non-empty). Deterministic for a given `seed` on CPU. Distances are computed in float32 (float64
+    for float64 input; keep TF32 matmuls off on CUDA, PyTorch's default, or near-duplicate channels
+    blur); `centers` come back in `x`'s dtype, everything on `x`'s device.
+    """
+    _check_arguments(x, k, n_init, max_iter, tol, init)
+    n = x.shape[0]
+    if k == n:
+        return KMeansResult(torch.arange(n, device=x.device), x.detach().clone(), 0.0, 0)
+    # Adding +0.0 turns -0.0 into 0.0, so rows that compare equal are also bitwise equal.
+    work = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32) + 0.0
+    distinct, inverse, counts = torch.unique(work, dim=0, return_inverse=True, return_counts=True)
+    if distinct.shape[0] == n:  # the usual case: keep the caller's row order
+        distinct, inverse, weights = work, torch.arange(n, device=x.device), None
+    else:
+        weights = counts.to(work.dtype)
+    if k >= distinct.shape[0]:
+        result = _split_duplicates(work, inverse, distinct.shape[0], k)
+    else:
+        tol_abs = tol * work.var(dim=0, unbiased=False).mean().item()
+        generator = torch.Generator().manual_seed(seed)
+        result = min(
+            (
+                _lloyd(distinct, weights, k, max_iter, tol_abs, init, generator)
+                for _ in range(n_init)
+            ),
+            key=lambda r: r.inertia,
+        )
+        result.labels = result.labels[inverse]
+    result.centers = result.centers.to(x.dtype)
+    return result
+
+
+def _check_arguments(x: Tensor, k: int, n_init: int, max_iter: int, tol: float, init: str) -> None:
+    """Raise SpeechPruneError (a ValueError) naming the first bad argument."""
+    if x.dim() != 2 or x.shape[0] < 1:
+        raise SpeechPruneError(f"kmeans needs a non-empty 2-D tensor [n, d], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise SpeechPruneError(f"kmeans needs a floating-point tensor, got {x.dtype}")
+    n = x.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise SpeechPruneError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
+    if n_init < 1 or max_iter < 1 or tol < 0:
+        raise SpeechPruneError(
+            f"need n_init >= 1, max_iter >= 1, tol >= 0; got {n_init}, {max_iter}, {tol}"
+        )
+    if init not in INITS:
+        raise SpeechPruneError(f"init must be one of {INITS}, got {init!r}")
+    if not torch.isfinite(x).all():
+        raise SpeechPruneError("kmeans input contains NaN or infinity")
+
+
+def _split_duplicates(x: Tensor, inverse: Tensor, n_distinct: int, k: int) -> KMeansResult:
+    """k >= number of distinct rows: one cluster per distinct row, then split off copies.
+
+    The first k - n_distinct repeated copies (in row order) become clusters of their own, so all k
+    clusters are used and the inertia is exactly zero.
+    """
+    n = x.shape[0]
+    rows = torch.arange(n, device=x.device)
+    first = torch.full((n_distinct,), n, device=x.device).scatter_reduce_(0, inverse, rows, "amin")
+    copies = (rows != first[inverse]).nonzero().squeeze(1)[: k - n_distinct]
+    labels = inverse.clone()
+    labels[copies] = torch.arange(n_distinct, k, device=x.device)
+    representative = torch.cat([first, copies])
+    return KMeansResult(labels, x[representative], 0.0, 0)
+
+
+def _lloyd(
+    x: Tensor,
+    weights: Tensor | None,
+    k: int,
+    max_iter: int,
+    tol_abs: float,
+    init: str,
+    generator: torch.Generator,
+) -> KMeansResult:
+    """One k-means run on distinct points `x` (weighted by their multiplicity), 1 <= k < n."""
+    n = x.shape[0]
+    matmuls: list[tuple[int, int, int]] = []
+    sq_norms = (x * x).sum(1)
+    if init == "random":
+        seeds = torch.randperm(n, generator=generator)[:k].to(x.device)
+        distances = _Distances(x, sq_norms, x[seeds], matmuls)
+    elif n * n <= MAX_DISTANCE_ELEMENTS:
+        pairwise = _sq_distances(x, sq_norms, x, sq_norms).fill_diagonal_(0.0)
+        matmuls.append((n, x.shape[1], n))
+        seeds = _kmeans_plus_plus(x, sq_norms, weights, k, generator, pairwise, matmuls)
+        distances = _Distances(x, sq_norms, x[seeds], matmuls, pairwise.index_select(1, seeds))
+        del pairwise
+    else:
+        seeds = _kmeans_plus_plus(x, sq_norms, weights, k, generator, None, matmuls)
+        distances = _Distances(x, sq_norms, x[seeds], matmuls)
+    centers = distances.centers
+
+    labels, previous = None, None
+    converged = False
+    n_iter = 0
+    while n_iter < max_iter:
+        n_iter += 1
+        labels = _fill_empty_clusters(*distances.nearest(), k)
+        new_centers = _means(x, weights, labels, k)
+        if previous is None:  # the seeds are points, not means: compare values
+            moved = (new_centers != centers).any(1)
+        else:  # a cluster's mean changes only if its membership does
+            changed = labels != previous
+            moved = torch.zeros(k, dtype=torch.bool, device=x.device)
+            moved[labels[changed]] = True
+            moved[previous[changed]] = True
+        moved_ids = moved.nonzero().squeeze(1)
+        if moved_ids.numel() == 0:  # strict convergence: labels did not change
+            converged = True
+            break
+        shift = (new_centers[moved_ids] - centers[moved_ids]).pow(2).sum().item()
+        centers = centers.index_copy(0, moved_ids, new_centers[moved_ids])
+        distances.refresh(centers, moved_ids)
+        previous = labels
+        if shift <= tol_abs:
+            break
+    if not converged:  # labels consistent with the final centers, as scikit-learn does
+        labels = _fill_empty_clusters(*distances.nearest(), k)
+    centers = _means(x, weights, labels, k)
+    sq_error = (x - centers[labels]).pow(2).sum(1)
+    inertia = (sq_error.sum() if weights is None else sq_error @ weights).item()
+    return KMeansResult(labels, centers, inertia, n_iter, matmuls)
+
+
+def _sq_distances(a: Tensor, a_sq: Tensor, b: Tensor, b_sq: Tensor) -> Tensor:
+    """Squared Euclidean distances [len(a), len(b)] as |a|^2 - 2 a.b + |b|^2 with one matmul."""
+    out = torch.addmm(b_sq.unsqueeze(0), a, b.T, alpha=-2.0)
+    return out.add_(a_sq.unsqueeze(1)).clamp_min_(0.0)
+
+
+def _kmeans_plus_plus(
+    x: Tensor,
+    sq_norms: Tensor,
+    weights: Tensor | None,
+    k: int,
+    generator: torch.Generator,
+    pairwise: Tensor | None,
+    matmuls: list[tuple[int, int, int]],
+) -> Tensor:
+    """Greedy k-means++ seeding (scikit-learn's): indices of k seed points.
+
+    Each step samples 2 + log(k) candidates with probability proportional to (weighted) squared
+    distance to the nearest seed and keeps the one that lowers the total most. Candidate distance
+    rows come from `pairwise` when given (O(n) per step), else from a small matmul. Random numbers
+    are drawn on the CPU generator, so a seed gives the same seeds on every device, and the loop
+    never waits for the device.
+    """
+    n = x.shape[0]
+    trials = 2 + int(math.log(k))
+    if weights is None:
+        first = torch.randint(n, (1,), generator=generator)
+    else:
+        first = torch.multinomial(weights.cpu().double(), 1, generator=generator)
+    uniforms = torch.rand(k - 1, trials, generator=generator, dtype=torch.float64)
+    uniforms = uniforms.to(device=x.device, dtype=x.dtype)
+    first = first.to(x.device)
+
+    def rows(ids: Tensor) -> Tensor:
+        if pairwise is not None:
+            return pairwise.index_select(0, ids)
+        matmuls.append((ids.numel(), x.shape[1], n))
+        return _sq_distances(x[ids], sq_norms[ids], x, sq_norms)
+
+    seeds = torch.empty(k, dtype=torch.long, device=x.device)
+    seeds[:1] = first
+    closest = rows(first).squeeze(0)
+    for step in range(1, k):
+        cumulative = torch.cumsum(closest if weights is None else closest * weights, 0)
+        candidates = torch.searchsorted(cumulative, uniforms[step - 1] * cumulative[-1])
+        candidates.clamp_(max=n - 1)
+        trial = rows(candidates)
+        torch.minimum(trial, closest, out=trial)
+        potentials = trial.sum(1) if weights is None else trial @ weights
+        best = potentials.argmin().unsqueeze(0)
+        seeds[step : step + 1] = candidates.index_select(0, best)
+        closest = trial.index_select(0, best).squeeze(0)
+    return seeds
+
+
+class _Distances:
+    """Squared distances from every point to every center, refreshed only where centers moved.
+
+    Holding the n x k matrix lets a Lloyd step recompute just the columns of the centers that
+    moved; late iterations, and most clusters when k is close to n, move few centers. When the
+    matrix would be too large, `nearest` instead recomputes all distances in row chunks.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        sq_norms: Tensor,
+        centers: Tensor,
+        matmuls: list[tuple[int, int, int]],
+        initial: Tensor | None = None,
+    ) -> None:
+        """`initial`, when known (seeds are points: columns of the pairwise matrix), is used as is."""
+        self.x, self.sq_norms, self.centers, self.matmuls = x, sq_norms, centers, matmuls
+        n, k = x.shape[0], centers.shape[0]
+        self.matrix: Tensor | None = None
+        if n * k > MAX_DISTANCE_ELEMENTS:
+            return
+        if initial is not None:
+            self.matrix = initial
+        else:
+            self.matrix = torch.empty(n, k, dtype=x.dtype, device=x.device)
+            self.refresh(centers, torch.arange(k, device=x.device))
+
+    def refresh(self, centers: Tensor, moved: Tensor) -> None:
+        """Take the new `centers`, of which only rows `moved` differ from the last ones."""
+        self.centers = centers
+        if self.matrix is None:
+            return
+        c = centers.index_select(0, moved)
+        self.matrix[:, moved] = _sq_distances(self.x, self.sq_norms, c, (c * c).sum(1))
+        self.matmuls.append((self.x.shape[0], self.x.shape[1], moved.numel()))
+
+    def nearest(self) -> tuple[Tensor, Tensor]:
+        """Squared distance to, and index of, each point's nearest center."""
+        if self.matrix is not None:
+            return self.matrix.min(1)
+        n, k = self.x.shape[0], self.centers.shape[0]
+        chunk = max(1, MAX_DISTANCE_ELEMENTS // k)
+        c_sq = (self.centers * self.centers).sum(1)
+        parts = []
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            block = _sq_distances(self.x[rows], self.sq_norms[rows], self.centers, c_sq)
+            self.matmuls.append((block.shape[0], self.x.shape[1], k))
+            parts.append(block.min(1))
+        return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
+
+
+def _fill_empty_clusters(distance: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Give each empty cluster one of the points farthest from their centers.
+
+    Like scikit-learn, but the point of each cluster nearest its center never moves, so filling
+    one cluster never empties another. Returns `labels` itself when no cluster is empty.
+    """
+    counts = torch.bincount(labels, minlength=k)
+    empty = (counts == 0).nonzero().squeeze(1)
+    if empty.numel() == 0:
+        return labels
+    n = labels.numel()
+    rows = torch.arange(n, device=labels.device)
+    best = torch.full((k,), math.inf, dtype=distance.dtype, device=labels.device)
+    best.scatter_reduce_(0, labels, distance, "amin")
+    nearest_row = torch.where(distance == best[labels], rows, n)
+    anchor = torch.full((k,), n, device=labels.device).scatter_reduce_(0, labels, nearest_row, "amin")
+    score = distance.clone()
+    score[anchor[counts > 0]] = -1.0
+    labels = labels.clone()
+    labels[score.topk(empty.numel()).indices] = empty
+    return labels
+
+
+def _means(x: Tensor, weights: Tensor | None, labels: Tensor, k: int) -> Tensor:
+    """Weighted mean of each cluster's members (every cluster must be non-empty)."""
+    w = torch.ones_like(x[:, 0]) if weights is None else weights
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
+    sums.index_add_(0, labels, x if weights is None else x * weights.unsqueeze(1))
+    sizes = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, labels, w)
+    return sums / sizes.unsqueeze(1)

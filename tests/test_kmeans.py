@@ -1,0 +1,202 @@
+"""k-means in torch: quality against scikit-learn, determinism, and the edge cases merging relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from speechprune import kmeans as kmeans_module
+from speechprune.errors import SpeechPruneError
+from speechprune.kmeans import kmeans
+
+sklearn_cluster = pytest.importorskip("sklearn.cluster")
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def within_cluster_ss(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Sum of squared distances to the cluster means, in float64: the cost a partition has."""
+    x = x.double()
+    k = int(labels.max()) + 1
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, labels, x)
+    means = sums / torch.bincount(labels, minlength=k).unsqueeze(1)
+    return (x - means[labels]).pow(2).sum().item()
+
+
+def blobs(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(8, 16, generator=g) * 5
+    return centers.repeat_interleave(60, 0) + torch.randn(480, 16, generator=g)
+
+
+def normal(seed: int = 0) -> torch.Tensor:
+    return torch.randn(400, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def ffn_channels(seed: int = 0, near_duplicates: bool = False) -> torch.Tensor:
+    """n=512 channels of a d_model=64 feed-forward layer: fc1 row, fc1 bias, fc2 column."""
+    g = torch.Generator().manual_seed(seed)
+    fc1 = torch.randn(512, 64, generator=g) * 0.02
+    bias = torch.randn(512, 1, generator=g) * 0.02
+    fc2 = torch.randn(512, 64, generator=g) * 0.02
+    x = torch.cat([fc1, bias, fc2], 1)
+    if near_duplicates:  # a quarter of the channels nearly copy another one, as trained nets have
+        source = torch.randint(0, 384, (128,), generator=g)
+        x[384:] = x[source] + 0.002 * torch.randn(128, 129, generator=g)
+    return x
+
+
+CASES = {
+    "blobs k=8": (blobs, 8),
+    "normal k=40": (normal, 40),
+    "normal k=360": (normal, 360),
+    "ffn k=461 (10%)": (ffn_channels, 461),
+    "ffn k=256 (50%)": (ffn_channels, 256),
+    "ffn near-duplicates k=461": (lambda: ffn_channels(near_duplicates=True), 461),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_inertia_within_two_percent_of_sklearn(case: str) -> None:
+    make, k = CASES[case]
+    x = make()
+    ours = kmeans(x, k, n_init=3, max_iter=100, seed=0)
+    # One thread: scikit-learn's many tiny OpenMP regions crawl on a busy 2-core machine.
+    with threadpoolctl.threadpool_limits(1):
+        theirs = sklearn_cluster.KMeans(k, n_init=3, max_iter=100, random_state=0).fit(x.numpy())
+    ours_cost = within_cluster_ss(x, ours.labels)
+    assert ours_cost <= 1.02 * within_cluster_ss(x, torch.from_numpy(theirs.labels_).long())
+    assert ours.inertia == pytest.approx(ours_cost, rel=1e-4)
+    assert torch.bincount(ours.labels, minlength=k).min() > 0  # no empty cluster
+    assert ours.labels.dtype == torch.long and ours.centers.shape == (k, x.shape[1])
+
+
+def test_centers_are_member_means_and_labels_a_lloyd_fixed_point() -> None:
+    x = ffn_channels()
+    result = kmeans(x, 256, tol=0.0, max_iter=300)
+    k = 256
+    sums = torch.zeros(k, x.shape[1]).index_add_(0, result.labels, x)
+    means = sums / torch.bincount(result.labels, minlength=k).unsqueeze(1)
+    torch.testing.assert_close(result.centers, means)
+    distances = torch.cdist(x.double(), result.centers.double()).pow(2)
+    own = distances.gather(1, result.labels.unsqueeze(1)).squeeze(1)
+    assert torch.all(own <= distances.min(1).values + 1e-6)
+    assert result.n_iter < 300
+
+
+def test_same_seed_same_labels_and_seed_matters() -> None:
+    x = normal()
+    first = kmeans(x, 40, seed=3)
+    assert torch.equal(first.labels, kmeans(x, 40, seed=3).labels)
+    assert torch.equal(first.centers, kmeans(x, 40, seed=3).centers)
+    assert any(not torch.equal(first.labels, kmeans(x, 40, seed=s).labels) for s in (4, 5, 6))
+
+
+def test_more_inits_never_worse() -> None:
+    x = normal()
+    assert kmeans(x, 40, n_init=3).inertia <= kmeans(x, 40, n_init=1).inertia
+
+
+def test_k_equals_n_keeps_every_point() -> None:
+    x = normal()[:50]
+    result = kmeans(x, 50)
+    assert result.inertia == 0.0
+    assert torch.equal(result.labels, torch.arange(50))
+    assert torch.equal(result.centers, x)
+
+
+def test_k_one_is_the_mean() -> None:
+    x = blobs()
+    result = kmeans(x, 1)
+    assert torch.all(result.labels == 0)
+    torch.testing.assert_close(result.centers[0], x.mean(0))
+    assert result.inertia == pytest.approx(within_cluster_ss(x, result.labels), rel=1e-5)
+
+
+def test_exact_duplicates_share_a_cluster() -> None:
+    g = torch.Generator().manual_seed(0)
+    distinct = torch.randn(30, 8, generator=g)
+    repeats = torch.randint(1, 5, (30,), generator=g)
+    order = torch.randperm(int(repeats.sum()), generator=g)
+    source = torch.arange(30).repeat_interleave(repeats)[order]
+    distinct[0, :4] = 0.0
+    x = distinct[source]
+    x[torch.nonzero(source == 0)[::2], :4] = -0.0  # -0.0 and 0.0 are the same point
+    for k in (10, 30):  # fewer clusters than distinct points, and exactly as many
+        labels = kmeans(x, k).labels
+        for point in range(30):
+            assert labels[source == point].unique().numel() == 1
+        assert labels.unique().numel() == k
+    result = kmeans(x, 30)
+    assert result.inertia == 0.0
+    # more clusters than distinct points: copies are split off so that no cluster is empty
+    more = kmeans(x, 40)
+    assert torch.bincount(more.labels, minlength=40).min() > 0 and more.inertia == 0.0
+    torch.testing.assert_close(more.centers[more.labels], x, atol=0, rtol=0)
+
+
+def test_empty_clusters_are_filled_without_emptying_others() -> None:
+    distance = torch.tensor([0.0, 5.0, 1.0, 9.0, 0.5, 7.0])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])  # clusters 3 and 4 are empty
+    filled = kmeans_module._fill_empty_clusters(distance, labels, 5)
+    assert torch.equal(filled, torch.tensor([0, 0, 1, 3, 2, 4]))  # farthest point, first empty
+    assert kmeans_module._fill_empty_clusters(distance, labels, 3) is labels
+    # the two farthest points form cluster 1: its nearest member stays, the next farthest moves
+    distance = torch.tensor([0.0, 1.0, 8.0, 9.0])
+    filled = kmeans_module._fill_empty_clusters(distance, torch.tensor([0, 0, 1, 1]), 4)
+    assert torch.equal(filled, torch.tensor([0, 3, 1, 2]))
+
+
+def test_random_init_with_outliers_leaves_no_cluster_empty() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(200, 4, generator=g), 100 + torch.randn(5, 4, generator=g)])
+    for seed in range(5):
+        result = kmeans(x, 180, init="random", seed=seed)
+        assert torch.bincount(result.labels, minlength=180).min() > 0
+
+
+def test_paths_without_the_full_distance_matrix_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = ffn_channels()
+    cached = kmeans(x, 256)
+    assert cached.matmuls[0] == (512, 129, 512)  # the pairwise matrix, computed once
+    monkeypatch.setattr(kmeans_module, "MAX_DISTANCE_ELEMENTS", 512 * 100)
+    chunked = kmeans(x, 256)
+    assert all(rows * cols <= 512 * 100 for rows, _, cols in chunked.matmuls)
+    assert chunked.inertia == pytest.approx(cached.inertia, rel=0.01)
+    assert torch.bincount(chunked.labels, minlength=256).min() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes(dtype: torch.dtype) -> None:
+    x = blobs().to(dtype)
+    result = kmeans(x, 8)
+    assert result.centers.dtype == dtype
+    assert result.inertia == pytest.approx(within_cluster_ss(x.float(), result.labels), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "k, kwargs",
+    [(0, {}), (481, {}), (2.0, {}), (True, {}), (4, {"init": "kmeans++"}), (4, {"n_init": 0}), (4, {"tol": -1.0})],
+)
+def test_bad_arguments_raise(k: object, kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        kmeans(blobs(), k, **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(SpeechPruneError, match="2-D"):
+        kmeans(torch.randn(10), 2)
+    with pytest.raises(SpeechPruneError, match="floating"):
+        kmeans(torch.ones(10, 2, dtype=torch.long), 2)
+    x = torch.randn(10, 2)
+    x[3, 1] = float("nan")
+    with pytest.raises(SpeechPruneError, match="NaN"):
+        kmeans(x, 2)
+    with pytest.raises(SpeechPruneError, match="1 <= k <= n = 10"):
+        kmeans(torch.randn(10, 2), 11)
+
+
+def test_numpy_free_labels_on_input_device() -> None:
+    result = kmeans(blobs(), 8)
+    assert result.labels.device == result.centers.device == torch.device("cpu")
+    assert np.unique(result.labels.numpy()).size == 8
