@@ -17,7 +17,7 @@ import torch
 
 from speechprune.allocation import ALLOCATIONS
 from speechprune.compress import check_sparsity, compress
-from speechprune.prune import METHODS
+from speechprune.prune import MERGES, METHODS
 
 DEFAULT_MODEL = "embedded:whisper-base"
 DEFAULT_DATA = "embedded"
@@ -31,13 +31,18 @@ def run_comparison(
     scope: str = "encoder.ffn",
     allocations: tuple[str, ...] = ("uniform",),
     methods: tuple[str, ...] = METHODS,
+    merge_rules: tuple[str, ...] = ("mean",),
     max_samples: int | None = None,
     batch_size: int = 8,
     device: str | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Evaluate the dense model and every (method, allocation) pruned copy; return the records."""
+    """Evaluate the dense model and every (allocation, method, merge rule) pruned copy.
+
+    Merge rules apply to ``cluster`` only (magnitude keeps single channels). Returns the
+    records of :func:`speechprune.evaluate.evaluate`, each with its compression report.
+    """
     from speechprune.data import load_speech
     from speechprune.evaluate import evaluate
     from speechprune.models import load_model
@@ -49,17 +54,18 @@ def run_comparison(
     records = [evaluate(dense, processor, speech, batch_size=batch_size, device=device,
                         progress=progress, label="dense")]
     records[0]["compression"] = None
-    for allocation in allocations:
-        for method in methods:
-            pruned = copy.deepcopy(dense)
-            report = compress(pruned, method=method, sparsity=sparsity, scope=scope,
-                              allocation=allocation, seed=seed, progress=progress)
-            label = method if allocation == "uniform" else f"{method} ({allocation})"
-            record = evaluate(pruned, processor, speech, batch_size=batch_size, device=device,
-                              progress=progress, label=label)
-            record["compression"] = report.to_dict()
-            records.append(record)
-            del pruned
+    variants = [(a, m, r) for a in allocations for m in methods
+                for r in (merge_rules if m == "cluster" else ("mean",))]
+    for allocation, method, rule in variants:
+        pruned = copy.deepcopy(dense)
+        report = compress(pruned, method=method, sparsity=sparsity, scope=scope, allocation=allocation,
+                          merge_rule=rule, seed=seed, progress=progress)
+        label = method + ("" if allocation == "uniform" else f" {allocation}") + ("" if rule == "mean" else f" {rule}")
+        record = evaluate(pruned, processor, speech, batch_size=batch_size, device=device,
+                          progress=progress, label=label)
+        record["compression"] = report.to_dict()
+        records.append(record)
+        del pruned
     return {
         "experiment": "method comparison at equal budget",
         "model": model,
@@ -138,6 +144,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sparsity", type=float, default=0.2)
     p.add_argument("--scope", default="encoder.ffn")
     p.add_argument("--allocations", default="uniform", help=f"comma-separated, from {', '.join(ALLOCATIONS)}")
+    p.add_argument("--merges", default="mean", help=f"comma-separated merge rules for cluster, from {', '.join(MERGES)}")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
@@ -151,9 +158,9 @@ def _run_cli(args: argparse.Namespace) -> int:
     from speechprune.checkpoint import check_output_dir
 
     out = check_output_dir(args.out, overwrite=args.overwrite)
-    allocations = tuple(a.strip() for a in args.allocations.split(",") if a.strip())
     result = run_comparison(args.model, args.data, sparsity=args.sparsity, scope=args.scope,
-                            allocations=allocations, max_samples=args.max_samples,
+                            allocations=_names(args.allocations), merge_rules=_names(args.merges),
+                            max_samples=args.max_samples,
                             batch_size=args.batch_size, device=args.device, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -161,3 +168,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"results: {out / 'results.json'}  figure: {out / 'wer.png'}")
     return 0
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in text.split(",") if a.strip())

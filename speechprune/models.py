@@ -285,6 +285,10 @@ def load_processor(spec_or_path: str | os.PathLike[str]):
         raise SpeechPruneError(f"cannot load a processor from {location}: {err}") from None
 
 
+#: Files that hold a processor (transformers 5 writes processor_config.json, older ones the other).
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
 def load_model(
     spec: str | os.PathLike[str], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[torch.nn.Module, Any]:
@@ -297,7 +301,8 @@ def load_model(
 
     location = resolve_model(spec)
     model = load_checkpoint(location, device=device, dtype=dtype)
-    if Path(location).is_dir() and not (Path(location) / "preprocessor_config.json").is_file():
+    folder = Path(location)
+    if folder.is_dir() and not any((folder / f).is_file() for f in PROCESSOR_FILES):
         return model, None
     return model, load_processor(location)
 
