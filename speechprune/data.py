@@ -139,7 +139,7 @@ def load_speech(spec: str, *, max_samples: int | None = None, split: str | None 
         speech = _load_audiofolder(EMBEDDED_DIR, name, split or fixed_split, max_samples,
                                    source=EMBEDDED_SOURCE, licence=EMBEDDED_LICENCE)
         speech.provenance["path"] = "speechprune/data/speech/embedded (in the installed package)"
-    elif spec.startswith("embedded"):
+    elif spec.startswith("embedded") and not Path(spec).expanduser().exists():
         raise SpeechPruneError(f"unknown embedded speech set {spec!r}; known: {', '.join(EMBEDDED_SETS)}")
     elif spec.startswith("librispeech:"):
         if split is not None:
