@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import math
 import platform
 import sys
 import time
@@ -30,8 +31,11 @@ import speechprune
 from speechprune.data import SAMPLE_RATE, SpeechSet, load_speech
 from speechprune.errors import SpeechPruneError
 from speechprune.models import english_generate_kwargs, english_spelling_map, load_model
+from speechprune.structure import model_family
 
 WHISPER_SECONDS = 30.0
+TOKENS_PER_SECOND = 8
+MAX_WHISPER_NEW_TOKENS = 440  # Whisper's 448 positions less the 4-token prompt and a margin
 
 
 def english_normalizer(tokenizer=None) -> EnglishTextNormalizer:
@@ -91,18 +95,24 @@ def wer_details(refs: Sequence[str], hyps: Sequence[str], *,
     )
 
 
-def model_family(model: torch.nn.Module) -> str:
-    """``"ctc"`` or ``"whisper"``; anything else is refused."""
-    if any(cls.__name__.endswith("ForCTC") for cls in type(model).__mro__):
-        return "ctc"
-    if getattr(getattr(model, "config", None), "model_type", None) == "whisper" and hasattr(model, "generate"):
-        return "whisper"
-    raise SpeechPruneError(f"cannot evaluate {type(model).__name__}: expected a *ForCTC model or Whisper")
+def decoding_kind(model: torch.nn.Module) -> str:
+    """``"ctc"`` (HuBERT, wav2vec2) or ``"whisper"``; anything else is refused by name."""
+    return "whisper" if model_family(model) == "whisper" else "ctc"
+
+
+def max_new_tokens(seconds: float) -> int:
+    """Token budget for a clip: generous for real speech, a bound for a pruned model's runaway loop.
+
+    Read English runs at about 3 tokens a second; a pruned model that repeats itself would
+    otherwise decode all 448 positions, which costs minutes and adds nothing to what its
+    WER already says.
+    """
+    return min(MAX_WHISPER_NEW_TOKENS, math.ceil(TOKENS_PER_SECOND * seconds) + 16)
 
 
 def decoding_settings(model: torch.nn.Module, batch_size: int) -> dict:
     """The decoding choices that a WER depends on, for the result record."""
-    if model_family(model) == "ctc":
+    if decoding_kind(model) == "ctc":
         return dict(method="greedy CTC: argmax per frame, collapse repeats, drop blanks", batch_size=batch_size)
     kwargs = english_generate_kwargs(model)
     return dict(
@@ -111,7 +121,7 @@ def decoding_settings(model: torch.nn.Module, batch_size: int) -> dict:
         task=kwargs.get("task"),
         timestamps=kwargs["return_timestamps"],
         input=f"log-mel features padded to {WHISPER_SECONDS:.0f} s (longer audio is cut)",
-        max_length=getattr(model.generation_config, "max_length", None),
+        max_new_tokens=f"min({MAX_WHISPER_NEW_TOKENS}, {TOKENS_PER_SECOND} per second of the batch's longest clip + 16)",
         batch_size=batch_size,
     )
 
@@ -140,7 +150,9 @@ def _transcribe_ctc(model, processor, audios: list[np.ndarray], device: torch.de
 def _transcribe_whisper(model, processor, audios: list[np.ndarray], device: torch.device) -> list[str]:
     features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt")
     input_features = features.input_features.to(device=device, dtype=_model_dtype(model))
-    ids = model.generate(input_features, num_beams=1, do_sample=False, **english_generate_kwargs(model))
+    longest = max(len(a) for a in audios) / SAMPLE_RATE
+    ids = model.generate(input_features, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens(longest),
+                         **english_generate_kwargs(model))
     return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
@@ -157,7 +169,7 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
         raise SpeechPruneError("no processor: the model folder holds weights only; save its processor beside it")
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise SpeechPruneError(f"expected a processor with a feature extractor and a tokenizer, got {type(processor).__name__}")
-    decode = _transcribe_ctc if model_family(model) == "ctc" else _transcribe_whisper
+    decode = _transcribe_ctc if decoding_kind(model) == "ctc" else _transcribe_whisper
     if device is not None:
         model.to(device)
     device = _model_device(model)
@@ -192,7 +204,7 @@ def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size
     if len(utterances) < len(speech):
         data.update(max_samples=max_samples, count=len(utterances), hours=round(audio_seconds / 3600, 4))
     settings = decoding_settings(model, batch_size)
-    if model_family(model) == "whisper":
+    if decoding_kind(model) == "whisper":
         settings["clips_over_30s"] = sum(u.duration > WHISPER_SECONDS for u in utterances)
     return dict(
         wer=round(scores["wer"], 4),

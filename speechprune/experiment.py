@@ -53,7 +53,7 @@ def run_comparison(
     dense, processor = load_model(model, device=device)
     records = [evaluate(dense, processor, speech, batch_size=batch_size, device=device,
                         progress=progress, label="dense")]
-    records[0]["compression"] = None
+    records[0].update(label="dense", compression=None)
     variants = [(a, m, r) for a in allocations for m in methods
                 for r in (merge_rules if m == "cluster" else ("mean",))]
     for allocation, method, rule in variants:
@@ -63,7 +63,7 @@ def run_comparison(
         label = method + ("" if allocation == "uniform" else f" {allocation}") + ("" if rule == "mean" else f" {rule}")
         record = evaluate(pruned, processor, speech, batch_size=batch_size, device=device,
                           progress=progress, label=label)
-        record["compression"] = report.to_dict()
+        record.update(label=label, compression=report.to_dict())
         records.append(record)
         del pruned
     return {

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -171,13 +171,6 @@ def _read_verified(model: EmbeddedModel, file: PackageFile) -> bytes:
 def english_spelling_map() -> dict[str, str]:
     """Whisper's British-to-American spelling map (1,739 entries), as the Whisper normaliser uses it."""
     return json.loads(SPELLING_FILE.read_text(encoding="utf-8"))
-
-
-def english_normalizer() -> Callable[[str], str]:
-    """The Whisper English text normaliser (for WER), with the spelling map when available."""
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-    return EnglishTextNormalizer(english_spelling_map())
 
 
 def _marker(model: EmbeddedModel) -> dict[str, Any]:

@@ -167,7 +167,7 @@ def test_evaluate_tiny_whisper(tiny_whisper):
 
 
 def test_evaluate_refuses_other_models(tmp_path):
-    with pytest.raises(SpeechPruneError, match="cannot evaluate Linear"):
+    with pytest.raises(SpeechPruneError, match="unsupported model type Linear"):
         evaluate(torch.nn.Linear(2, 2), ctc_processor(tmp_path), tiny_speech(), progress=False)
 
 
@@ -220,3 +220,11 @@ def test_dense_wer_of_embedded_whisper_on_embedded_speech(spec):
     assert record["n_utterances"] == 64 and record["n_dropped_empty"] == 0
     assert record["decoding"]["language"] == ("en" if spec.endswith("base") else None)
     assert 2.0 <= record["wer"] <= 4.0, summary(record)
+
+
+def test_token_budget_bounds_runaway_decoding_but_not_real_speech():
+    from speechprune.evaluate import MAX_WHISPER_NEW_TOKENS, max_new_tokens
+
+    assert max_new_tokens(11.0) >= 3 * 11 * 2  # twice the ~3 tokens/s of read English
+    assert max_new_tokens(30.0) < MAX_WHISPER_NEW_TOKENS
+    assert max_new_tokens(1000.0) == MAX_WHISPER_NEW_TOKENS

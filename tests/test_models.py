@@ -21,6 +21,7 @@ from conftest import make_tiny_whisper
 from speechprune import models
 from speechprune.ct2 import read_ct2, whisper_state_dict
 from speechprune.errors import SpeechPruneError
+from speechprune.evaluate import english_normalizer
 
 JFK = Path(__file__).parent / "data" / "jfk.wav"
 JFK_TEXT = (
@@ -194,7 +195,7 @@ def test_english_generate_kwargs(tiny_whisper):
 
 
 def test_english_normalizer():
-    normalize = models.english_normalizer()
+    normalize = english_normalizer()
     assert normalize("Mr. Smith, uh, has 2 dogs!") == "mister smith has 2 dogs"
     assert len(models.english_spelling_map()) > 1000
     assert normalize("the colour of the theatre") == "the color of the theater"
@@ -252,7 +253,7 @@ def test_transcribes_jfk_word_for_word(loaded, jfk_audio, name):
     with torch.inference_mode():
         ids = model.generate(features, **models.english_generate_kwargs(model))
     text = processor.batch_decode(ids, skip_special_tokens=True)[0]
-    normalize = models.english_normalizer()
+    normalize = english_normalizer()
     assert normalize(text) == normalize(JFK_TEXT)
     assert processor.tokenizer.normalize(text) == normalize(JFK_TEXT)
 
