@@ -1,0 +1,649 @@
+"""Fine-tune a (pruned) speech model and keep its pruned shapes: the paper's 3-epoch recovery.
+
+HuBERT / wav2vec2 are fine-tuned with CTC on the character vocabulary of the model's own
+tokenizer; Whisper sequence-to-sequence on its own tokens. Training runs on the Hugging Face
+``Trainer`` / ``Seq2SeqTrainer`` (accelerate underneath), so the same call runs on one CPU, on
+one GPU with mixed precision, or on many GPUs and machines under ``torchrun`` or
+``accelerate launch``. The model is trained in the shapes it was loaded with; the result is
+saved with :func:`speechprune.checkpoint.save_pruned` and reloads like any pruned folder.
+
+Layout of ``out_dir``: the fine-tuned model and processor at the top (so ``speechprune
+evaluate OUT`` works), ``finetune.json`` (what was done), ``finetune_run.json`` (written at the
+start, it marks the folder as a run that ``resume`` may continue) and ``checkpoints/`` (Trainer
+checkpoints with optimizer state, for resuming after an interruption).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import time
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from accelerate import PartialState
+from torch import nn
+
+import speechprune
+from speechprune.checkpoint import save_pruned
+from speechprune.data import SAMPLE_RATE, LIBRISPEECH_LICENCE, SpeechSet, Utterance, load_speech, read_audio
+from speechprune.errors import SpeechPruneError
+from speechprune.models import english_generate_kwargs, load_model
+from speechprune.structure import count_parameters, model_family, widths
+
+RUN_FILE = "finetune_run.json"
+REPORT_FILE = "finetune.json"
+CHECKPOINTS = "checkpoints"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+FREEZE = ("front-end", "encoder", "none")
+DEFAULT_LEARNING_RATE = {"ctc": 5e-5, "whisper": 1e-5}
+
+#: LibriSpeech training subsets, read lazily from the hub (``datasets`` and a network needed).
+LIBRISPEECH_TRAIN = {
+    "train-clean-100": (("clean", "train.100"),),
+    "train-clean-360": (("clean", "train.360"),),
+    "train-other-500": (("other", "train.500"),),
+    "train-960": (("clean", "train.100"), ("clean", "train.360"), ("other", "train.500")),
+}
+LIBRISPEECH_TRAIN_REPO = "openslr/librispeech_asr"
+_DASHES = re.compile(r"[-\u2010-\u2015]")
+
+
+class StreamedSpeech(Sequence):
+    """A speech set too large for memory: transcripts held, audio decoded when an item is read.
+
+    ``rows`` is indexable and yields dicts with ``audio`` (``{"bytes": ..., "path": ...}``),
+    ``text`` and ``id``, as a Hugging Face dataset with ``Audio(decode=False)`` does.
+    """
+
+    def __init__(self, name: str, rows: Any, ids: list[str], texts: list[str], provenance: dict):
+        self.name, self.rows, self.ids, self.texts, self.provenance = name, rows, ids, texts, provenance
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Utterance:
+        audio = self.rows[index]["audio"]
+        data = audio.get("bytes")
+        source = io.BytesIO(data) if data else Path(audio["path"])
+        return Utterance(self.ids[index], read_audio(source, self.ids[index]), self.texts[index])
+
+
+def load_training_speech(spec: str, *, max_samples: int | None = None,
+                         split: str | None = None) -> SpeechSet | StreamedSpeech:
+    """Like :func:`speechprune.data.load_speech`, plus ``librispeech:train-clean-100`` / ``-360`` /
+    ``train-other-500`` / ``train-960`` read lazily from the hub (audio decoded batch by batch)."""
+    name = spec.partition(":")[2] if spec.startswith("librispeech:") else None
+    if name not in LIBRISPEECH_TRAIN:
+        return load_speech(spec, max_samples=max_samples, split=split)
+    if split is not None:
+        raise SpeechPruneError("split= does not apply to librispeech:*; name the subset instead")
+    try:
+        import datasets
+    except ImportError as err:
+        raise SpeechPruneError(
+            f"{spec} needs the `datasets` package and a network: pip install 'speechprune[hub]'") from err
+    try:
+        parts = [datasets.load_dataset(LIBRISPEECH_TRAIN_REPO, config, split=hub_split)
+                 for config, hub_split in LIBRISPEECH_TRAIN[name]]
+    except Exception as err:  # network, authentication, hub layout: all reported the same way
+        raise SpeechPruneError(f"cannot load {spec} from {LIBRISPEECH_TRAIN_REPO}: {err}") from err
+    rows = datasets.concatenate_datasets(parts).cast_column("audio", datasets.Audio(decode=False))
+    if max_samples is not None:
+        rows = rows.select(range(min(max_samples, len(rows))))
+    subsets = ", ".join("/".join(p) for p in LIBRISPEECH_TRAIN[name])
+    provenance = dict(name=spec, source=f"{LIBRISPEECH_TRAIN_REPO} ({subsets})",
+                      licence=LIBRISPEECH_LICENCE, path=f"hf://datasets/{LIBRISPEECH_TRAIN_REPO}",
+                      max_samples=max_samples, count=len(rows), streamed=True)
+    return StreamedSpeech(spec, rows, [str(i) for i in rows["id"]], list(rows["text"]), provenance)
+
+
+def _ids_and_texts(speech: SpeechSet | StreamedSpeech) -> tuple[list[str], list[str]]:
+    if isinstance(speech, StreamedSpeech):
+        return speech.ids, speech.texts
+    return [u.id for u in speech], [u.text for u in speech]
+
+
+def _audio_hash(audio: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
+
+
+def check_overlap(train: SpeechSet | StreamedSpeech, eval: SpeechSet | StreamedSpeech) -> str:
+    """Refuse an evaluation set that shares an utterance id or identical audio with the train set.
+
+    Returns what was compared (audio is compared only where both sets hold it in memory).
+    """
+    train_ids, _ = _ids_and_texts(train)
+    eval_ids, _ = _ids_and_texts(eval)
+    shared = sorted(set(train_ids) & set(eval_ids))
+    if shared:
+        raise SpeechPruneError(
+            f"the evaluation set {eval.name} overlaps the train set {train.name}: {len(shared)} shared "
+            f"utterance id(s), e.g. {', '.join(shared[:3])}; use disjoint sets (for the embedded speech: "
+            "train on embedded:train, evaluate on embedded)"
+        )
+    if isinstance(train, StreamedSpeech) or isinstance(eval, StreamedSpeech):
+        return "utterance ids (audio not hashed: a streamed set)"
+    train_hashes = {_audio_hash(u.audio): u.id for u in train}
+    same = [(u.id, train_hashes[h]) for u in eval if (h := _audio_hash(u.audio)) in train_hashes]
+    if same:
+        pairs = ", ".join(f"{e} = {t}" for e, t in same[:3])
+        raise SpeechPruneError(
+            f"the evaluation set {eval.name} overlaps the train set {train.name}: {len(same)} utterance(s) "
+            f"with identical audio under other ids ({pairs})"
+        )
+    return "utterance ids and SHA-1 of the 16 kHz audio"
+
+
+# ---------------------------------------------------------------- labels
+
+
+def _kind(model: nn.Module) -> str:
+    return "whisper" if model_family(model) == "whisper" else "ctc"
+
+
+def _ctc_text(text: str, vocab: set[str]) -> str:
+    """Fit a transcript to a character vocabulary: its letter case, dashes as spaces, and
+    punctuation the vocabulary lacks dropped. Other missing characters are left for the caller to refuse."""
+    letters = [t for t in vocab if len(t) == 1 and t.isalpha()]
+    if letters and all(c.isupper() for c in letters):
+        text = text.upper()
+    elif letters and all(c.islower() for c in letters):
+        text = text.lower()
+    text = _DASHES.sub(" ", text)
+    text = "".join(c for c in text if c in vocab or not unicodedata.category(c).startswith("P"))
+    return " ".join(text.split())
+
+
+def _ctc_labels(model: nn.Module, tokenizer, ids: list[str], texts: list[str]) -> list[list[int]]:
+    vocab = set(tokenizer.get_vocab())
+    delimiter = getattr(tokenizer, "word_delimiter_token", None)
+    if delimiter not in vocab:
+        raise SpeechPruneError(
+            f"{type(tokenizer).__name__} has no word delimiter token: not a CTC character vocabulary")
+    labels, bad, missing = [], [], set()
+    for uid, text in zip(ids, texts):
+        fitted = _ctc_text(text, vocab)
+        chars = {c for c in fitted if c != " " and c not in vocab}
+        if chars or not fitted:
+            bad.append((uid, text))
+            missing |= chars
+            continue
+        labels.append(tokenizer(fitted).input_ids)
+    if bad:
+        what = f"characters not in its vocabulary: {', '.join(repr(c) for c in sorted(missing)[:10])}" if missing \
+            else "empty transcripts"
+        examples = "; ".join(f"{u}: {t!r}" for u, t in bad[:3])
+        raise SpeechPruneError(
+            f"the model's tokenizer cannot encode {len(bad)} of {len(ids)} transcripts ({what}); e.g. {examples}. "
+            "Spell numbers and symbols out in words, or use a model whose vocabulary covers them"
+        )
+    if tokenizer.unk_token_id is not None and any(tokenizer.unk_token_id in row for row in labels):
+        raise SpeechPruneError("the model's tokenizer maps some transcript characters to its unknown token")
+    return labels
+
+
+def _whisper_labels(model: nn.Module, tokenizer, ids: list[str], texts: list[str], language: str) -> list[list[int]]:
+    """Token ids after the decoder start token: ``[<|notimestamps|>, text..., <|endoftext|>]`` for
+    English-only models (with language and task tokens first for multilingual ones), the sequence
+    that ``generate`` produces after the start token. Text gets Whisper's leading space."""
+    tokenizer = copy.deepcopy(tokenizer)
+    if "language" in english_generate_kwargs(model):  # multilingual: decoded with language and task tokens
+        tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
+    else:
+        tokenizer.set_prefix_tokens(predict_timestamps=False)
+    start = model.config.decoder_start_token_id
+    limit = model.config.max_target_positions
+    labels, bad = [], []
+    for uid, text in zip(ids, texts):
+        text = " ".join(text.split())
+        row = tokenizer(" " + text).input_ids
+        row = row[1:] if row and row[0] == start else row
+        if not text or tokenizer.decode(row, skip_special_tokens=True).strip() != text:
+            bad.append((uid, text, "cannot be encoded and decoded back"))
+        elif len(row) > limit:
+            bad.append((uid, text, f"{len(row)} tokens, over the decoder's {limit}"))
+        labels.append(row)
+    if bad:
+        examples = "; ".join(f"{u}: {t[:60]!r} ({why})" for u, t, why in bad[:3])
+        raise SpeechPruneError(f"the model's tokenizer cannot encode {len(bad)} of {len(ids)} transcripts: {examples}")
+    return labels
+
+
+def _check_lengths(model: nn.Module, processor, speech, labels: list[list[int]]) -> None:
+    """Refuse clips that Whisper would cut, or CTC transcripts longer than the model's output frames."""
+    if isinstance(speech, StreamedSpeech):
+        return  # checked batch by batch in the collator
+    lengths = np.array([len(u.audio) for u in speech])
+    if _kind(model) == "whisper":
+        window = processor.feature_extractor.n_samples
+        over = [u.id for u, n in zip(speech, lengths) if n > window]
+        if over:
+            raise SpeechPruneError(
+                f"{len(over)} clip(s) in {speech.name} are longer than Whisper's {window / SAMPLE_RATE:g} s "
+                f"window and would be cut against their full transcripts: {', '.join(over[:3])}"
+            )
+        return
+    frames = model._get_feat_extract_output_lengths(torch.as_tensor(lengths)).tolist()
+    short = [u.id for u, f, row in zip(speech, frames, labels) if len(row) > f]
+    if short:
+        raise SpeechPruneError(
+            f"{len(short)} transcript(s) in {speech.name} have more characters than the model has output "
+            f"frames for their audio (CTC cannot align them): {', '.join(short[:3])}")
+
+
+def encode_labels(model: nn.Module, processor, speech: SpeechSet | StreamedSpeech, *,
+                  language: str = "en") -> list[list[int]]:
+    """Label ids of every transcript, or a :class:`SpeechPruneError` naming the ones that cannot be used."""
+    ids, texts = _ids_and_texts(speech)
+    if _kind(model) == "whisper":
+        labels = _whisper_labels(model, processor.tokenizer, ids, texts, language)
+    else:
+        labels = _ctc_labels(model, processor.tokenizer, ids, texts)
+    _check_lengths(model, processor, speech, labels)
+    return labels
+
+
+# ---------------------------------------------------------------- batches
+
+
+class LabelledSpeech(torch.utils.data.Dataset):
+    """Items ``{"audio": float32 16 kHz, "labels": ids}``; audio read from the speech set on access."""
+
+    def __init__(self, speech: SpeechSet | StreamedSpeech, labels: list[list[int]]):
+        self.speech, self.labels = speech, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        utterance = self.speech[index]
+        return {"id": utterance.id, "audio": utterance.audio, "labels": self.labels[index]}
+
+
+def _pad_labels(rows: list[list[int]]) -> torch.Tensor:
+    out = torch.full((len(rows), max(len(r) for r in rows)), -100, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+@dataclass
+class SpeechCollator:
+    """Pads a batch: raw audio (CTC) or 30 s log-mel features (Whisper), labels with -100."""
+
+    processor: Any
+    whisper: bool
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        extractor = self.processor.feature_extractor
+        audios = [item["audio"] for item in items]
+        batch = {"labels": _pad_labels([item["labels"] for item in items])}
+        if self.whisper:
+            over = [item["id"] for item in items if len(item["audio"]) > extractor.n_samples]
+            if over:
+                raise SpeechPruneError(f"clip(s) longer than Whisper's window would be cut: {', '.join(over)}")
+            batch["input_features"] = extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+            return batch
+        features = extractor(audios, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt",
+                             return_attention_mask=bool(extractor.return_attention_mask))
+        batch["input_values"] = features.input_values
+        if "attention_mask" in features:
+            batch["attention_mask"] = features.attention_mask
+        return batch
+
+
+# ---------------------------------------------------------------- the output folder
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool) -> Path:
+    """Accept an absent or empty folder, or (with ``resume``) a folder holding an earlier run."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SpeechPruneError(f"--out {out} is a file, not a folder")
+    ours = (out / RUN_FILE).is_file()
+    if resume:
+        if not ours:
+            raise SpeechPruneError(f"--resume: {out} holds no speechprune fine-tuning run ({RUN_FILE} is missing)")
+        if not any((out / CHECKPOINTS).glob("checkpoint-*")):
+            raise SpeechPruneError(
+                f"--resume: {out / CHECKPOINTS} holds no checkpoint yet; start again without --resume")
+        return out
+    if out.is_dir() and any(out.iterdir()):
+        if ours:
+            raise SpeechPruneError(f"--out {out} already holds a fine-tuning run: pass --resume to continue it, "
+                                   "or choose another folder")
+        names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise SpeechPruneError(f"--out {out} holds something else ({names}); choose an empty or new folder")
+    return out
+
+
+def _check_resumable(out: Path, run: dict) -> None:
+    previous = json.loads((out / RUN_FILE).read_text())
+    for key in ("family", "widths", "parameters"):
+        if previous.get(key) != run[key]:
+            raise SpeechPruneError(f"--resume: the run in {out} was started from a model with other {key} "
+                                   f"({previous.get('model')}); resume it with the same model")
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Move the files of a finished model folder into ``out``, beside the checkpoints."""
+    for path in staging.iterdir():
+        os.replace(path, out / path.name)
+    staging.rmdir()
+
+
+# ---------------------------------------------------------------- training
+
+
+class _Timer(transformers.TrainerCallback):
+    """Epoch and step at the start of this run (after a resume, where it resumed) and wall time."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_epoch, self.start_step, self.started = state.epoch or 0.0, state.global_step, time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.seconds = time.perf_counter() - self.started
+
+
+def _precision(precision: str) -> dict[str, bool]:
+    if precision not in PRECISIONS:
+        raise SpeechPruneError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if not torch.cuda.is_available():
+            return {}
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision != "fp32" and not torch.cuda.is_available():
+        raise SpeechPruneError(f"{precision} mixed precision needs a CUDA GPU; use fp32 (or auto) on CPU")
+    return {"fp16": precision == "fp16", "bf16": precision == "bf16"}
+
+
+def _freeze(model: nn.Module, what: str) -> list[str]:
+    """Freeze the convolutional front end (never pruned: the CTC feature encoder, Whisper's conv1/conv2),
+    or Whisper's whole encoder (sensible when only the decoder was pruned), or nothing."""
+    if what not in FREEZE:
+        raise SpeechPruneError(f"unknown freeze option {what!r}: use one of {', '.join(FREEZE)}")
+    whisper = _kind(model) == "whisper"
+    if what == "encoder" and not whisper:
+        raise SpeechPruneError("freeze='encoder' applies to Whisper; CTC models train their encoder (use 'front-end')")
+    if what == "none":
+        return []
+    if what == "encoder":
+        modules = {"model.encoder": model.model.encoder}
+    elif whisper:
+        modules = {"model.encoder.conv1": model.model.encoder.conv1, "model.encoder.conv2": model.model.encoder.conv2}
+    else:
+        modules = {f"{model_family(model)}.feature_extractor": getattr(model, model_family(model)).feature_extractor}
+    for module in modules.values():
+        module.requires_grad_(False)
+    return sorted(modules)
+
+
+def _provenance(speech) -> dict | None:
+    return None if speech is None else dict(speech.provenance, count=len(speech))
+
+
+def _versions() -> dict[str, str]:
+    return dict(speechprune=speechprune.__version__, torch=torch.__version__, transformers=transformers.__version__,
+                accelerate=importlib.metadata.version("accelerate"), python=platform.python_version())
+
+
+def _training_arguments(kind: str, output_dir: Path, *, world_size: int, batch_size: int, grad_accum: int,
+                        epochs: float, max_steps: int | None, learning_rate: float, warmup: float, with_eval: bool,
+                        save_steps: int | None, keep_checkpoints: int, logging_steps: int, seed: int,
+                        num_workers: int, progress: bool, mixed: dict[str, bool]) -> transformers.TrainingArguments:
+    """The Trainer's settings; several processes without CUDA run accelerate's multi-CPU mode (gloo)."""
+    cpu_processes = world_size > 1 and not torch.cuda.is_available()
+    args_class = transformers.Seq2SeqTrainingArguments if kind == "whisper" else transformers.TrainingArguments
+    return args_class(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        num_train_epochs=epochs,
+        max_steps=max_steps or -1,
+        learning_rate=learning_rate,
+        warmup_steps=warmup,
+        lr_scheduler_type="linear",
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        eval_strategy="epoch" if with_eval else "no",
+        save_strategy="steps" if save_steps else "epoch",
+        save_steps=save_steps or 500,
+        save_total_limit=keep_checkpoints,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=cpu_processes,
+        ddp_backend="gloo" if cpu_processes else None,
+        dataloader_num_workers=num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        label_names=["labels"],
+        prediction_loss_only=True,
+        report_to="none",
+        disable_tqdm=not progress,
+        **mixed,
+    )
+
+
+def finetune(
+    model: str | os.PathLike | nn.Module,
+    train: SpeechSet | StreamedSpeech,
+    *,
+    out_dir: str | os.PathLike,
+    eval: SpeechSet | StreamedSpeech | None = None,
+    processor: Any = None,
+    epochs: float = 3,
+    learning_rate: float | None = None,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    max_steps: int | None = None,
+    warmup: float = 0.1,
+    precision: str = "auto",
+    freeze: str = "front-end",
+    language: str = "en",
+    save_steps: int | None = None,
+    keep_checkpoints: int = 1,
+    logging_steps: int = 10,
+    seed: int = 0,
+    resume: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+    callbacks: list[transformers.TrainerCallback] | None = None,
+) -> dict:
+    """Fine-tune ``model`` on ``train`` in its current (pruned) shapes and save it to ``out_dir``.
+
+    ``model`` is a folder, hub id or embedded spec (loaded with its processor) or a loaded model
+    (then ``processor`` is required). ``learning_rate`` defaults to 5e-5 (CTC) or 1e-5 (Whisper);
+    ``batch_size`` is per device, so the effective batch is ``batch_size * grad_accum * processes``;
+    ``warmup`` is a fraction of the steps (or a step count if >= 1); ``precision="auto"`` uses bf16
+    (or fp16) on CUDA and fp32 on CPU; ``freeze`` is ``"front-end"`` (the convolutions),
+    ``"encoder"`` (Whisper) or ``"none"``; checkpoints are written each epoch (or every ``save_steps``).
+    Everything is checked before training starts. Returns the JSON-ready record that is also
+    written to ``out_dir/finetune.json``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch_size < 1 or grad_accum < 1:
+        raise SpeechPruneError(
+            f"batch size and gradient accumulation must be at least 1, got {batch_size}, {grad_accum}")
+    if epochs <= 0 and not max_steps:
+        raise SpeechPruneError(f"epochs must be positive, got {epochs}")
+    if len(train) < batch_size * world_size:
+        raise SpeechPruneError(
+            f"the train set {train.name} has {len(train)} utterance(s): too little for one batch of "
+            f"{batch_size} per process x {world_size} process(es); lower --batch-size or add data"
+        )
+    if eval is not None and len(eval) < world_size:
+        raise SpeechPruneError(f"the evaluation set {eval.name} has fewer utterances than processes ({world_size})")
+    mixed = _precision(precision)
+    out = prepare_out_dir(out_dir, resume=resume)
+    overlap = check_overlap(train, eval) if eval is not None else None
+
+    if isinstance(model, (str, os.PathLike)):
+        source = str(model)
+        model, loaded = load_model(model)
+        processor = processor or loaded
+    else:
+        source = getattr(model, "name_or_path", "") or type(model).__name__
+    if processor is None:
+        raise SpeechPruneError(f"no processor (feature extractor and tokenizer) for {source}: save one beside the "
+                               "model, or pass processor= with a loaded model")
+    family, kind = model_family(model), _kind(model)
+    train_labels = encode_labels(model, processor, train, language=language)
+    eval_labels = encode_labels(model, processor, eval, language=language) if eval is not None else None
+
+    shapes = widths(model)
+    run = dict(model=source, family=family, widths=shapes, parameters=count_parameters(model))
+    if resume:
+        _check_resumable(out, run)
+    frozen = _freeze(model, freeze)
+    lr = learning_rate if learning_rate is not None else DEFAULT_LEARNING_RATE[kind]
+    args = _training_arguments(
+        kind, out / CHECKPOINTS, world_size=world_size, batch_size=batch_size, grad_accum=grad_accum,
+        epochs=epochs, max_steps=max_steps, learning_rate=lr, warmup=warmup, with_eval=eval is not None,
+        save_steps=save_steps, keep_checkpoints=keep_checkpoints, logging_steps=logging_steps, seed=seed,
+        num_workers=num_workers, progress=progress, mixed=mixed,
+    )
+    state = PartialState()
+    state.wait_for_everyone()  # every process has checked the folder before any writes to it
+    if state.is_main_process and not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        (out / RUN_FILE).write_text(json.dumps(dict(run, started=started), indent=2))
+
+    timer = _Timer()
+    trainer_class = transformers.Seq2SeqTrainer if kind == "whisper" else transformers.Trainer
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        data_collator=SpeechCollator(processor, whisper=kind == "whisper"),
+        train_dataset=LabelledSpeech(train, train_labels),
+        eval_dataset=LabelledSpeech(eval, eval_labels) if eval is not None else None,
+        processing_class=processor,
+        callbacks=[timer, *(callbacks or [])],
+    )
+    if not progress:
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    use_cache = getattr(model.config, "use_cache", None)
+    if kind == "whisper":
+        model.config.use_cache = False  # no key/value cache while training
+    try:
+        output = trainer.train(resume_from_checkpoint=True if resume else None)
+    finally:
+        if kind == "whisper":
+            model.config.use_cache = use_cache
+    model = trainer.model
+    if widths(model) != shapes:
+        raise SpeechPruneError("training changed the model's pruned widths")  # never expected: a safeguard
+
+    history = trainer.state.log_history
+    epochs_run = (trainer.state.epoch or 0.0) - timer.start_epoch
+    record = dict(
+        out=str(out),
+        model=dict(run, architecture=type(model).__name__, frozen=frozen),
+        data=dict(train=_provenance(train), eval=_provenance(eval), overlap_check=overlap),
+        settings=dict(
+            epochs=epochs, max_steps=max_steps, learning_rate=lr, warmup=warmup, scheduler="linear",
+            batch_size=batch_size, grad_accum=grad_accum, processes=args.world_size, parallel=args.parallel_mode.value,
+            effective_batch=batch_size * grad_accum * args.world_size, precision=precision,
+            mixed_precision=next((k for k, v in mixed.items() if v), "fp32"), freeze=freeze, seed=seed,
+            objective="CTC" if kind == "ctc" else "cross-entropy on Whisper tokens",
+            language=language if kind == "whisper" else None, resumed_from_step=timer.start_step,
+        ),
+        results=dict(
+            global_step=trainer.state.global_step,
+            epoch=trainer.state.epoch,
+            train_loss=output.training_loss,
+            losses=[dict(step=h["step"], epoch=h.get("epoch"), loss=h["loss"]) for h in history if "loss" in h],
+            eval_losses=[dict(step=h["step"], epoch=h.get("epoch"), loss=h["eval_loss"])
+                         for h in history if "eval_loss" in h],
+            train_seconds=round(timer.seconds, 2),
+            seconds_per_epoch=round(timer.seconds / epochs_run, 2) if epochs_run > 0 else None,
+        ),
+        device=str(args.device),
+        versions=_versions(),
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    if trainer.is_world_process_zero():
+        staging = out / ".model-partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        save_pruned(model, staging, processor=processor)
+        (staging / REPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        _install(staging, out)
+    state.wait_for_everyone()
+    return record
+
+
+# ---------------------------------------------------------------- command line
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """Add ``speechprune finetune``."""
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a (pruned) model, keeping its shapes (CTC or Whisper seq2seq)",
+        description="Fine-tune MODEL on speech with the Hugging Face Trainer and save it to --out in its "
+                    "pruned shapes. Runs unchanged under torchrun / accelerate launch on several GPUs.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a folder from `speechprune compress`, any supported model folder, "
+                                                 "a hub id or embedded:whisper-tiny.en / embedded:whisper-base")
+    p.add_argument("--data", required=True, help="train speech: an audiofolder, embedded:train, "
+                                                 "librispeech:train-clean-100 / train-960, ...")
+    p.add_argument("--split", default=None, help="rows of this split of an audiofolder with a split column")
+    p.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N train utterances only")
+    p.add_argument("--eval-data", default=None, help="evaluation speech (must not overlap the train set)")
+    p.add_argument("--eval-split", default=None, help="split of the evaluation audiofolder")
+    p.add_argument("--eval-max-samples", type=int, default=None, metavar="N")
+    p.add_argument("--out", required=True,
+                   help="folder for the model and checkpoints (new or empty; or a run with --resume)")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-5 CTC, 1e-5 Whisper)")
+    p.add_argument("--batch-size", type=int, default=8, help="per device")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--warmup", type=float, default=0.1, help="warm-up: a fraction of the steps, or steps if >= 1")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--freeze", choices=FREEZE, default="front-end",
+                   help="what is not trained: the convolutional front end (default), Whisper's whole encoder, "
+                        "or nothing")
+    p.add_argument("--language", default="en", help="Whisper language token for multilingual checkpoints")
+    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: each epoch)")
+    p.add_argument("--logging-steps", type=int, default=10)
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    prepare_out_dir(args.out, resume=args.resume)
+    train = load_training_speech(args.data, max_samples=args.max_samples, split=args.split)
+    eval_set = (load_training_speech(args.eval_data, max_samples=args.eval_max_samples, split=args.eval_split)
+                if args.eval_data else None)
+    record = finetune(args.model, train, eval=eval_set, out_dir=args.out, epochs=args.epochs, max_steps=args.max_steps,
+                      learning_rate=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
+                      precision=args.precision, freeze=args.freeze, language=args.language,
+                      save_steps=args.save_steps, logging_steps=args.logging_steps, num_workers=args.num_workers,
+                      seed=args.seed, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        r = record["results"]
+        per_epoch = f", {r['seconds_per_epoch']:.1f} s per epoch" if r["seconds_per_epoch"] else ""
+        print(f"fine-tuned {record['model']['model']} for {r['global_step']} steps "
+              f"({r['epoch']:.2f} epochs{per_epoch}); train loss {r['train_loss']:.4f}; saved to {record['out']} "
+              f"(evaluate it with: speechprune evaluate {record['out']} --data ...)")
+    return 0
