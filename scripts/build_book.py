@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     started = time.perf_counter()
-    shutil.rmtree(HTML, ignore_errors=True)
+    for old in (HTML, BUILD / ".doctrees", BUILD / "jupyter_execute"):  # a clean build, nothing left over
+        shutil.rmtree(old, ignore_errors=True)
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     book = subprocess.run([str(jupyter_book), "build", "-W", "-n", "--keep-going",
                            "--path-output", str(ROOT), str(STAGE)], cwd=ROOT)

@@ -203,6 +203,15 @@ def describe(record: dict) -> str:
             f"greedy decoding, Whisper English normaliser, {record['dtype']}")
 
 
+def describe_comparison(recs: dict[str, dict]) -> str:
+    """One line for a dense / magnitude / cluster trio measured with the same settings."""
+    r, c = recs["cluster"], recs["cluster"]["compression"]
+    return (f"{r['settings']['model']} on {r['data']['name']} ({r['n_utterances']} utterances): magnitude "
+            f"pruning and clustering (seed {c['seed']}) of {c['sparsity']:.0%} of {','.join(c['scope'])} "
+            f"channels, {c['allocation']} allocation ({c['param_sparsity']:.1%} of all parameters removed); "
+            f"greedy decoding, Whisper English normaliser, {r['dtype']}")
+
+
 # --- spread ----------------------------------------------------------------------------------
 
 def _errors_and_words(record: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -272,25 +281,22 @@ def comparison_table(setting: Setting, ours: dict[str, dict[str, dict]]):
     return pd.DataFrame(columns, index=list(QUANTITIES)).rename_axis(setting.label)
 
 
-def summary_table(entries: list[tuple[Setting, dict[str, dict[str, dict]] | None, str]]):
-    """Every setting's numbers in one DataFrame: the paper's two test sets, ours, and what ours is.
+def summary_table(entries: list[tuple[Setting, dict[str, dict[str, dict]] | None]]):
+    """Every setting's numbers in one DataFrame: the paper's two test sets beside ours.
 
-    Each entry is ``(setting, ours, note)``: ``ours`` as for :func:`comparison_table` (records need
-    only ``wer`` when ``note`` says how they were measured) or None, in which case ``note`` says why
-    there is no number.
+    Each entry is ``(setting, ours)``: ``ours`` as for :func:`comparison_table` (records need only
+    ``wer``), or None where this build has no measurement ("not measured").
     """
     import pandas as pd
 
     rows = []
-    for setting, ours, note in entries:
+    for setting, ours in entries:
         ours_values = [_our_values(recs) for recs in (ours or {}).values()]
-        measured = note or "; ".join(describe(recs["cluster"]) for recs in (ours or {}).values())
         clean, other = (_paper_values(setting, t) for t in TEST_SETS)
         for i, quantity in enumerate(QUANTITIES):
             rows.append({"setting": setting.label, "quantity": quantity, "paper: test-clean": clean[i],
                          "paper: test-other": other[i],
-                         "ours": " / ".join(v[i] for v in ours_values) if ours_values else "not measured",
-                         "ours: model, data, settings": measured})
+                         "ours": " / ".join(v[i] for v in ours_values) if ours_values else "not measured"})
     return pd.DataFrame(rows).set_index(["setting", "quantity"])
 
 
@@ -326,7 +332,7 @@ def plot_paper_vs_ours(setting: Setting, ours: dict[str, dict[str, dict]], *, ti
                             label=names[kind] if i == 0 else None)
             right.bar_label(bar, fmt="%.2f", fontsize=8, padding=2)
     right.set_xticks(range(len(ours)), list(ours), fontsize=8)
-    right.set_xlim(-0.6, max(len(ours), len(setting.reductions)) - 0.4)
+    right.set_xlim(-0.8, len(ours) - 0.2)
     first = next(iter(ours.values()))["cluster"]
     c = first["compression"]
     right.set_title(title or f"This build: {first['settings']['model']}, {c['sparsity']:.0%} of {','.join(c['scope'])}",

@@ -130,8 +130,8 @@ def test_reductions_intervals_and_tables_from_records():
     ours = {"ours": dict(dense=dense, magnitude=magnitude, cluster=cluster)}
     table = paper.comparison_table(paper.SETTINGS["hubert-large-50"], ours)
     assert table.loc["absolute WER reduction (points)", "ours"] == "30.00"
-    summary = paper.summary_table([(paper.SETTINGS["hubert-large-50"], ours, ""),
-                                   (paper.SETTINGS["hubert-large-50-ft3"], None, "not measured here")])
+    summary = paper.summary_table([(paper.SETTINGS["hubert-large-50"], ours),
+                                   (paper.SETTINGS["hubert-large-50-ft3"], None)])
     assert len(summary) == 2 * len(paper.QUANTITIES)
     assert (summary.xs(paper.SETTINGS["hubert-large-50-ft3"].label)["ours"] == "not measured").all()
 
@@ -149,3 +149,22 @@ def test_full_scale_results_round_trip(tmp_path):
     assert list(loaded) == ["full scale: librispeech:test-other (2 utt.)"]
     with pytest.raises(ValueError):
         paper.save_full_scale(setting, "embedded", records, tmp_path)
+
+
+def test_freshness_check_rejects_stale_or_unexecuted_notebooks(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(build_book, "STAGE", tmp_path)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+    nbformat.write(nb, tmp_path / "stale.ipynb")
+    problems = build_book.check_executed(Path("stale.ipynb"), "build-123")
+    assert len(problems) == 3  # no run time, no BUILD_ID, no environment
+
+    cell = nb.cells[0]
+    cell.execution_count = 1
+    cell.metadata["papermill"] = {"duration": 0.01}
+    cell.outputs = [nbformat.v4.new_output(
+        "stream", text=f"Executed in build build-123, Python environment {sys.prefix}\n")]
+    nbformat.write(nb, tmp_path / "fresh.ipynb")
+    assert build_book.check_executed(Path("fresh.ipynb"), "build-123") == []
+    assert build_book.check_executed(Path("fresh.ipynb"), "build-456") != []
