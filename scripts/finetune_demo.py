@@ -7,7 +7,7 @@ API (compress, finetune, evaluate); the record, with full provenance, goes to
 ``results/finetune_demo.json``.
 
     python scripts/finetune_demo.py                  # the committed setting (under 25 min on 2 shared CPU cores)
-    python scripts/finetune_demo.py --train-samples 0 --test-samples 0   # all of both parts (slower)
+    python scripts/finetune_demo.py --train-samples 0  # all of the train part (slower)
     python scripts/finetune_demo.py --smoke --out /tmp/demo.json   # a few steps on a few clips
 """
 
@@ -53,7 +53,8 @@ def _score(model, processor, speech, label: str, batch_size: int) -> dict:
     out = {k: record[k] for k in keep}
     out["wer_ci95"] = _bootstrap_ci(record)
     out["parameters"] = record["model"]["parameters"]
-    out["utterances"] = [dict(id=u["id"], errors=u["errors"], hypothesis=u["hypothesis"]) for u in record["utterances"]]
+    out["utterances"] = [dict(id=u["id"], words=len(u["reference_normalized"].split()), errors=u["errors"],
+                              hypothesis=u["hypothesis"]) for u in record["utterances"]]
     print(f"  {label}: WER {record['wer']:.2f}% (95% interval {out['wer_ci95']}) in {record['decode_seconds']:.0f} s",
           flush=True)
     return out
@@ -136,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--eval-batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--freeze", default="encoder", help="front-end, encoder or none (see speechprune finetune)")
     p.add_argument("--train-samples", type=int, default=40, help="first N train utterances only (0: all)")
-    p.add_argument("--test-samples", type=int, default=32, help="a random (seeded) N of the test utterances (0: all)")
+    p.add_argument("--test-samples", type=int, default=None, help="a random (seeded) N of the test utterances")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="8 train and 8 test clips, 2 steps: checks the pipeline only")
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.train_samples, args.test_samples, args.max_steps, args.batch_size = 8, 8, 2, 4
-    args.train_samples, args.test_samples = args.train_samples or None, args.test_samples or None
+    args.train_samples = args.train_samples or None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="finetune-demo-") as work:
         record = run_demo(args.model, train_spec=args.train, test_spec=args.test, scope=args.scope,
