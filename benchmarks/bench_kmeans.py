@@ -17,9 +17,10 @@ at 10% sparsity, ours only. Results are printed, not saved.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -62,20 +63,6 @@ def within_cluster_ss(x: torch.Tensor, labels: torch.Tensor) -> float:
     return (x - means[labels]).pow(2).sum().item()
 
 
-def return_freed_memory_to_the_os() -> None:
-    """Make glibc mmap every block of 128 KiB or more, so RSS falls when arrays are freed.
-
-    Otherwise glibc raises its mmap threshold after the first large free and keeps later arrays
-    on the heap, and an RSS delta would miss every pass after the first.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (fixing it disables the dynamic threshold)
-    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-
-
 class PeakMemory:
     """Peak extra memory during a block: CUDA allocator peak, or process RSS sampled every 1 ms."""
 
@@ -113,10 +100,14 @@ class PeakMemory:
 @dataclass
 class Run:
     seconds: float
-    peak_bytes: int
+    cpu_seconds: float
     labels: list[torch.Tensor]
     n_iter: list[int]
     matmuls: list[tuple[int, int, int]]
+
+
+#: One layer's clustering: labels, iterations, distance-matmul shapes (centers are dropped).
+Fit = Callable[[object], tuple[torch.Tensor, int, list[tuple[int, int, int]]]]
 
 
 def sync(device: str) -> None:
@@ -124,49 +115,39 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(layers: list[torch.Tensor], k: int, device: str, repeats: int) -> Run:
-    """All layers with speechprune.kmeans; the fastest of `repeats` passes."""
+def run_layers(fit: Fit, layers: list, device: str, repeats: int) -> Run:
+    """Cluster every layer with `fit`; the fastest of `repeats` passes (wall and process CPU time)."""
     best: Run | None = None
     for _ in range(repeats):
         gc.collect()
-        with PeakMemory(device) as memory:
-            sync(device)
-            start = time.perf_counter()
-            results = [kmeans(x, k, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL, seed=SEED) for x in layers]
-            sync(device)
-            seconds = time.perf_counter() - start
-        run = Run(
-            seconds,
-            memory.peak,
-            [r.labels for r in results],
-            [r.n_iter for r in results],
-            [m for r in results for m in r.matmuls],
-        )
+        sync(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        results = [fit(x) for x in layers]
+        sync(device)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        run = Run(seconds, cpu_seconds, [labels for labels, _, _ in results],
+                  [n_iter for _, n_iter, _ in results], [m for _, _, shapes in results for m in shapes])
         if best is None or run.seconds < best.seconds:
             best = run
     assert best is not None
     return best
 
 
-def run_sklearn(layers: list[np.ndarray], k: int, repeats: int) -> Run:
-    """All layers with scikit-learn's KMeans (lloyd); the fastest of `repeats` passes."""
-    best: Run | None = None
-    for _ in range(repeats):
-        gc.collect()
-        with PeakMemory("cpu") as memory:
-            start = time.perf_counter()
-            models = [
-                KMeans(k, init="k-means++", n_init=N_INIT, max_iter=MAX_ITER, tol=TOL, random_state=SEED,
+def fit_ours(k: int) -> Fit:
+    def fit(x: torch.Tensor) -> tuple[torch.Tensor, int, list[tuple[int, int, int]]]:
+        result = kmeans(x, k, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL, seed=SEED)
+        return result.labels, result.n_iter, result.matmuls
+
+    return fit
+
+
+def fit_sklearn(k: int) -> Fit:
+    def fit(x: np.ndarray) -> tuple[torch.Tensor, int, list[tuple[int, int, int]]]:
+        model = KMeans(k, init="k-means++", n_init=N_INIT, max_iter=MAX_ITER, tol=TOL, random_state=SEED,
                        algorithm="lloyd").fit(x)
-                for x in layers
-            ]
-            seconds = time.perf_counter() - start
-        run = Run(seconds, memory.peak, [torch.from_numpy(m.labels_).long() for m in models],
-                  [m.n_iter_ for m in models], [])
-        if best is None or run.seconds < best.seconds:
-            best = run
-    assert best is not None
-    return best
+        return torch.from_numpy(model.labels_).long(), model.n_iter_, []
+
+    return fit
 
 
 def best_time(fn: Callable[[], object], device: str, repeats: int = 3) -> float:
@@ -191,7 +172,7 @@ def matmul_seconds(shapes: list[tuple[int, int, int]], device: str) -> float:
     for (m, d, p), count in counts.items():
         a = torch.randn(m, d, device=device)
         b = torch.randn(d, p, device=device)
-        total += count * best_time(lambda: a @ b, device)
+        total += count * best_time(lambda: a @ b, device, repeats=5)
     return total
 
 
@@ -212,11 +193,11 @@ def seeding_share(x: torch.Tensor, k: int, device: str) -> tuple[float, float]:
     ours = best_time(ours_seeding, device) / best_time(lambda: kmeans(x, k, seed=SEED), device)
     xn = x.cpu().numpy()
     start = time.perf_counter()
-    kmeans_plusplus(xn, k, random_state=SEED)
+    seeds, _ = kmeans_plusplus(xn, k, random_state=SEED)
     seeding = time.perf_counter() - start
-    start = time.perf_counter()
-    KMeans(k, n_init=N_INIT, max_iter=MAX_ITER, tol=TOL, random_state=SEED).fit(xn)
-    return ours, seeding / (time.perf_counter() - start)
+    start = time.perf_counter()  # the Lloyd iterations alone, from those seeds
+    KMeans(k, init=seeds, n_init=1, max_iter=MAX_ITER, tol=TOL, algorithm="lloyd").fit(xn)
+    return ours, seeding / (seeding + time.perf_counter() - start)
 
 
 def print_environment(device: str) -> None:
@@ -232,34 +213,82 @@ def print_environment(device: str) -> None:
         print(f"  GPU: {torch.cuda.get_device_name()}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}")
 
 
+def peak_memory(method: str, k: int, structured: bool, args: argparse.Namespace) -> int:
+    """Peak extra bytes of one layer's call, measured in a fresh process.
+
+    The child runs with glibc's mmap threshold fixed at 128 KiB, so every array is returned to the
+    OS when freed and the RSS delta is the true peak; the timed runs keep the default allocator.
+    """
+    command = [sys.executable, __file__, "--memory-probe", method, str(k), "--device", args.device]
+    if structured:
+        command.append("--structured")
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1])
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    """Child of peak_memory: print the peak extra bytes of clustering layer 0 once."""
+    x = channel_features(512, 2048, 0, args.structured, args.device)
+    method, k = args.memory_probe
+    if method == "ours":
+        fit, data, device = fit_ours(int(k)), x, args.device
+    else:
+        fit, data, device = fit_sklearn(int(k)), x.cpu().numpy(), "cpu"
+    gc.collect()
+    with PeakMemory(device) as memory:
+        fit(data)
+    print(memory.peak)
+
+
 def benchmark_base(args: argparse.Namespace) -> None:
+    """Whisper-base-sized stack at 10% and 50% sparsity: ours against scikit-learn."""
     n_layers = 3 if args.quick else 12
     gflops = measured_gflops(args.device)
     print(f"\nWhisper-base-sized stack: {n_layers} layers, n = 2048 channels, d = 1025; "
-          f"float32 matmul {gflops:.0f} GFLOP/s")
-    print(f"{'weights':<11}{'k':>6} | {'ours s':>7}{'sk s':>8}{'sk/ours':>9} | {'inertia o/s':>11}"
-          f"{'worst layer':>12} | {'ours MB':>8}{'sk MB':>7} | {'iters o/s':>10} | {'matmul %':>8}")
+          f"float32 matmul {gflops:.0f} GFLOP/s", flush=True)
+    rows: list[str | tuple[str, str]] = []
+    memory_probes = []
     for structured in (False, True):
+        name = "structured" if structured else "init"
         layers = [channel_features(512, 2048, i, structured, args.device) for i in range(n_layers)]
         for k in (1843, 1024):
             kmeans(layers[0], k)  # warm up kernels and thread pools outside the timing
-            ours = run_ours(layers, k, args.device, args.repeats)
-            theirs = run_sklearn([x.cpu().numpy() for x in layers], k, args.sklearn_repeats)
+            ours = run_layers(fit_ours(k), layers, args.device, args.repeats)
+            theirs = run_layers(fit_sklearn(k), [x.cpu().numpy() for x in layers], "cpu", args.sklearn_repeats)
             costs = [(within_cluster_ss(x, a), within_cluster_ss(x, b))
                      for x, a, b in zip(layers, ours.labels, theirs.labels)]
             bare = matmul_seconds(ours.matmuls, args.device)
-            print(
-                f"{'structured' if structured else 'init':<11}{k:>6} | {ours.seconds:>7.2f}{theirs.seconds:>8.1f}"
-                f"{theirs.seconds / ours.seconds:>8.1f}x | {sum(a for a, _ in costs) / sum(b for _, b in costs):>11.4f}"
-                f"{max(a / b for a, b in costs):>12.4f} | {ours.peak_bytes / 2**20:>8.0f}{theirs.peak_bytes / 2**20:>7.0f}"
-                f" | {np.mean(ours.n_iter):>4.1f}/{np.mean(theirs.n_iter):<4.1f} | {100 * bare / ours.seconds:>7.0f}%",
-                flush=True,
-            )
+            rows.append((
+                f"{name:<11}{k:>5} | {ours.seconds:>6.2f}{theirs.seconds:>7.1f}"
+                f"{theirs.seconds / ours.seconds:>7.1f}x | {ours.cpu_seconds:>8.2f}{theirs.cpu_seconds:>7.1f}"
+                f"{theirs.cpu_seconds / ours.cpu_seconds:>7.1f}x | "
+                f"{sum(a for a, _ in costs) / sum(b for _, b in costs):>11.4f}{max(a / b for a, b in costs):>7.3f} | ",
+                f" | {np.mean(ours.n_iter):>4.1f}/{np.mean(theirs.n_iter):<4.1f} | {100 * bare / ours.seconds:>5.0f}%",
+            ))
+            memory_probes.append((structured, k))
+            print(f"  timed {name} k = {k}", flush=True)
         share = seeding_share(layers[0], 1843, args.device)
-        print(f"  k-means++ seeding share of one layer at k = 1843: ours {share[0]:.0%}, sklearn {share[1]:.0%}")
-    print("\nsk s: scikit-learn total on CPU; inertia o/s: summed within-cluster cost, ours / sklearn "
-          "(worst layer: largest per-layer ratio); MB: peak extra memory (RSS on CPU, allocator on CUDA); "
-          "matmul %: time the bare distance matmuls our run did would take, as a share of our total.")
+        rows.append(f"  {name} weights, one layer at k = 1843: k-means++ seeding is {share[0]:.0%} of our time, "
+                    f"{share[1]:.0%} of scikit-learn's")
+    peaks = [(peak_memory("ours", k, structured, args), peak_memory("sklearn", k, structured, args))
+             for structured, k in memory_probes]
+    print(f"{'weights':<11}{'k':>5} | {'ours s':>6}{'sk s':>7}{'sk/ours':>8} | {'ours cpu':>8}{'sk cpu':>7}"
+          f"{'sk/ours':>8} | {'inertia o/s':>11}{'worst':>7} | {'ours MB':>7}{'sk MB':>6} | {'iters o/s':>9}"
+          f" | {'matmul':>6}")
+    peak_iter = iter(peaks)
+    for row in rows:
+        if isinstance(row, str):
+            print(row)
+        else:
+            ours_peak, sk_peak = next(peak_iter)
+            print(f"{row[0]}{ours_peak / 2**20:>7.0f}{sk_peak / 2**20:>6.0f}{row[1]}")
+    print("\ns: wall time for all layers, fastest pass (sk: scikit-learn, on the CPU); cpu: process CPU time "
+          "(all threads; robust to other load when --threads 1); inertia o/s: summed within-cluster cost, "
+          "ours / sklearn, worst: largest per-layer ratio; MB: peak extra memory of one layer's call (RSS on "
+          "CPU, allocator on CUDA); matmul: time the bare distance matmuls of our run take, share of our wall time.")
 
 
 def benchmark_large(args: argparse.Namespace) -> None:
@@ -293,13 +322,17 @@ def main() -> None:
                         help="limit both sides to this many threads (default: all cores)")
     parser.add_argument("--repeats", type=int, default=3, help="passes of ours; the fastest counts")
     parser.add_argument("--sklearn-repeats", type=int, default=1, help="passes of scikit-learn")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("METHOD", "K"), help=argparse.SUPPRESS)
+    parser.add_argument("--structured", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    return_freed_memory_to_the_os()
     with threadpool_limits(args.threads):
+        if args.memory_probe:
+            memory_probe(args)
+            return
         print_environment(args.device)
         benchmark_base(args)
         if args.device == "cuda":

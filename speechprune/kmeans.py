@@ -31,8 +31,8 @@ class KMeansResult:
 
     `centers` are the means of each cluster's members (so merging channels by `labels` and by
     `centers` agree) and `inertia` is the sum of squared distances of points to their center.
-    `matmuls` lists the (rows, inner, columns) shapes of the distance matmuls that were run, so a
-    benchmark can time the bare matmuls against the whole run.
+    `matmuls` lists the (rows, inner, columns) shapes of the distance matmuls that were run (over
+    all `n_init` runs), so a benchmark can time the bare matmuls against the whole run.
     """
 
     labels: Tensor
@@ -79,14 +79,19 @@ def kmeans(
     else:
         tol_abs = tol * work.var(dim=0, unbiased=False).mean().item()
         generator = torch.Generator().manual_seed(seed)
-        result = min(
-            (
-                _lloyd(distinct, weights, k, max_iter, tol_abs, init, generator)
-                for _ in range(n_init)
-            ),
-            key=lambda r: r.inertia,
-        )
+        m, d = distinct.shape
+        sq_norms = (distinct * distinct).sum(1)
+        pairwise, matmuls = None, []
+        if init == "k-means++" and m * m <= MAX_DISTANCE_ELEMENTS:  # shared by all n_init runs
+            pairwise = _sq_distances(distinct, sq_norms, distinct, sq_norms).fill_diagonal_(0.0)
+            matmuls.append((m, d, m))
+        runs = [
+            _lloyd(distinct, sq_norms, weights, k, max_iter, tol_abs, init, generator, pairwise)
+            for _ in range(n_init)
+        ]
+        result = min(runs, key=lambda r: r.inertia)
         result.labels = result.labels[inverse]
+        result.matmuls = matmuls + [shape for run in runs for shape in run.matmuls]
     result.centers = result.centers.to(x.dtype)
     return result
 
@@ -128,29 +133,28 @@ def _split_duplicates(x: Tensor, inverse: Tensor, n_distinct: int, k: int) -> KM
 
 def _lloyd(
     x: Tensor,
+    sq_norms: Tensor,
     weights: Tensor | None,
     k: int,
     max_iter: int,
     tol_abs: float,
     init: str,
     generator: torch.Generator,
+    pairwise: Tensor | None,
 ) -> KMeansResult:
-    """One k-means run on distinct points `x` (weighted by their multiplicity), 1 <= k < n."""
+    """One k-means run on distinct points `x` (weighted by their multiplicity), 1 <= k < n.
+
+    `pairwise`, when given, is the n x n squared-distance matrix of `x` (for k-means++).
+    """
     n = x.shape[0]
     matmuls: list[tuple[int, int, int]] = []
-    sq_norms = (x * x).sum(1)
     if init == "random":
         seeds = torch.randperm(n, generator=generator)[:k].to(x.device)
-        distances = _Distances(x, sq_norms, x[seeds], matmuls)
-    elif n * n <= MAX_DISTANCE_ELEMENTS:
-        pairwise = _sq_distances(x, sq_norms, x, sq_norms).fill_diagonal_(0.0)
-        matmuls.append((n, x.shape[1], n))
-        seeds = _kmeans_plus_plus(x, sq_norms, weights, k, generator, pairwise, matmuls)
-        distances = _Distances(x, sq_norms, x[seeds], matmuls, pairwise.index_select(1, seeds))
-        del pairwise
     else:
-        seeds = _kmeans_plus_plus(x, sq_norms, weights, k, generator, None, matmuls)
-        distances = _Distances(x, sq_norms, x[seeds], matmuls)
+        seeds = _kmeans_plus_plus(x, sq_norms, weights, k, generator, pairwise, matmuls)
+    # Seeds are points: their distance columns are already in the pairwise matrix.
+    initial = None if pairwise is None else pairwise.index_select(1, seeds)
+    distances = _Distances(x, sq_norms, x[seeds], matmuls, initial)
     centers = distances.centers
 
     labels, previous = None, None
@@ -256,7 +260,7 @@ class _Distances:
         matmuls: list[tuple[int, int, int]],
         initial: Tensor | None = None,
     ) -> None:
-        """`initial`, when known (seeds are points: columns of the pairwise matrix), is used as is."""
+        """`initial`, when given, is the distance matrix to `centers` and is used as is."""
         self.x, self.sq_norms, self.centers, self.matmuls = x, sq_norms, centers, matmuls
         n, k = x.shape[0], centers.shape[0]
         self.matrix: Tensor | None = None
