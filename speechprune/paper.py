@@ -191,6 +191,32 @@ def measure(model: str, data: str, *, method: str | None = None, sparsity: float
     return record
 
 
+def measure_comparison(model: str, data_sets: list[str], *, sparsity: float, scope: str, seed: int = 0,
+                       **run) -> dict[str, dict[str, dict]]:
+    """Dense, magnitude and cluster records on each data set, by column title ("ours: DATA (N utt.)").
+
+    ``run`` goes to :func:`measure` (``max_samples``, ``batch_size``, ``device``, ``cache_dir``, ``build_id``).
+    """
+    ours = {}
+    for data in data_sets:
+        recs = {"dense": measure(model, data, **run)}
+        for method in ("magnitude", "cluster"):
+            recs[method] = measure(model, data, method=method, sparsity=sparsity, scope=scope, seed=seed, **run)
+        ours[f"ours: {data} ({recs['dense']['n_utterances']} utt.)"] = recs
+    return ours
+
+
+def scale_note(setting: Setting, model: str, data_sets: list[str], *, scope: str, sparsity: float,
+               max_samples: int | None = None) -> str:
+    """One sentence saying whether a run is the paper's experiment or the embedded-scale analog."""
+    if is_full_scale(setting, model, data_sets):
+        subset = f"the first {max_samples} utterances of each" if max_samples else "every utterance"
+        return f"Full scale: the paper's model {model} on {', '.join(data_sets)}, {subset}."
+    return (f"Embedded-scale analog, not the paper's experiment: {model} (not {setting.model}) on "
+            f"{', '.join(data_sets)} (not LibriSpeech), pruning {scope} at {sparsity:.0%}. Compare "
+            "directions and rough sizes with the paper, not the numbers themselves.")
+
+
 def describe(record: dict) -> str:
     """Model, data, compression and decoding of a record, in one line."""
     s, c = record["settings"], record.get("compression")

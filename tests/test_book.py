@@ -140,6 +140,9 @@ def test_full_scale_results_round_trip(tmp_path):
     setting = paper.SETTINGS["whisper-large-v3-10"]
     assert paper.is_full_scale(setting, setting.model, ["librispeech:test-other"])
     assert not paper.is_full_scale(setting, "embedded:whisper-base", ["embedded"])
+    assert paper.scale_note(setting, setting.model, list(setting.data), scope="ffn", sparsity=0.1).startswith(
+        "Full scale")
+    assert "analog" in paper.scale_note(setting, "embedded:whisper-base", ["embedded"], scope="ffn", sparsity=0.1)
     assert paper.load_full_scale(setting, tmp_path) == {}
     records = {k: _record([1, 2], [10, 10], None if k == "dense" else k) for k in ("dense", "magnitude", "cluster")}
     for r in records.values():
