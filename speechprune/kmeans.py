@@ -157,7 +157,7 @@ def _lloyd(
     distances = _Distances(x, sq_norms, x[seeds], matmuls, initial)
     centers = distances.centers
 
-    labels, previous = None, None
+    previous: Tensor | None = None  # labels whose means the current centers are
     converged = False
     n_iter = 0
     while n_iter < max_iter:
