@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from speechprune.allocation import ALLOCATIONS, allocate
 from speechprune.errors import SpeechPruneError
-from speechprune.prune import MERGES, METHODS, assign, assign_cluster, merge
+from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS, assign, assign_cluster, merge
 from speechprune.structure import count_parameters, model_family, parse_scope, units_in_scope, widths
 
 
@@ -49,6 +49,7 @@ class CompressionReport:
     units: list[UnitReport] = field(default_factory=list)
     features: str = "both"
     merge_rule: str = "mean"
+    weighting: str = "none"
 
     @property
     def param_sparsity(self) -> float:
@@ -115,6 +116,7 @@ def compress(
     max_iter: int = 100,
     n_init: int = 1,
     features: str = "both",
+    weighting: str = "none",
     merge_rule: str = "mean",
     progress: bool = True,
 ) -> CompressionReport:
@@ -122,8 +124,8 @@ def compress(
 
     ``sparsity`` is the fraction of channels removed in ``scope`` (feed-forward neurons
     and/or attention heads); the report also gives the fraction of all parameters.
-    ``features`` and ``merge_rule`` choose what k-means sees and how merged producers are
-    combined (see :mod:`speechprune.prune`). Everything is checked before the first layer changes.
+    ``features``, ``weighting`` and ``merge_rule`` choose what k-means sees, how much each
+    channel counts in it, and how merged producers are combined (see :mod:`speechprune.prune`). Everything is checked before the first layer changes.
     """
     family = model_family(model)
     sparsity = check_sparsity(sparsity)
@@ -131,9 +133,13 @@ def compress(
         raise SpeechPruneError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if merge_rule not in MERGES:
         raise SpeechPruneError(f"unknown merge rule {merge_rule!r}: use one of {', '.join(MERGES)}")
+    if features not in FEATURES:
+        raise SpeechPruneError(f"unknown feature set {features!r}: use one of {', '.join(FEATURES)}")
+    if weighting not in WEIGHTINGS:
+        raise SpeechPruneError(f"unknown weighting {weighting!r}: use one of {', '.join(WEIGHTINGS)}")
     parts = parse_scope(scope, model)
     units = units_in_scope(model, parts)
-    options = dict(seed=seed, max_iter=max_iter, n_init=n_init, features=features)
+    options = dict(seed=seed, max_iter=max_iter, n_init=n_init, features=features, weighting=weighting)
 
     start = time.perf_counter()
     params_before = count_parameters(model)
@@ -157,7 +163,9 @@ def compress(
     bar.close()
     report = CompressionReport(family, method, sparsity, list(parts), allocation, seed, params_before,
                                count_parameters(model), time.perf_counter() - start, reports,
-                               features if method == "cluster" else "producer", merge_rule)
+                               features if method == "cluster" else "producer",
+                               merge_rule if method == "cluster" else "none",
+                               weighting if method == "cluster" else "none")
     record_widths(model, {k: v for k, v in report.to_dict().items() if k != "units"})
     return report
 
@@ -182,8 +190,14 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated parts: encoder.ffn, encoder.attention, decoder.ffn, decoder.attention, "
                         "or encoder, decoder, ffn, attention, all (default: ffn)")
     p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform", help="how the budget is spread over layers")
+    p.add_argument("--features", choices=FEATURES, default="both",
+                   help="what k-means compares: both = producer rows + consumer columns (the paper), producer, "
+                        "or normalized = producer rows as they act on the LayerNorm-normalised input")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default="none",
+                   help="k-means weight of a channel: none, or consumer = its consumer column's squared norm")
     p.add_argument("--merge", choices=MERGES, default="mean", dest="merge_rule",
-                   help="how a cluster's producers combine: mean (the paper) or projection (first-order optimal)")
+                   help="how a cluster's producers combine: mean (the paper), weighted (by consumer norm) "
+                        "or projection (first-order optimal)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-iter", type=int, default=100, help="k-means iterations at most")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -202,7 +216,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     model, processor = load_model(args.model, device=device)
     report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
                       allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
-                      merge_rule=args.merge_rule)
+                      features=args.features, weighting=args.weighting, merge_rule=args.merge_rule)
     save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite)
     print(report.table())
     print(f"saved to {args.out}")

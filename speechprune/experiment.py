@@ -17,7 +17,7 @@ import torch
 
 from speechprune.allocation import ALLOCATIONS
 from speechprune.compress import check_sparsity, compress
-from speechprune.prune import MERGES, METHODS
+from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS
 
 DEFAULT_MODEL = "embedded:whisper-base"
 DEFAULT_DATA = "embedded"
@@ -32,15 +32,18 @@ def run_comparison(
     allocations: tuple[str, ...] = ("uniform",),
     methods: tuple[str, ...] = METHODS,
     merge_rules: tuple[str, ...] = ("mean",),
+    feature_sets: tuple[str, ...] = ("both",),
+    weighting: str = "none",
     max_samples: int | None = None,
     batch_size: int = 8,
     device: str | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Evaluate the dense model and every (allocation, method, merge rule) pruned copy.
+    """Evaluate the dense model and every (allocation, method, features, merge rule) pruned copy.
 
-    Merge rules apply to ``cluster`` only (magnitude keeps single channels). Returns the
+    Feature sets, the weighting and merge rules apply to ``cluster`` only (magnitude keeps
+    single channels, ranked by producer norm). Returns the
     records of :func:`speechprune.evaluate.evaluate`, each with its compression report.
     """
     from speechprune.data import load_speech
@@ -54,13 +57,15 @@ def run_comparison(
     records = [evaluate(dense, processor, speech, batch_size=batch_size, device=device,
                         progress=progress, label="dense")]
     records[0].update(label="dense", compression=None)
-    variants = [(a, m, r) for a in allocations for m in methods
+    variants = [(a, m, f, r) for a in allocations for m in methods
+                for f in (feature_sets if m == "cluster" else ("both",))
                 for r in (merge_rules if m == "cluster" else ("mean",))]
-    for allocation, method, rule in variants:
+    for allocation, method, features, rule in variants:
         pruned = copy.deepcopy(dense)
         report = compress(pruned, method=method, sparsity=sparsity, scope=scope, allocation=allocation,
+                          features=features, weighting=weighting if method == "cluster" else "none",
                           merge_rule=rule, seed=seed, progress=progress)
-        label = method + ("" if allocation == "uniform" else f" {allocation}") + ("" if rule == "mean" else f" {rule}")
+        label = _label(method, allocation, features, rule)
         record = evaluate(pruned, processor, speech, batch_size=batch_size, device=device,
                           progress=progress, label=label)
         record.update(label=label, compression=report.to_dict())
@@ -145,6 +150,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", default="encoder.ffn")
     p.add_argument("--allocations", default="uniform", help=f"comma-separated, from {', '.join(ALLOCATIONS)}")
     p.add_argument("--merges", default="mean", help=f"comma-separated merge rules for cluster, from {', '.join(MERGES)}")
+    p.add_argument("--features", default="both", help=f"comma-separated feature sets for cluster, from {', '.join(FEATURES)}")
+    p.add_argument("--weighting", default="none", choices=WEIGHTINGS, help="k-means weight of each channel (cluster)")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
@@ -160,6 +167,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, overwrite=args.overwrite)
     result = run_comparison(args.model, args.data, sparsity=args.sparsity, scope=args.scope,
                             allocations=_names(args.allocations), merge_rules=_names(args.merges),
+                            feature_sets=_names(args.features), weighting=args.weighting,
                             max_samples=args.max_samples,
                             batch_size=args.batch_size, device=args.device, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +176,14 @@ def _run_cli(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"results: {out / 'results.json'}  figure: {out / 'wer.png'}")
     return 0
+
+
+def _label(method: str, allocation: str, features: str, rule: str) -> str:
+    """``cluster``, ``magnitude variance``, ``cluster producer projection``: what differs from the defaults."""
+    parts = [method] + ([allocation] if allocation != "uniform" else [])
+    if method == "cluster":
+        parts += [x for x, default in ((features, "both"), (rule, "mean")) if x != default]
+    return " ".join(parts)
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -51,6 +51,7 @@ def kmeans(
     tol: float = 1e-4,
     seed: int = 0,
     init: str = "k-means++",
+    sample_weight: Tensor | None = None,
 ) -> KMeansResult:
     """Cluster the rows of `x` ([n, d]) into `k` clusters with Lloyd's algorithm.
 
@@ -62,6 +63,9 @@ def kmeans(
     non-empty). Deterministic for a given `seed` on CPU. Distances are computed in float32 (float64
     for float64 input; keep TF32 matmuls off on CUDA, PyTorch's default, or near-duplicate channels
     blur); `centers` come back in `x`'s dtype, everything on `x`'s device.
+
+    `sample_weight` ([n], positive) weighs each point in the seeding, the means and the inertia, as
+    in scikit-learn's `fit(x, sample_weight=...)`.
     """
     _check_arguments(x, k, n_init, max_iter, tol, init)
     n = x.shape[0]
@@ -69,11 +73,14 @@ def kmeans(
         return KMeansResult(torch.arange(n, device=x.device), x.detach().clone(), 0.0, 0)
     # Adding +0.0 turns -0.0 into 0.0, so rows that compare equal are also bitwise equal.
     work = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32) + 0.0
+    given = None if sample_weight is None else _check_weights(sample_weight, n, x.device, work.dtype)
     distinct, inverse, counts = torch.unique(work, dim=0, return_inverse=True, return_counts=True)
     if distinct.shape[0] == n:  # the usual case: keep the caller's row order
-        distinct, inverse, weights = work, torch.arange(n, device=x.device), None
-    else:
+        distinct, inverse, weights = work, torch.arange(n, device=x.device), given
+    elif given is None:
         weights = counts.to(work.dtype)
+    else:
+        weights = torch.zeros(distinct.shape[0], dtype=work.dtype, device=x.device).index_add_(0, inverse, given)
     if k >= distinct.shape[0]:
         result = _split_duplicates(work, inverse, distinct.shape[0], k)
     else:
@@ -113,6 +120,15 @@ def _check_arguments(x: Tensor, k: int, n_init: int, max_iter: int, tol: float, 
         raise SpeechPruneError(f"init must be one of {INITS}, got {init!r}")
     if not torch.isfinite(x).all():
         raise SpeechPruneError("kmeans input contains NaN or infinity")
+
+
+def _check_weights(sample_weight: Tensor, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    w = torch.as_tensor(sample_weight).detach().to(device=device, dtype=dtype)
+    if w.shape != (n,):
+        raise SpeechPruneError(f"sample_weight must have shape ({n},), got {tuple(w.shape)}")
+    if not torch.isfinite(w).all() or not bool((w > 0).all()):
+        raise SpeechPruneError("sample_weight must be finite and positive")
+    return w
 
 
 def _split_duplicates(x: Tensor, inverse: Tensor, n_distinct: int, k: int) -> KMeansResult:

@@ -33,34 +33,78 @@ class Assignment:
     cost: float  # clustering inertia, or the squared norm magnitude pruning throws away
 
 
+FEATURES = ("both", "producer", "normalized")
+WEIGHTINGS = ("none", "consumer")
+
+
 @torch.no_grad()
-def _producer_blocks(unit: Unit) -> list[torch.Tensor]:
-    """Each producer's weight and bias, as [n, group * (d_in + 1)] float32 blocks."""
+def _producer_blocks(unit: Unit, normalized: bool = False) -> list[torch.Tensor]:
+    """Each producer's weight and bias, as [n, group * (d_in + 1)] float32 blocks.
+
+    ``normalized``: as the producer acts on its LayerNorm's *normalised* input x^: the row
+    ``w`` becomes ``w * gamma`` and the bias ``b + w . beta`` (the LayerNorm's affine part is
+    folded in), so coordinates that the norm amplifies count as much as they do in the layer.
+    """
     n, g = unit.n_channels, unit.group_size
+    norms = unit.input_norms or (None,) * len(unit.producers)
     blocks = []
-    for lin in unit.producers:
-        w = lin.weight.float().reshape(n, g, -1)
-        if lin.bias is not None:
-            w = torch.cat([w, lin.bias.float().reshape(n, g, 1)], dim=2)
+    for lin, norm in zip(unit.producers, norms):
+        w = lin.weight.float()
+        b = None if lin.bias is None else lin.bias.float()
+        gamma = getattr(norm, "weight", None) if normalized else None
+        if gamma is not None:
+            beta = getattr(norm, "bias", None)
+            shift = w @ beta.float() if beta is not None else torch.zeros(w.shape[0], device=w.device)
+            b = shift if b is None else b + shift
+            w = w * gamma.float()
+        w = w.reshape(n, g, -1)
+        if b is not None:
+            w = torch.cat([w, b.reshape(n, g, 1)], dim=2)
         blocks.append(w.reshape(n, -1))
     return blocks
+
+
+@torch.no_grad()
+def _consumer_block(unit: Unit) -> torch.Tensor:
+    """The consumer columns of every channel, [n, group * d_out] float32."""
+    n, g = unit.n_channels, unit.group_size
+    w = unit.consumer.weight.float()  # [d_out, n * g]
+    return w.reshape(w.shape[0], n, g).permute(1, 0, 2).reshape(n, -1)
 
 
 @torch.no_grad()
 def channel_features(unit: Unit, features: str = "both") -> torch.Tensor:
     """Feature vector of every channel, [n, D] in float32.
 
-    ``both``: producer rows (with bias) then consumer columns, as in model folding.
+    ``both``: producer rows (with bias) then consumer columns, as in model folding (the paper).
     ``producer``: producer rows with bias only.
+    ``normalized``: producer rows with bias as they act on the LayerNorm-normalised input (the
+    norm's scale and shift folded in; see :func:`_producer_blocks`). Data-free: it uses only the
+    LayerNorm's own weights.
     """
-    parts = _producer_blocks(unit)
+    if features not in FEATURES:
+        raise SpeechPruneError(f"unknown feature set {features!r}: use one of {', '.join(FEATURES)}")
+    parts = _producer_blocks(unit, normalized=features == "normalized")
     if features == "both":
-        n, g = unit.n_channels, unit.group_size
-        w = unit.consumer.weight.float()  # [d_out, n * g]
-        parts.append(w.reshape(w.shape[0], n, g).permute(1, 0, 2).reshape(n, -1))
-    elif features != "producer":
-        raise SpeechPruneError(f"unknown feature set {features!r}: use 'both' or 'producer'")
+        parts.append(_consumer_block(unit))
     return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def channel_weights(unit: Unit, weighting: str = "none") -> torch.Tensor | None:
+    """k-means weight of every channel: ``None`` (all equal) or its consumer's squared norm.
+
+    With ``consumer``, merging two channels costs in proportion to how much each writes to the
+    output: to first order the output error of replacing producer ``p_i`` by ``p`` is
+    ``|c_i|^2 |p_i - p|^2`` (for roughly orthogonal consumer columns ``c_i``), which is weighted
+    k-means with weights ``|c_i|^2``.
+    """
+    if weighting not in WEIGHTINGS:
+        raise SpeechPruneError(f"unknown weighting {weighting!r}: use one of {', '.join(WEIGHTINGS)}")
+    if weighting == "none":
+        return None
+    w = _consumer_block(unit).pow(2).sum(1)
+    return w.clamp_min(1e-12 * float(w.max().clamp_min(1e-30)))
 
 
 @torch.no_grad()
@@ -88,15 +132,16 @@ def assign_magnitude(unit: Unit, k: int) -> Assignment:
     keep = torch.sort(torch.topk(scores, k).indices).values
     labels = torch.full_like(scores, -1, dtype=torch.long)
     labels[keep] = torch.arange(k, device=labels.device)
-    dropped = channel_features(unit)[labels < 0]
+    dropped = channel_features(unit)[labels < 0]  # cost: the squared norm thrown away
     return Assignment(labels, k, float(dropped.pow(2).sum()))
 
 
 @torch.no_grad()
 def assign_cluster(unit: Unit, k: int, *, seed: int = 0, max_iter: int = 100, n_init: int = 1,
-                   features: str = "both") -> Assignment:
+                   features: str = "both", weighting: str = "none") -> Assignment:
     x = channel_features(unit, features)
-    result = kmeans(x, k, seed=seed, max_iter=max_iter, n_init=n_init)
+    result = kmeans(x, k, seed=seed, max_iter=max_iter, n_init=n_init,
+                    sample_weight=channel_weights(unit, weighting))
     return Assignment(_canonical(result.labels, k), k, float(result.inertia))
 
 
@@ -112,7 +157,7 @@ def assign(unit: Unit, k: int, method: str, **cluster_options) -> Assignment:
     raise SpeechPruneError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
 
 
-MERGES = ("mean", "projection")
+MERGES = ("mean", "weighted", "projection")
 
 
 @torch.no_grad()
@@ -120,11 +165,13 @@ def merge(unit: Unit, assignment: Assignment, rule: str = "mean") -> None:
     """Shrink ``unit`` to ``assignment.k`` channels: consumers summed, producers combined.
 
     ``mean`` (the paper's reading): a new channel's producer is the plain mean of its
-    members'. ``projection``: a weighted mean with weights ``w_i = <c, c_i> / |c|^2``, where
+    members'. ``weighted``: the mean weighted by each member's squared consumer norm
+    ``|c_i|^2``, the centre of consumer-weighted k-means (members that write more count
+    more). ``projection``: a weighted mean with weights ``w_i = <c, c_i> / |c|^2``, where
     ``c_i`` are the members' consumer columns and ``c`` their sum. These weights sum to one
     and minimise the first-order output error ``|sum_i c_i (p_i - p)^T|`` of replacing every
-    member's producer ``p_i`` by ``p``: members that write more, along the merged direction,
-    count more. Both are exact for identical members. Dropped channels (label -1) vanish from
+    member's producer ``p_i`` by ``p``; for orthogonal consumer columns they equal the
+    ``weighted`` ones. All three are exact for identical members. Dropped channels (label -1) vanish from
     both sides; the consumer bias is unchanged.
     """
     if rule not in MERGES:
@@ -145,6 +192,10 @@ def merge(unit: Unit, assignment: Assignment, rule: str = "mean") -> None:
     cols = old_consumer.float().reshape(d_out, n, g)[:, src]  # [d_out, m, g]
     summed = torch.zeros(d_out, k, g, device=cols.device).index_add_(1, dst, cols)
     weights = 1.0 / counts[dst]
+    if rule == "weighted":
+        power = cols.pow(2).sum((0, 2))  # [m] squared consumer norm of each member
+        total_power = torch.zeros(k, device=cols.device).index_add_(0, dst, power)[dst]
+        weights = torch.where(total_power > 0, power / total_power.clamp_min(1e-30), weights)
     if rule == "projection":
         c = cols.permute(1, 0, 2).reshape(len(src), -1)  # [m, d_out * g]
         total = summed.permute(1, 0, 2).reshape(k, -1)[dst]  # each member's cluster sum

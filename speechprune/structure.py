@@ -40,7 +40,8 @@ class Unit:
 
     ``kind`` is ``"ffn"`` (channels are intermediate neurons) or ``"attention"`` (channels
     are heads); ``stack`` is ``"encoder"`` or ``"decoder"``; ``block`` names the attention
-    block (``self_attn``, ``encoder_attn``) or ``ffn``.
+    block (``self_attn``, ``encoder_attn``) or ``ffn``. ``input_norms`` names, per producer,
+    the LayerNorm that feeds it, so that channels can be compared as the layer sees them.
     """
 
     name: str
@@ -51,6 +52,8 @@ class Unit:
     owner: nn.Module
     producer_names: tuple[str, ...]
     consumer_name: str
+    #: the LayerNorm whose output each producer reads (None where it is not a LayerNorm)
+    input_norms: tuple[nn.Module | None, ...] = ()
 
     @property
     def part(self) -> str:
@@ -131,14 +134,35 @@ def iter_units(model: nn.Module) -> Iterator[Unit]:
                 blocks = ["self_attn"] + (["encoder_attn"] if stack == "decoder" else [])
                 for block in blocks:
                     attn = getattr(layer, block)
+                    if block == "self_attn":
+                        norms = (layer.self_attn_layer_norm,) * 3
+                    else:  # queries read the decoder, keys and values the encoder's output
+                        encoder_norm = model.model.encoder.layer_norm
+                        norms = (layer.encoder_attn_layer_norm, encoder_norm, encoder_norm)
                     yield Unit(f"{stack}.layers.{i}.{block}", stack, "attention", i, block, attn,
-                               ("q_proj", "k_proj", "v_proj"), "out_proj")
-                yield Unit(f"{stack}.layers.{i}.ffn", stack, "ffn", i, "ffn", layer, ("fc1",), "fc2")
+                               ("q_proj", "k_proj", "v_proj"), "out_proj", norms)
+                yield Unit(f"{stack}.layers.{i}.ffn", stack, "ffn", i, "ffn", layer, ("fc1",), "fc2",
+                           (layer.final_layer_norm,))
             else:
+                attention_norm, ffn_norm = _wav2vec2_norms(model, family, layers, i)
                 yield Unit(f"{stack}.layers.{i}.attention", stack, "attention", i, "self_attn",
-                           layer.attention, ("q_proj", "k_proj", "v_proj"), "out_proj")
+                           layer.attention, ("q_proj", "k_proj", "v_proj"), "out_proj", (attention_norm,) * 3)
                 yield Unit(f"{stack}.layers.{i}.ffn", stack, "ffn", i, "ffn", layer.feed_forward,
-                           ("intermediate_dense",), "output_dense")
+                           ("intermediate_dense",), "output_dense", (ffn_norm,))
+
+
+def _wav2vec2_norms(model: nn.Module, family: str, layers: nn.ModuleList, i: int) -> tuple[nn.Module, nn.Module]:
+    """The LayerNorms feeding layer ``i``'s attention and feed-forward block (HuBERT, wav2vec2).
+
+    Pre-LN ("stable", the large models): each block reads its own norm. Post-LN (the base
+    models): attention reads the previous layer's final norm (the encoder's norm for layer 0),
+    and the feed-forward block reads the norm after attention.
+    """
+    layer = layers[i]
+    if model.config.do_stable_layer_norm:
+        return layer.layer_norm, layer.final_layer_norm
+    previous = getattr(model, family).encoder.layer_norm if i == 0 else layers[i - 1].final_layer_norm
+    return previous, layer.layer_norm
 
 
 def parse_scope(scope: str | list[str] | tuple[str, ...], model: nn.Module | None = None) -> tuple[str, ...]:

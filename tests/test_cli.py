@@ -34,6 +34,17 @@ def test_compress_writes_a_folder_that_reloads(tmp_path, tiny_folder, capsys):
     assert torch.isfinite(_forward(model, _input("whisper"))).all()
 
 
+def test_compress_recipe_flags_reach_the_report_and_the_config(tmp_path, tiny_folder):
+    out = tmp_path / "pruned"
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.25", "--scope", "ffn", "--features", "normalized",
+                 "--weighting", "consumer", "--merge", "weighted", "--out", str(out)]) == 0
+    report = json.loads((out / "speechprune_report.json").read_text())
+    assert (report["features"], report["weighting"], report["merge_rule"]) == ("normalized", "consumer", "weighted")
+    config = json.loads((out / "config.json").read_text())
+    assert config["speechprune"]["compressions"][-1]["features"] == "normalized"
+    assert load_checkpoint(out).model.encoder.layers[0].fc1.out_features == 48
+
+
 @pytest.mark.parametrize("args,message", [
     (["--sparsity", "1.0"], "sparsity must be in"),
     (["--sparsity", "0.3", "--scope", "middle"], "unknown scope part"),

@@ -71,8 +71,10 @@ def test_zero_sparsity_leaves_outputs_unchanged(family, method):
 
 
 @pytest.mark.parametrize("family", list(MAKERS))
-@pytest.mark.parametrize("merge_rule", ["mean", "projection"])
-def test_duplicate_channels_and_heads_merge_exactly(family, merge_rule):
+@pytest.mark.parametrize("recipe", [dict(merge_rule="mean"), dict(merge_rule="projection"),
+                                    dict(features="normalized", weighting="consumer", merge_rule="weighted")],
+                         ids=["mean", "projection", "normalized-weighted"])
+def test_duplicate_channels_and_heads_merge_exactly(family, recipe):
     model = MAKERS[family]()
     x = _input(family)
     with torch.no_grad():
@@ -88,7 +90,7 @@ def test_duplicate_channels_and_heads_merge_exactly(family, merge_rule):
             c = unit.consumer.weight.view(unit.consumer.out_features, n, g)
             c[:, half:] = c[:, :half]
     ref = _forward(model, x)
-    report = compress(model, method="cluster", sparsity=0.5, scope="all", merge_rule=merge_rule, progress=False)
+    report = compress(model, method="cluster", sparsity=0.5, scope="all", progress=False, **recipe)
     assert all(u.cost < 1e-6 for u in report.units)
     torch.testing.assert_close(_forward(model, x), ref, rtol=1e-4, atol=1e-5)
 
@@ -192,3 +194,105 @@ def test_projection_merge_weights_members_by_their_share_of_the_merged_consumer(
     torch.testing.assert_close(unit.producers[0].bias[0], b[0] / 3 + 2 * b[1] / 3)
     torch.testing.assert_close(unit.consumer.weight[:, 0], 3 * c[:, 0])
     torch.testing.assert_close(unit.producers[0].weight[1:], p[2:])
+
+
+def test_weighted_merge_weights_members_by_consumer_power(tiny_whisper):
+    unit = next(u for u in iter_units(tiny_whisper) if u.kind == "ffn")
+    p = unit.producers[0].weight.detach().clone()
+    c = unit.consumer.weight.detach().clone()
+    with torch.no_grad():  # channel 1 writes twice as strongly as channel 0: weights 1/5 and 4/5
+        unit.consumer.weight[:, 1] = -2 * c[:, 0]
+    labels = torch.arange(unit.n_channels) - 1
+    labels[0] = 0
+    from speechprune.prune import Assignment
+
+    merge(unit, Assignment(labels, unit.n_channels - 1, 0.0), "weighted")
+    torch.testing.assert_close(unit.producers[0].weight[0], p[0] / 5 + 4 * p[1] / 5)
+    torch.testing.assert_close(unit.consumer.weight[:, 0], -c[:, 0])
+
+
+def make_tiny_stable_hubert():
+    from transformers import HubertConfig, HubertForCTC
+
+    from conftest import _ctc_kwargs
+
+    torch.manual_seed(0)
+    return HubertForCTC(HubertConfig(**{**_ctc_kwargs(), "do_stable_layer_norm": True})).eval()
+
+
+@pytest.mark.parametrize("make", [make_tiny_hubert, make_tiny_stable_hubert, make_tiny_wav2vec2, make_tiny_whisper],
+                         ids=["hubert", "hubert-stable", "wav2vec2", "whisper"])
+def test_input_norms_are_what_each_producer_reads(make):
+    """Hooks on every LayerNorm and producer: each producer's input is its named norm's output."""
+    model = make()
+    family = model_family(model)
+    outputs, inputs, hooks = {}, {}, []
+    units = list(iter_units(model))
+
+    def keep_input(key):
+        def hook(module, args, out):
+            inputs.setdefault(key, args[0])
+        return hook
+
+    for unit in units:
+        assert len(unit.input_norms) == len(unit.producers)
+        for name, lin, norm in zip(unit.producer_names, unit.producers, unit.input_norms):
+            assert isinstance(norm, torch.nn.LayerNorm), (unit.name, name)
+            hooks.append(norm.register_forward_hook(lambda m, a, out: outputs.setdefault(id(m), []).append(out)))
+            hooks.append(lin.register_forward_hook(keep_input((unit.name, name))))
+    _forward(model, _input(family))
+    for h in hooks:
+        h.remove()
+    for unit in units:
+        for name, norm in zip(unit.producer_names, unit.input_norms):
+            seen = inputs[(unit.name, name)]
+            assert any(o.shape == seen.shape and torch.equal(o, seen) for o in outputs[id(norm)]), (unit.name, name)
+
+
+def test_normalized_features_see_through_the_layernorm(tiny_whisper):
+    """Rescaling a LayerNorm's coordinates and undoing it in fc1 changes nothing the layer
+    computes: normalized features, the clustering and the pruned model stay the same, while
+    raw producer features change."""
+    from speechprune.prune import channel_features
+
+    x = _input("whisper")
+    scale = torch.exp(torch.randn(32, generator=torch.Generator().manual_seed(5)))
+    with torch.no_grad():
+        for layer in tiny_whisper.model.encoder.layers:
+            layer.final_layer_norm.bias.normal_(0, 0.5)
+        twin = copy.deepcopy(tiny_whisper)
+        for layer in twin.model.encoder.layers:
+            layer.final_layer_norm.weight.mul_(scale)
+            layer.final_layer_norm.bias.mul_(scale)
+            layer.fc1.weight.div_(scale)
+    torch.testing.assert_close(_forward(twin, x), _forward(tiny_whisper, x), rtol=1e-4, atol=1e-5)
+    a = units_in_scope(tiny_whisper, "encoder.ffn")[0]
+    b = units_in_scope(twin, "encoder.ffn")[0]
+    torch.testing.assert_close(channel_features(a, "normalized"), channel_features(b, "normalized"), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(channel_features(a, "producer"), channel_features(b, "producer"), atol=1e-3)
+    twin2 = copy.deepcopy(twin)
+    recipe = dict(method="cluster", sparsity=0.5, scope="encoder.ffn", features="normalized", weighting="consumer",
+                  merge_rule="weighted", progress=False)
+    compress(twin, **recipe)
+    compress(tiny_whisper, **recipe)
+    torch.testing.assert_close(_forward(twin, x), _forward(tiny_whisper, x), rtol=1e-4, atol=1e-5)
+    compress(twin2, **{**recipe, "features": "producer"})  # raw rows: a different partition
+    assert not torch.allclose(_forward(twin2, x), _forward(twin, x), atol=1e-4)
+
+
+def test_normalized_features_with_a_plain_layernorm_are_the_producer_rows(tiny_whisper):
+    from speechprune.prune import channel_features
+
+    unit = units_in_scope(tiny_whisper, "encoder.ffn")[0]
+    with torch.no_grad():
+        unit.input_norms[0].weight.fill_(1.0)
+        unit.input_norms[0].bias.zero_()
+    torch.testing.assert_close(channel_features(unit, "normalized"), channel_features(unit, "producer"))
+
+
+@pytest.mark.parametrize("option", [dict(features="output"), dict(weighting="inputs"), dict(merge_rule="median")])
+def test_unknown_recipe_options_are_named(tiny_whisper, option):
+    before = widths(tiny_whisper)
+    with pytest.raises(SpeechPruneError, match=str(next(iter(option.values())))):
+        compress(tiny_whisper, sparsity=0.5, progress=False, **option)
+    assert widths(tiny_whisper) == before

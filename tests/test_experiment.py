@@ -13,11 +13,14 @@ from speechprune.cli import main
 def test_compare_command_writes_results_and_figure(tmp_path, capsys):
     out = tmp_path / "main"
     code = main(["compare", "--model", "embedded:whisper-tiny.en", "--data", "embedded", "--max-samples", "4",
-                 "--sparsity", "0.2", "--scope", "encoder.ffn", "--merges", "mean,projection", "--out", str(out)])
+                 "--sparsity", "0.2", "--scope", "encoder.ffn", "--merges", "mean,projection", "--features", "both,producer", "--out", str(out)])
     assert code == 0
     result = json.loads((out / "results.json").read_text())
     labels = [r["label"] for r in result["records"]]
-    assert labels == ["dense", "cluster", "cluster projection", "magnitude"]
+    assert labels == ["dense", "cluster", "cluster projection", "cluster producer", "cluster producer projection",
+                      "magnitude"]
+    assert [r["compression"]["features"] for r in result["records"][1:]] == ["both", "both", "producer", "producer",
+                                                                             "producer"]
     dense, *pruned = result["records"]
     assert dense["compression"] is None and dense["n_utterances"] == 4
     for r in pruned:

@@ -212,3 +212,49 @@ def test_numpy_free_labels_on_input_device() -> None:
     result = kmeans(blobs(), 8)
     assert result.labels.device == result.centers.device == torch.device("cpu")
     assert np.unique(result.labels.numpy()).size == 8
+
+
+def weighted_ss(x: torch.Tensor, labels: torch.Tensor, w: torch.Tensor) -> float:
+    """Weighted cost of a partition: weighted squared distances to the weighted means, float64."""
+    x, w = x.double(), w.double()
+    k = int(labels.max()) + 1
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, labels, x * w[:, None])
+    mass = torch.zeros(k, dtype=torch.float64).index_add_(0, labels, w)
+    return ((x - (sums / mass[:, None])[labels]).pow(2).sum(1) * w).sum().item()
+
+
+@pytest.mark.parametrize("k", [40, 360])
+def test_sample_weight_matches_sklearn_and_changes_the_partition(k: int) -> None:
+    x = normal()
+    w = torch.exp(torch.randn(x.shape[0], generator=torch.Generator().manual_seed(3)))
+    ours = kmeans(x, k, n_init=3, seed=0, sample_weight=w)
+    theirs = sklearn_cluster.KMeans(k, n_init=3, max_iter=100, random_state=0).fit(x.numpy(), sample_weight=w.numpy())
+    ours_cost = weighted_ss(x, ours.labels, w)
+    assert ours_cost <= 1.02 * weighted_ss(x, torch.from_numpy(theirs.labels_).long(), w)
+    assert ours.inertia == pytest.approx(ours_cost, rel=1e-4)
+    plain = kmeans(x, k, n_init=3, seed=0)
+    assert ours_cost < weighted_ss(x, plain.labels, w)  # weighting pays off on the weighted cost
+
+
+def test_integer_weights_act_like_copies() -> None:
+    """A point of weight 3 pulls its centre like three copies of it do."""
+    x = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
+    w = torch.tensor([3.0, 1.0, 1.0, 1.0])
+    result = kmeans(x, 2, seed=0, sample_weight=w)
+    copies = kmeans(torch.tensor([[0.0], [0.0], [0.0], [1.0], [10.0], [11.0]]), 2, seed=0)
+    assert sorted(result.centers.squeeze(1).tolist()) == pytest.approx(sorted(copies.centers.squeeze(1).tolist()))
+    assert result.inertia == pytest.approx(copies.inertia)
+    assert result.centers.squeeze(1).min().item() == pytest.approx(0.25)
+
+
+def test_weights_on_duplicate_rows_add_up() -> None:
+    x = torch.tensor([[0.0], [0.0], [1.0], [10.0]])
+    result = kmeans(x, 2, seed=0, sample_weight=torch.tensor([1.0, 2.0, 1.0, 5.0]))
+    assert result.labels[0] == result.labels[1] == result.labels[2] != result.labels[3]
+    assert result.centers.squeeze(1).min().item() == pytest.approx(0.25)  # (0 * 3 + 1) / 4
+
+
+@pytest.mark.parametrize("weight", [torch.ones(5), -torch.ones(4), torch.zeros(4), torch.tensor([1.0, float("nan"), 1, 1])])
+def test_bad_sample_weight_raises(weight: torch.Tensor) -> None:
+    with pytest.raises(SpeechPruneError, match="sample_weight"):
+        kmeans(torch.randn(4, 2), 2, sample_weight=weight)
