@@ -150,7 +150,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", default="encoder.ffn")
     p.add_argument("--allocations", default="uniform", help=f"comma-separated, from {', '.join(ALLOCATIONS)}")
     p.add_argument("--merges", default="mean", help=f"comma-separated merge rules for cluster, from {', '.join(MERGES)}")
-    p.add_argument("--features", default="both", help=f"comma-separated feature sets for cluster, from {', '.join(FEATURES)}")
+    p.add_argument("--features", default="both,producer",
+                   help=f"comma-separated feature sets for cluster, from {', '.join(FEATURES)} "
+                        "(default: the paper's reading, both, and the producer rows alone)")
     p.add_argument("--weighting", default="none", choices=WEIGHTINGS, help="k-means weight of each channel (cluster)")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
