@@ -10,6 +10,9 @@ file that the book's results page plots.
 
     python scripts/seed_study.py                    # the committed setting: results/seed_study.json
     python scripts/seed_study.py --seeds 2 --max-samples 8 --out /tmp/study.json   # a quick look
+
+Runs already in --out (same model, data and setting) are kept and not run again, so a study can be
+extended, e.g. with ``--allocations uniform,variance --features producer``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.2)
     ap.add_argument("--scope", default="encoder.ffn")
     ap.add_argument("--features", default="both,producer", help=f"comma-separated, from {', '.join(FEATURES)}")
+    ap.add_argument("--allocations", default="uniform", help="comma-separated allocations (mixed sparsity)")
     ap.add_argument("--seeds", type=int, default=5, help="k-means seeds 0 .. N-1 per feature set")
     ap.add_argument("--probe-clips", type=int, default=8, help="clips for the encoder-output error")
     ap.add_argument("--out", default="results/seed_study.json")
@@ -67,29 +71,44 @@ def main() -> None:
               f"I{record['insertions']}  encoder error {error:.3f}", flush=True)
         return record
 
-    records = [run("dense", dense, None)]
-    variants = [("magnitude", "both", 0)] + [("cluster", f, s) for f in args.features.split(",") for s in range(args.seeds)]
-    for method, features, seed in variants:
+    setting = dict(model=args.model, data=args.data, sparsity=args.sparsity, scope=args.scope,
+                   max_samples=args.max_samples, probe_clips=args.probe_clips)
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else None
+    if previous is not None and any(previous.get(k) != v for k, v in setting.items() if k in previous):
+        raise SystemExit(f"{out} holds a study of another setting: choose another --out")
+    records = previous["records"] if previous else []
+    done = {r["label"] for r in records}
+    if "dense" not in done:
+        records.append(run("dense", dense, None))
+    variants = [(a, "magnitude", "both", 0) for a in args.allocations.split(",")]
+    variants += [(a, "cluster", f, s) for a in args.allocations.split(",") for f in args.features.split(",")
+                 for s in range(args.seeds)]
+    for allocation, method, features, seed in variants:
+        suffix = "" if allocation == "uniform" else f" {allocation}"
+        label = f"magnitude{suffix}" if method == "magnitude" else f"cluster {features}{suffix} seed {seed}"
+        if label in done:
+            continue
         model = copy.deepcopy(dense)
         report = compress(model, method=method, sparsity=args.sparsity, scope=args.scope, features=features,
-                          seed=seed, progress=False)
-        label = "magnitude" if method == "magnitude" else f"cluster {features} seed {seed}"
+                          allocation=allocation, seed=seed, progress=False)
         records.append(run(label, model, {k: v for k, v in report.to_dict().items() if k != "units"}))
         del model
 
     summary = {}
-    for features in args.features.split(","):
-        wers = [r["wer"] for r in records if r["label"].startswith(f"cluster {features} seed")]
-        summary[features] = dict(median=statistics.median(wers), min=min(wers), max=max(wers), n=len(wers))
-    for features, s in summary.items():
-        print(f"cluster {features}: median {s['median']:.2f}, range {s['min']:.2f}-{s['max']:.2f} over {s['n']} seeds")
+    for r in records:
+        if r["label"].startswith("cluster "):
+            summary.setdefault(r["label"].rsplit(" seed ", 1)[0].removeprefix("cluster "), []).append(r["wer"])
+    summary = {group: dict(median=statistics.median(w), min=min(w), max=max(w), n=len(w))
+               for group, w in summary.items()}
+    for group, s in summary.items():
+        print(f"cluster {group}: median {s['median']:.2f}, range {s['min']:.2f}-{s['max']:.2f} over {s['n']} seeds")
+    seconds = round(time.perf_counter() - started, 1) + (previous or {}).get("seconds", 0.0)
     result = dict(
-        study="k-means seed spread of pruned WER", model=args.model, data=args.data, sparsity=args.sparsity,
-        scope=args.scope, seeds=args.seeds, probe_clips=args.probe_clips, summary=summary,
-        seconds=round(time.perf_counter() - started, 1), python=platform.python_version(),
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"), records=records,
+        study="k-means seed spread of pruned WER", **setting, summary=summary, seconds=seconds,
+        python=platform.python_version(), date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        records=records,
     )
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")

@@ -150,14 +150,16 @@ def _speech(spec: str, max_samples: int | None):
 
 
 def measure(model: str, data: str, *, method: str | None = None, sparsity: float = 0.0, scope: str = "ffn",
-            allocation: str = "uniform", seed: int = 0, max_samples: int | None = None, batch_size: int = 8,
-            device: str | None = None, cache_dir: str | Path | None = None, build_id: str | None = None) -> dict:
+            allocation: str = "uniform", seed: int = 0, features: str = "both", max_samples: int | None = None,
+            batch_size: int = 8, device: str | None = None, cache_dir: str | Path | None = None,
+            build_id: str | None = None) -> dict:
     """WER record of ``model`` on ``data``: dense when ``method`` is None, else compressed first.
 
     The record is :func:`speechprune.evaluate.evaluate`'s, plus ``compression`` (the
     :class:`~speechprune.compress.CompressionReport` as a dict, or None), ``settings`` and
-    ``build_id``. With ``cache_dir``, a record saved for the same settings is loaded instead of
-    measured again; delete the folder to measure afresh.
+    ``build_id``. ``features`` is the cluster feature set (see
+    :func:`speechprune.prune.channel_features`). With ``cache_dir``, a record saved for the same
+    settings is loaded instead of measured again; delete the folder to measure afresh.
     """
     import torch
 
@@ -167,7 +169,7 @@ def measure(model: str, data: str, *, method: str | None = None, sparsity: float
     settings = dict(model=model, data=data, max_samples=max_samples, method=method,
                     sparsity=sparsity if method else 0.0, scope=scope if method else None,
                     allocation=allocation if method else None, seed=seed if method else None,
-                    speechprune=speechprune.__version__)
+                    features=features if method == "cluster" else None, speechprune=speechprune.__version__)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"{method or 'dense'}-{digest}.json" if cache_dir else None
     if path is not None and path.is_file():
@@ -181,7 +183,7 @@ def measure(model: str, data: str, *, method: str | None = None, sparsity: float
     if method:
         target = copy.deepcopy(dense)
         report = compress(target, method=method, sparsity=sparsity, scope=scope, allocation=allocation,
-                          seed=seed, progress=False)
+                          seed=seed, features=features, progress=False)
     label = "dense" if not method else method if allocation == "uniform" else f"{method} ({allocation})"
     record = evaluate(target, processor, speech, batch_size=batch_size, device=device, progress=False, label=label)
     record.update(compression=report.to_dict() if report else None, settings=settings, build_id=build_id)
@@ -222,7 +224,7 @@ def describe(record: dict) -> str:
     s, c = record["settings"], record.get("compression")
     what = "uncompressed" if not c else (
         f"{c['method']} at {c['sparsity']:.0%} of {','.join(c['scope'])} channels, {c['allocation']} allocation"
-        + (f", seed {c['seed']}" if c["method"] == "cluster" else "")
+        + (f", {c.get('features', 'both')} features, seed {c['seed']}" if c["method"] == "cluster" else "")
         + f" ({c['param_sparsity']:.1%} of all parameters removed)"
     )
     return (f"{s['model']} on {record['data']['name']} ({record['n_utterances']} utterances), {what}; "
