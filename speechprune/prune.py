@@ -9,6 +9,13 @@ layers. They differ only in the assignment of old channels to new ones:
 * ``magnitude``: keep the ``k`` channels whose producer rows have the largest L2 norm,
   drop the rest.
 
+Beyond the paper's reading, clustering can compare the producer side only (``features=
+"producer"``: summing makes the consumer side exact, so only producer differences cost
+anything), compare producers through their LayerNorm (``"normalized"``), weight channels by
+their consumer power in k-means (``weighting="consumer"``) and combine producers by a weighted
+mean (``merge`` rules ``weighted`` and ``projection``). ``results/seed_study*.json`` and the
+book's results page show where each helps.
+
 An assignment is a label per old channel: ``0..k-1`` for the new channel it joins, ``-1``
 for a dropped one.
 """
