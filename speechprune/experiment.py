@@ -130,9 +130,10 @@ def plot_comparison(result: dict, path: str | Path) -> None:
     bars = ax.bar([r["model"] for r in pruned], [r["wer"] for r in pruned],
                   color=["#2a7ab9" if r["model"].startswith("cluster") else "#d1495b" for r in pruned])
     ax.bar_label(bars, fmt="%.1f%%")
+    ax.set_ylim(0, 1.15 * max([r["wer"] for r in rows] + [1.0]))  # room for the labels
     ax.axhline(rows[0]["wer"], color="black", linestyle="--", linewidth=1, label=f"dense {rows[0]['wer']:.1f}%")
     ax.set_ylabel("WER (%)")
-    ax.set_title(f"{result['model']}, {result['scope']} at {result['sparsity']:.0%}\n"
+    ax.set_title(f"{result['model']}, {result['scope']} at {result['sparsity']:.0%}, k-means seed {result['seed']}\n"
                  f"{result['records'][0]['n_utterances']} utterances of {result['data']}", fontsize=10)
     ax.legend()
     fig.tight_layout()
