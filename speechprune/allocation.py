@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from speechprune.errors import SpeechPruneError
+from speechprune.errors import SpeechPruneError, check_choice
 from speechprune.structure import Unit
 
 ALLOCATIONS = ("uniform", "variance", "cost")
@@ -121,8 +121,7 @@ def allocate(units: Sequence[Unit], sparsity: float, allocation: str = "uniform"
              cost_fn: Callable[[Unit, int], float] | None = None,
              progress: Callable[[str], None] | None = None) -> dict[str, int]:
     """Channels to keep per unit name. Pools feed-forward and attention units separately."""
-    if allocation not in ALLOCATIONS:
-        raise SpeechPruneError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
+    check_choice("allocation", allocation, ALLOCATIONS)
     uniform = _check_uniform(units, sparsity)
     if allocation == "uniform" or sparsity == 0:
         return uniform

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from speechprune.allocation import ALLOCATIONS, allocate
-from speechprune.errors import SpeechPruneError
+from speechprune.errors import SpeechPruneError, check_choice
 from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS, assign, assign_cluster, merge
 from speechprune.structure import count_parameters, model_family, parse_scope, units_in_scope, widths
 
@@ -129,14 +129,10 @@ def compress(
     """
     family = model_family(model)
     sparsity = check_sparsity(sparsity)
-    if method not in METHODS:
-        raise SpeechPruneError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if merge_rule not in MERGES:
-        raise SpeechPruneError(f"unknown merge rule {merge_rule!r}: use one of {', '.join(MERGES)}")
-    if features not in FEATURES:
-        raise SpeechPruneError(f"unknown feature set {features!r}: use one of {', '.join(FEATURES)}")
-    if weighting not in WEIGHTINGS:
-        raise SpeechPruneError(f"unknown weighting {weighting!r}: use one of {', '.join(WEIGHTINGS)}")
+    check_choice("method", method, METHODS)
+    check_choice("merge rule", merge_rule, MERGES)
+    check_choice("feature set", features, FEATURES)
+    check_choice("weighting", weighting, WEIGHTINGS)
     parts = parse_scope(scope, model)
     units = units_in_scope(model, parts)
     options = dict(seed=seed, max_iter=max_iter, n_init=n_init, features=features, weighting=weighting)

@@ -42,7 +42,7 @@ from torch import nn
 import speechprune
 from speechprune.checkpoint import save_pruned
 from speechprune.data import SAMPLE_RATE, LIBRISPEECH_LICENCE, SpeechSet, Utterance, load_speech, read_audio
-from speechprune.errors import SpeechPruneError
+from speechprune.errors import SpeechPruneError, check_choice
 from speechprune.models import english_generate_kwargs, load_model
 from speechprune.structure import count_parameters, model_family, widths
 
@@ -362,8 +362,7 @@ class _Timer(transformers.TrainerCallback):
 
 
 def _precision(precision: str) -> dict[str, bool]:
-    if precision not in PRECISIONS:
-        raise SpeechPruneError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)
     if precision == "auto":
         if not torch.cuda.is_available():
             return {}
@@ -376,8 +375,7 @@ def _precision(precision: str) -> dict[str, bool]:
 def _freeze(model: nn.Module, what: str) -> list[str]:
     """Freeze the convolutional front end (never pruned: the CTC feature encoder, Whisper's conv1/conv2),
     or Whisper's whole encoder (sensible when only the decoder was pruned), or nothing."""
-    if what not in FREEZE:
-        raise SpeechPruneError(f"unknown freeze option {what!r}: use one of {', '.join(FREEZE)}")
+    check_choice("freeze option", what, FREEZE)
     whisper = _kind(model) == "whisper"
     if what == "encoder" and not whisper:
         raise SpeechPruneError("freeze='encoder' applies to Whisper; CTC models train their encoder (use 'front-end')")

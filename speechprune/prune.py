@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from speechprune.errors import SpeechPruneError
+from speechprune.errors import SpeechPruneError, check_choice
 from speechprune.kmeans import kmeans
 from speechprune.structure import Unit
 
@@ -89,8 +89,7 @@ def channel_features(unit: Unit, features: str = "both") -> torch.Tensor:
     norm's scale and shift folded in; see :func:`_producer_blocks`). Data-free: it uses only the
     LayerNorm's own weights.
     """
-    if features not in FEATURES:
-        raise SpeechPruneError(f"unknown feature set {features!r}: use one of {', '.join(FEATURES)}")
+    check_choice("feature set", features, FEATURES)
     parts = _producer_blocks(unit, normalized=features == "normalized")
     if features == "both":
         parts.append(_consumer_block(unit))
@@ -106,8 +105,7 @@ def channel_weights(unit: Unit, weighting: str = "none") -> torch.Tensor | None:
     ``|c_i|^2 |p_i - p|^2`` (for roughly orthogonal consumer columns ``c_i``), which is weighted
     k-means with weights ``|c_i|^2``.
     """
-    if weighting not in WEIGHTINGS:
-        raise SpeechPruneError(f"unknown weighting {weighting!r}: use one of {', '.join(WEIGHTINGS)}")
+    check_choice("weighting", weighting, WEIGHTINGS)
     if weighting == "none":
         return None
     w = _consumer_block(unit).pow(2).sum(1)
@@ -157,11 +155,10 @@ def assign(unit: Unit, k: int, method: str, **cluster_options) -> Assignment:
     n = unit.n_channels
     if not 1 <= k <= n:
         raise SpeechPruneError(f"{unit.name}: cannot keep {k} of {n} channels")
+    check_choice("method", method, METHODS)
     if method == "cluster":
         return assign_cluster(unit, k, **cluster_options)
-    if method == "magnitude":
-        return assign_magnitude(unit, k)
-    raise SpeechPruneError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    return assign_magnitude(unit, k)
 
 
 MERGES = ("mean", "weighted", "projection")
@@ -181,8 +178,7 @@ def merge(unit: Unit, assignment: Assignment, rule: str = "mean") -> None:
     ``weighted`` ones. All three are exact for identical members. Dropped channels (label -1) vanish from
     both sides; the consumer bias is unchanged.
     """
-    if rule not in MERGES:
-        raise SpeechPruneError(f"unknown merge rule {rule!r}: use one of {', '.join(MERGES)}")
+    check_choice("merge rule", rule, MERGES)
     labels, k = assignment.labels, assignment.k
     n, g = unit.n_channels, unit.group_size
     kept = labels >= 0
