@@ -63,7 +63,7 @@ def run_comparison(
     for allocation, method, features, rule in variants:
         pruned = copy.deepcopy(dense)
         report = compress(pruned, method=method, sparsity=sparsity, scope=scope, allocation=allocation,
-                          features=features, weighting=weighting if method == "cluster" else "none",
+                          features=features, weighting=weighting,
                           merge_rule=rule, seed=seed, progress=progress)
         label = _label(method, allocation, features, rule)
         record = evaluate(pruned, processor, speech, batch_size=batch_size, device=device,

@@ -69,11 +69,12 @@ def kmeans(
     """
     _check_arguments(x, k, n_init, max_iter, tol, init)
     n = x.shape[0]
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    given = None if sample_weight is None else _check_weights(sample_weight, n, x.device, dtype)
     if k == n:
         return KMeansResult(torch.arange(n, device=x.device), x.detach().clone(), 0.0, 0)
     # Adding +0.0 turns -0.0 into 0.0, so rows that compare equal are also bitwise equal.
-    work = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32) + 0.0
-    given = None if sample_weight is None else _check_weights(sample_weight, n, x.device, work.dtype)
+    work = x.detach().to(dtype) + 0.0
     distinct, inverse, counts = torch.unique(work, dim=0, return_inverse=True, return_counts=True)
     if distinct.shape[0] == n:  # the usual case: keep the caller's row order
         distinct, inverse, weights = work, torch.arange(n, device=x.device), given

@@ -255,6 +255,7 @@ def test_weights_on_duplicate_rows_add_up() -> None:
 
 
 @pytest.mark.parametrize("weight", [torch.ones(5), -torch.ones(4), torch.zeros(4), torch.tensor([1.0, float("nan"), 1, 1])])
-def test_bad_sample_weight_raises(weight: torch.Tensor) -> None:
+@pytest.mark.parametrize("k", [2, 4])
+def test_bad_sample_weight_raises(weight: torch.Tensor, k: int) -> None:
     with pytest.raises(SpeechPruneError, match="sample_weight"):
-        kmeans(torch.randn(4, 2), 2, sample_weight=weight)
+        kmeans(torch.randn(4, 2), k, sample_weight=weight)  # k = n too: checked before the shortcut
