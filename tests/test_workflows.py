@@ -238,3 +238,12 @@ def test_changelog_has_this_version_for_the_release_notes(tmp_path):
     missing = subprocess.run([sys.executable, str(GITHUB / "scripts" / "changelog_section.py"), "v99.0.0",
                               str(ROOT / "CHANGELOG.md")], capture_output=True, text=True)
     assert missing.returncode == 1 and "no section" in missing.stderr
+
+
+def test_release_refuses_a_tag_that_is_not_the_version():
+    """Runs the release workflow's own version check, as written in release.yml."""
+    (check,) = [s["run"] for s in steps(load("release"), "build") if s.get("name", "").startswith("Check that the tag")]
+    for tag, ok in ((f"v{speechprune.__version__}", True), ("v99.0.0", False), (speechprune.__version__, False)):
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", check], cwd=ROOT, capture_output=True, text=True,
+                                env={**os.environ, "TAG": tag})
+        assert (result.returncode == 0) is ok, (tag, result.stdout, result.stderr)
