@@ -247,3 +247,13 @@ def test_release_refuses_a_tag_that_is_not_the_version():
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", check], cwd=ROOT, capture_output=True, text=True,
                                 env={**os.environ, "TAG": tag})
         assert (result.returncode == 0) is ok, (tag, result.stdout, result.stderr)
+
+
+def test_book_workflow_paths_are_those_of_the_build_script():
+    """The folders the workflows upload or check are the ones scripts/build_book.py writes."""
+    spec = importlib.util.spec_from_file_location("build_book", ROOT / "scripts" / "build_book.py")
+    build_book = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_book)
+    assert build_book.HTML.relative_to(ROOT).as_posix() == "_build/html"
+    assert build_book.STAGE.relative_to(ROOT).as_posix() == "_build/executed"
+    assert re.search(r"^setup:", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M)
