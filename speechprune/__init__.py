@@ -4,4 +4,4 @@ Channel-wise k-means clustering (and the magnitude-pruning baseline) that physic
 shrinks the feed-forward channels and attention heads of HuBERT, wav2vec2 and Whisper.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
