@@ -20,7 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from speechprune.errors import SpeechPruneError
-from speechprune.structure import FAMILIES, apply_widths, model_family
+from speechprune.structure import FAMILIES, apply_widths, model_family, record_widths
 
 REPORT_FILE = "speechprune_report.json"
 
@@ -69,8 +69,6 @@ def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, rep
     The folder is written beside ``out`` first and checked against the model's shapes, then
     moved into place, so an existing folder is replaced only by a complete one.
     """
-    from speechprune.compress import record_widths
-
     out = check_output_dir(out, overwrite=overwrite)
     model_family(model)
     if not getattr(model.config, "speechprune", None):

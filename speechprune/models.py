@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from speechprune.checkpoint import load_checkpoint
 from speechprune.ct2 import convert_whisper, read_ct2, save_whisper
 from speechprune.errors import SpeechPruneError
 
@@ -290,8 +291,6 @@ def load_model(
     The processor is ``None`` for a local folder without one (weights only); evaluation
     and fine-tuning then refuse the model with a clear message.
     """
-    from speechprune.checkpoint import load_checkpoint
-
     location = resolve_model(spec)
     model = load_checkpoint(location, device=device, dtype=dtype)
     folder = Path(location)
