@@ -20,6 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from speechprune.errors import SpeechPruneError
+from speechprune.hub import finish_folder, read_config
 from speechprune.structure import FAMILIES, apply_widths, model_family, record_widths
 
 REPORT_FILE = "speechprune_report.json"
@@ -63,11 +64,56 @@ def _check_strict(model: nn.Module, saved: dict[str, tuple[int, ...]], where: st
 
 
 def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, report=None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, command: str | None = None) -> Path:
     """Write ``model`` (and its processor and compression report) to the folder ``out``.
 
-    The folder is written beside ``out`` first and checked against the model's shapes, then
-    moved into place, so an existing folder is replaced only by a complete one.
+    The folder is what ``save_pretrained`` writes, plus the channel count of every unit in
+    ``config.json`` (``speechprune.widths``), a model card (``README.md``) and the report
+    (``speechprune_report.json``). Where every pruned unit of a kind has the same width, the
+    standard config fields say so and plain ``transformers`` loads the folder too; otherwise
+    those fields carry a message that makes plain loading fail and points at
+    :func:`load_checkpoint` (see :mod:`speechprune.hub`). The folder is written beside
+    ``out`` first and checked against the model's shapes, then moved into place, so an
+    existing folder is replaced only by a complete one.
+
+    Parameters
+    ----------
+    model : transformers model
+        A supported model, pruned or dense.
+    out : str or path
+        The folder to write; it must be absent or empty unless ``overwrite``.
+    processor : transformers processor, optional
+        Saved alongside, so that the folder can be evaluated on its own.
+    report : CompressionReport, optional
+        What :func:`speechprune.compress` returned; it goes into the card and the report file.
+    overwrite : bool, default False
+        Replace a non-empty ``out``.
+    command : str, optional
+        The command line that made the model, for the card (the command line passes its own;
+        otherwise the card shows the equivalent command for ``report``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+
+    Raises
+    ------
+    SpeechPruneError
+        When ``out`` is a file or a non-empty folder (without ``overwrite``), the model is
+        not supported, or the written weights do not match the model's shapes.
+
+    Examples
+    --------
+    >>> from speechprune import compress, load_checkpoint, save_pruned
+    >>> from speechprune.testing import tiny_model
+    >>> model = tiny_model("hubert")
+    >>> report = compress(model, sparsity=0.5, progress=False)
+    >>> folder = save_pruned(model, tmp / "hubert-50", report=report)
+    >>> sorted(p.name for p in folder.iterdir())
+    ['README.md', 'config.json', 'model.safetensors', 'speechprune_report.json']
+    >>> load_checkpoint(folder).config.intermediate_size  # uniform widths: a standard field
+    32
     """
     out = check_output_dir(out, overwrite=overwrite)
     model_family(model)
@@ -82,6 +128,8 @@ def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, rep
             processor.save_pretrained(tmp)
         if report is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+        finish_folder(tmp, model, report=None if report is None else report.to_dict(), command=command,
+                      name=out.name)
         _check_strict(model, _saved_shapes(tmp), f"the folder written to {tmp}")
         if out.exists():
             old = out.parent / f".{out.name}.replaced-{os.getpid()}"
@@ -118,10 +166,7 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | torch.device
     folder = _local_folder(path_or_id)
     if not (folder / "config.json").is_file():
         raise SpeechPruneError(f"{folder} has no config.json: not a Hugging Face model folder")
-    try:
-        config = transformers.AutoConfig.from_pretrained(folder)
-    except Exception as err:
-        raise SpeechPruneError(f"cannot read {folder / 'config.json'}: {err}") from None
+    config = read_config(folder)  # with the dense value of any field that guards against plain loading
     arch = (getattr(config, "architectures", None) or [""])[0]
     if arch not in FAMILIES:
         raise SpeechPruneError(

@@ -23,6 +23,7 @@ from speechprune.allocation import ALLOCATIONS, allocate
 from speechprune.errors import SpeechPruneError, check_choice
 from speechprune.checkpoint import check_output_dir, save_pruned
 from speechprune.device import default_device
+from speechprune.hub import command_line
 from speechprune.methods import Method, assign, available_methods, entry_point_errors, get_method, load_entry_points
 from speechprune.models import load_model
 from speechprune.prune import FEATURES, MERGES, WEIGHTINGS, assign_cluster, merge
@@ -325,7 +326,10 @@ def _run_cli(args: argparse.Namespace) -> int:
     report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
                       allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
                       features=args.features, weighting=args.weighting, merge_rule=args.merge_rule)
-    save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite)
+    command = command_line(report.to_dict(), model=args.model, out=args.out)
+    if command and args.max_iter != 100:
+        command += f" --max-iter {args.max_iter}"
+    save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite, command=command)
     print(report.table())
     print(f"saved to {args.out}")
     return 0

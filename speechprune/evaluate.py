@@ -29,7 +29,9 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 import speechprune
 from speechprune.data import SAMPLE_RATE, SpeechSet, load_speech
+from speechprune.device import default_device
 from speechprune.errors import SpeechPruneError
+from speechprune.hub import add_evaluation
 from speechprune.models import english_generate_kwargs, english_spelling_map, load_model
 from speechprune.structure import model_family
 
@@ -268,14 +270,26 @@ def _run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
     speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
-    model, processor = load_model(args.model, device=args.device or "cpu")
+    card = _card_folder(args.model) if args.card else None
+    model, processor = load_model(args.model, device=default_device(args.device))
     record = evaluate(model, processor, speech, batch_size=args.batch_size, device=args.device,
                       label=args.model)
     print(summary(record))
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
+    if card is not None:
+        print(f"recorded the WER in {add_evaluation(card, record)}")
     return 0
+
+
+def _card_folder(spec: str) -> Path:
+    """The folder whose model card ``--card`` updates: a local folder saved by speechprune."""
+    folder = Path(spec).expanduser()
+    config = folder / "config.json"
+    if not config.is_file() or '"speechprune"' not in config.read_text(encoding="utf-8"):
+        raise SpeechPruneError(f"--card needs MODEL to be a folder saved by speechprune; {spec} is not one")
+    return folder
 
 
 def register_cli(subparsers) -> None:
@@ -294,7 +308,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--split", default=None, help="keep rows of this split (audiofolders with a split column)")
     parser.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N utterances only")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B")
-    parser.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--card", action="store_true",
+                        help="also record the WER in MODEL's model card (README.md of a folder saved by speechprune)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="write the record here (an existing file is replaced)")
     parser.set_defaults(func=_run)
