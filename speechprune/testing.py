@@ -33,13 +33,14 @@ CHARACTERS = list("abcdefghijklmnopqrstuvwxyz'")
 
 def _ctc_config(family: str) -> transformers.PretrainedConfig:
     config_cls, _, extra = _CTC[family]
-    return getattr(transformers, config_cls)(
+    fields = dict(
         vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4, do_stable_layer_norm=False, hidden_dropout=0.0,
         attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0,
-        mask_time_prob=0.0, pad_token_id=0, **extra,
+        mask_time_prob=0.0, pad_token_id=0,
     )
+    return getattr(transformers, config_cls)(**{**fields, **extra})
 
 
 def _whisper_config() -> transformers.WhisperConfig:
