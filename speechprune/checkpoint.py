@@ -109,7 +109,8 @@ def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, rep
     >>> from speechprune.testing import tiny_model
     >>> model = tiny_model("hubert")
     >>> report = compress(model, sparsity=0.5, progress=False)
-    >>> folder = save_pruned(model, tmp / "hubert-50", report=report)
+    >>> import pathlib, tempfile
+    >>> folder = save_pruned(model, pathlib.Path(tempfile.mkdtemp()) / "hubert-50", report=report)
     >>> sorted(p.name for p in folder.iterdir())
     ['README.md', 'config.json', 'model.safetensors', 'speechprune_report.json']
     >>> load_checkpoint(folder).config.intermediate_size  # uniform widths: a standard field
@@ -162,7 +163,49 @@ def _local_folder(path_or_id: str | os.PathLike) -> Path:
 
 def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> nn.Module:
-    """Load a dense or pruned HuBERT / wav2vec2 / Whisper model from a folder or hub id, strictly."""
+    """Load a dense or pruned model of any supported family from a folder or hub id, strictly.
+
+    A pruned folder is built in the shapes recorded in ``config.json`` (``speechprune.widths``)
+    without ever materialising the dense model, and its weights must match them exactly: no
+    missing, unexpected or mis-shaped tensor is tolerated. Folders whose layers have different
+    widths load only here; plain ``transformers`` refuses them on purpose.
+
+    Parameters
+    ----------
+    path_or_id : str or path
+        A local folder, or a hub id (fetched with ``huggingface_hub`` where there is a network).
+    device : str or torch.device, default "cpu"
+        Where the model goes.
+    dtype : torch.dtype, optional
+        Cast the weights; default: as stored.
+
+    Returns
+    -------
+    transformers model
+        In eval mode.
+
+    Raises
+    ------
+    SpeechPruneError
+        For a missing folder or ``config.json``, an unsupported architecture (the message
+        lists the supported ones), or weights that do not match the recorded shapes.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from speechprune import compress, load_checkpoint, save_pruned
+    >>> from speechprune.testing import tiny_model
+    >>> model = tiny_model("whisper")
+    >>> report = compress(model, sparsity=0.5, scope="all", allocation="variance", progress=False)
+    >>> folder = save_pruned(model, pathlib.Path(tempfile.mkdtemp()) / "whisper-pruned")
+    >>> loaded = load_checkpoint(folder)
+    >>> loaded.model.decoder.layers[0].self_attn.num_heads == model.model.decoder.layers[0].self_attn.num_heads
+    True
+    >>> load_checkpoint(folder / "nowhere")
+    Traceback (most recent call last):
+    ...
+    speechprune.errors.SpeechPruneError: model folder ... does not exist
+    """
     folder = _local_folder(path_or_id)
     if not (folder / "config.json").is_file():
         raise SpeechPruneError(f"{folder} has no config.json: not a Hugging Face model folder")

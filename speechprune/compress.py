@@ -45,6 +45,47 @@ class UnitReport:
 
 @dataclass
 class CompressionReport:
+    """What :func:`compress` did: the recipe, and channels and parameters per unit and in total.
+
+    It is saved with a pruned folder (``speechprune_report.json``, and as the last entry of
+    ``config.json``'s ``speechprune.compressions``) and shown in its model card.
+
+    Parameters
+    ----------
+    family : str
+        The model family (``"whisper"``, ``"hubert"``, ...).
+    method : str
+        The assignment method's registered name (or the callable's ``__name__``).
+    sparsity : float
+        Fraction of channels removed in the scope.
+    scope : list of str
+        The parts pruned (``encoder.ffn``, ...).
+    allocation : str
+        ``uniform``, ``variance``, ``cost``, or ``explicit`` for a ``keep`` budget.
+    seed : int
+        The k-means seed.
+    params_before, params_after : int
+        All the model's parameters before and after.
+    seconds : float
+        Wall time of the compression.
+    units : list of UnitReport
+        One row per unit: channels and parameters before and after, cost, time.
+    features, merge_rule, weighting : str
+        The clustering recipe (``"none"`` where it did not apply).
+
+    Examples
+    --------
+    >>> from speechprune import CompressionReport, compress
+    >>> from speechprune.testing import tiny_model
+    >>> report = compress(tiny_model("hubert"), sparsity=0.5, scope="all", progress=False)
+    >>> report.channel_sparsity("encoder.attention"), report.channel_sparsity("encoder.ffn")
+    (0.5, 0.5)
+    >>> round(report.param_sparsity, 3)
+    0.35
+    >>> CompressionReport.from_dict(report.to_dict()) == report
+    True
+    """
+
     family: str
     method: str
     sparsity: float
@@ -205,8 +246,10 @@ def compress(
 
     Examples
     --------
+    >>> import torch
     >>> from speechprune import compress
-    >>> model = tiny_whisper()  # a random 2+2-layer Whisper, 64 neurons per feed-forward block
+    >>> from speechprune.testing import tiny_model
+    >>> model = tiny_model("whisper")  # random, 2+2 layers, 64 neurons per feed-forward block
     >>> report = compress(model, sparsity=0.25, scope="ffn", progress=False)
     >>> model.model.encoder.layers[0].fc1.out_features
     48
@@ -219,7 +262,8 @@ def compress(
     ...     labels = torch.full((unit.n_channels,), -1)
     ...     labels[:k] = torch.arange(k)
     ...     return labels
-    >>> report = compress(tiny_whisper(), method=keep_first, keep={"decoder.layers.1.ffn": 10}, progress=False)
+    >>> report = compress(tiny_model("whisper"), method=keep_first, keep={"decoder.layers.1.ffn": 10},
+    ...                   progress=False)
     >>> [(u.name, u.channels_after) for u in report.units]
     [('decoder.layers.1.ffn', 10)]
     """

@@ -190,7 +190,55 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
 def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size: int = 8,
              device: str | torch.device | None = None, max_samples: int | None = None,
              progress: bool = True, label: str | None = None) -> dict:
-    """Transcribe ``speech`` greedily and score it; returns a JSON-ready record (WER in percent)."""
+    """Transcribe ``speech`` greedily and score it; returns a JSON-ready record (WER in percent).
+
+    CTC models decode by argmax and collapse; Whisper by greedy ``generate`` in English
+    without timestamps. Both sides are normalised with Whisper's English normaliser and the
+    WER is corpus-level (total errors over total reference words).
+
+    Parameters
+    ----------
+    model : transformers model
+        A supported model, dense or pruned.
+    processor : transformers processor
+        Its processor (``Wav2Vec2Processor`` or ``WhisperProcessor``).
+    speech : SpeechSet
+        Utterances with references, from :func:`speechprune.data.load_speech`.
+    batch_size : int, default 8
+        Clips decoded together (batched by length).
+    device : str or torch.device, optional
+        Move the model here first; default: where it is. (The command line's default is the
+        package-wide rule: cuda when available, else cpu.)
+    max_samples : int, optional
+        Only the first ``max_samples`` utterances.
+    progress : bool, default True
+        Show a progress bar.
+    label : str, optional
+        The model's name in the record.
+
+    Returns
+    -------
+    dict
+        ``wer`` (percent), substitutions, deletions, insertions, hits, reference words,
+        speed, the model, data, normaliser, decoding settings, versions, and every
+        utterance's reference and hypothesis.
+
+    Raises
+    ------
+    SpeechPruneError
+        For an unsupported model, an empty speech set, or references that are all empty
+        after normalising.
+
+    Examples
+    --------
+    >>> from speechprune import evaluate
+    >>> from speechprune.data import load_speech
+    >>> from speechprune.testing import tiny_model, tiny_processor
+    >>> speech = load_speech("embedded", max_samples=2)  # real speech shipped with the package
+    >>> record = evaluate(tiny_model("hubert"), tiny_processor("hubert"), speech, progress=False)
+    >>> record["n_utterances"], record["model"]["family"], record["wer"] > 0  # random weights
+    (2, 'hubert', True)
+    """
     utterances = speech.utterances[:max_samples]
     if not utterances:
         raise SpeechPruneError(f"{speech.name} has no utterances to evaluate")

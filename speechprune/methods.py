@@ -176,7 +176,8 @@ def register_method(name: str, fn: MethodFunction | None = None, *, replace: boo
     Examples
     --------
     >>> import torch
-    >>> from speechprune import register_method
+    >>> from speechprune import available_methods, register_method
+    >>> from speechprune.methods import unregister_method
     >>> def first_k(unit, k):
     ...     labels = torch.full((unit.n_channels,), -1, dtype=torch.long)
     ...     labels[:k] = torch.arange(k)
@@ -240,7 +241,25 @@ def load_entry_points(*, reload: bool = False) -> dict[str, str]:
 
 
 def available_methods(*, entry_points: bool = True) -> tuple[str, ...]:
-    """Names of the registered methods, built-ins first (loading entry points first by default)."""
+    """Names of the registered methods, built-ins first.
+
+    Parameters
+    ----------
+    entry_points : bool, default True
+        Load the plug-ins of the entry point group ``speechprune.methods`` first (once per
+        process; one that fails is reported with a warning and left out).
+
+    Returns
+    -------
+    tuple of str
+        ``("cluster", "magnitude", ...)``.
+
+    Examples
+    --------
+    >>> from speechprune import available_methods
+    >>> available_methods()[:2]
+    ('cluster', 'magnitude')
+    """
     if entry_points:
         load_entry_points()
     return tuple(sorted(_REGISTRY, key=lambda n: (n not in _BUILTINS, _BUILTINS.index(n) if n in _BUILTINS else 0, n)))

