@@ -219,8 +219,12 @@ def compress(
     keep : dict, optional
         An explicit budget ``{unit name: channels to keep}`` (what ``allocate`` returns);
         only the named units change, and ``sparsity`` and ``allocation`` do not apply.
-    seed, max_iter, n_init : int
-        k-means seed, iteration cap and restarts (for methods that take them).
+    seed : int, default 0
+        The k-means seed (passed to every method that takes ``seed``).
+    max_iter : int, default 100
+        k-means iterations at most.
+    n_init : int, default 1
+        k-means restarts; the run with the lowest inertia is kept.
     features : {"both", "producer", "normalized"}, default "both"
         What k-means compares (see :func:`speechprune.prune.channel_features`).
     weighting : {"none", "consumer"}, default "none"
