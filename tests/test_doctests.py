@@ -53,3 +53,30 @@ def test_register_method_example_cleans_up():
 def test_tiny_model_examples_run():
     result = doctest.testmod(speechprune.testing, optionflags=OPTIONS)
     assert result.attempted and result.failed == 0
+
+
+def test_modules_import_each_other_without_cycles():
+    """Layering: no chain of imports (module-level or inside functions) leads a module back to itself."""
+    import ast
+    from pathlib import Path
+
+    package = Path(speechprune.__file__).parent
+    modules = {p.stem: p for p in package.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("speechprune."):
+                deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "speechprune":
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("speechprune.")}
+        graph[name] = deps & set(modules)
+
+    def reaches(start, goal, seen):
+        return any(d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in graph[start])
+
+    cyclic = sorted(name for name in graph if reaches(name, name, {name}))
+    assert not cyclic, f"import cycles through {cyclic}"
+    assert "compress" not in graph["checkpoint"] and "checkpoint" not in graph["structure"]
