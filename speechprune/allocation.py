@@ -24,6 +24,7 @@ ALLOCATIONS = ("uniform", "variance", "cost")
 
 
 def uniform_keep(n: int, sparsity: float) -> int:
+    """Channels a uniform cut keeps of ``n``: ``round(n * (1 - sparsity))``."""
     return int(round(n * (1.0 - sparsity)))
 
 

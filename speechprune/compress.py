@@ -33,6 +33,8 @@ from speechprune.structure import (PARTS, Unit, count_parameters, iter_units, mo
 
 @dataclass
 class UnitReport:
+    """One unit's line in a :class:`CompressionReport`: channels, parameters, cost and time."""
+
     name: str
     part: str
     channels_before: int
@@ -111,16 +113,19 @@ class CompressionReport:
         return 1.0 - sum(u.channels_after for u in us) / sum(u.channels_before for u in us)
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict, with ``param_sparsity`` added."""
         d = asdict(self)
         d["param_sparsity"] = self.param_sparsity
         return d
 
     def to_json(self, path: str) -> None:
+        """Write :meth:`to_dict` to ``path``."""
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompressionReport":
+        """The report back from :meth:`to_dict`'s output (e.g. a folder's ``speechprune_report.json``)."""
         d = {k: v for k, v in d.items() if k != "param_sparsity"}
         d["units"] = [UnitReport(**u) for u in d.get("units", [])]
         return cls(**d)
@@ -144,6 +149,7 @@ class CompressionReport:
 
 
 def check_sparsity(sparsity: float) -> float:
+    """``sparsity`` as a float in [0, 1), or a :class:`SpeechPruneError` naming the bad value."""
     try:
         s = float(sparsity)
     except (TypeError, ValueError):
@@ -336,6 +342,7 @@ def _recipe(method: Method, options: dict, merge_rule: str) -> tuple[str, str, s
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
+    """Add ``speechprune compress``; its ``--method`` choices are the registered methods and plug-ins."""
     p = sub.add_parser("compress", help="prune a model's channels and save it as a folder",
                        description="Compress MODEL by channel clustering or magnitude pruning and save it to --out.")
     p.add_argument("model", help="local Hugging Face folder, embedded:whisper-base / embedded:whisper-tiny.en, or a hub id")

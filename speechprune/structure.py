@@ -1,5 +1,8 @@
 """Where the prunable channels of a speech transformer live, and how to resize them.
 
+Supported: HuBERT, wav2vec2, Whisper, WavLM, data2vec-audio, Wav2Vec2-Conformer, UniSpeech-SAT
+and SEW (the ``...ForCTC`` / ``...ForConditionalGeneration`` classes of ``FAMILIES``).
+
 A *unit* is one layer's set of interchangeable channels: the intermediate neurons of a
 feed-forward block (producer ``fc1`` rows, consumer ``fc2`` columns) or the heads of an
 attention block (producer q/k/v row blocks, consumer ``out_proj`` column blocks). The
@@ -49,7 +52,6 @@ class FamilySpec:
     removed: WavLM's attention passes its head count to ``F.multi_head_attention_forward`` and
     shares one position bias of fixed head count across layers, and the Conformer's rotary
     embedding reshapes the full hidden state by head count, so neither allows fewer heads.
-    ``intermediate_field`` is the config field that holds the feed-forward width.
     """
 
     ffn_blocks: tuple[str, ...] = ("feed_forward",)
@@ -96,14 +98,17 @@ class Unit:
 
     @property
     def part(self) -> str:
+        """``<stack>.<kind>``, e.g. ``encoder.ffn``: what a scope selects."""
         return f"{self.stack}.{self.kind}"
 
     @property
     def producers(self) -> list[nn.Linear]:
+        """The linear layers whose output rows are the channels (``fc1``; or q, k and v)."""
         return [getattr(self.owner, n) for n in self.producer_names]
 
     @property
     def consumer(self) -> nn.Linear:
+        """The linear layer whose input columns are the channels (``fc2``; or ``out_proj``)."""
         return getattr(self.owner, self.consumer_name)
 
     @property
@@ -113,9 +118,11 @@ class Unit:
 
     @property
     def n_channels(self) -> int:
+        """Channels now: neurons of a feed-forward block, heads of an attention block."""
         return self.consumer.in_features // self.group_size
 
     def num_parameters(self) -> int:
+        """Weights and biases of the producers and the consumer."""
         mods = self.producers + [self.consumer]
         return sum(p.numel() for m in mods for p in m.parameters())
 
@@ -250,6 +257,7 @@ def parse_scope(scope: str | list[str] | tuple[str, ...], model: nn.Module | Non
 
 
 def units_in_scope(model: nn.Module, scope: str | tuple[str, ...]) -> list[Unit]:
+    """The units of ``model`` in ``scope`` (see :func:`parse_scope`), in forward order."""
     parts = parse_scope(scope, model)
     return [u for u in iter_units(model) if u.part in parts]
 
@@ -282,4 +290,5 @@ def record_widths(model: nn.Module, compression: dict | None = None) -> None:
 
 @torch.no_grad()
 def count_parameters(model: nn.Module) -> int:
+    """All parameters of ``model`` (tied weights once)."""
     return sum(p.numel() for p in model.parameters())
