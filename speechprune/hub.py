@@ -40,6 +40,7 @@ from speechprune.structure import FAMILIES, PARTS, model_family
 CARD_FILE = "README.md"
 EVALUATIONS_FILE = "speechprune_evaluations.json"
 REPORT_FILE = "speechprune_report.json"
+FINETUNE_FILE = "finetune.json"  # written by speechprune finetune beside the weights
 GUARD_PREFIX = "speechprune:"
 
 #: family -> {config field: (unit part, kind)}; kind "width" is a channel count, "heads" a head count
@@ -287,6 +288,9 @@ def write_card(folder: str | os.PathLike) -> Path:
                   f"({report['allocation']} allocation over layers).", ""]
     else:
         lines += ["This model's layer widths were set by speechprune.", ""]
+    if (folder / FINETUNE_FILE).is_file():
+        lines += [f"Its weights were then fine-tuned with `speechprune finetune`: `{FINETUNE_FILE}` records the "
+                  "data, settings and losses.", ""]
     if meta.get("command"):
         lines += ["## How it was made", "", "```bash", meta["command"], "```", ""]
         if len(meta.get("compressions", [])) > 1:
