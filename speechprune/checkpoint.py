@@ -5,6 +5,8 @@ A pruned folder is what ``save_pretrained`` writes (``config.json``, ``model.saf
 ``speechprune.widths``: the channel count of every feed-forward block and attention block.
 :func:`load_checkpoint` builds the model in those shapes and loads the weights strictly: no
 missing, unexpected or mis-shaped tensor is tolerated, and the original model is never needed.
+Every saved folder also gets a model card, and standard config fields where widths are uniform
+(see :mod:`speechprune.hub`).
 """
 
 from __future__ import annotations

@@ -271,3 +271,30 @@ def test_cli_runs_a_method_installed_through_an_entry_point(tmp_path):
 def test_public_api_exports_the_registry():
     assert speechprune.register_method is register_method
     assert {"compress", "register_method", "allocate"} <= set(speechprune.__all__)
+
+
+# --- one default-device rule -------------------------------------------------------------
+
+def test_compress_evaluate_and_compare_default_to_cuda_when_available(monkeypatch, tmp_path):
+    from speechprune.cli import main
+    from speechprune.device import default_device
+    from speechprune.experiment import run_comparison
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == "cuda" and default_device("cpu") == "cpu"
+    seen = []
+
+    def load_model(spec, device="cpu", dtype=None):
+        seen.append(device)
+        raise SpeechPruneError("stop here")
+
+    for module in ("speechprune.compress", "speechprune.evaluate", "speechprune.models"):
+        monkeypatch.setattr(sys.modules[module], "load_model", load_model)
+    assert main(["compress", "some-model", "--sparsity", "0.2", "--out", str(tmp_path / "o")]) == 2
+    assert main(["evaluate", "some-model", "--max-samples", "1"]) == 2
+    with pytest.raises(SpeechPruneError, match="stop here"):
+        run_comparison("some-model", max_samples=1, progress=False)
+    assert seen == ["cuda", "cuda", "cuda"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["evaluate", "some-model", "--max-samples", "1"]) == 2
+    assert seen[-1] == "cpu"
