@@ -31,7 +31,7 @@ TINY_FAMILIES = ("whisper", *_CTC)
 CHARACTERS = list("abcdefghijklmnopqrstuvwxyz'")
 
 
-def _ctc_config(family: str) -> transformers.PretrainedConfig:
+def _ctc_config(family: str, **overrides) -> transformers.PretrainedConfig:
     config_cls, _, extra = _CTC[family]
     fields = dict(
         vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -40,24 +40,26 @@ def _ctc_config(family: str) -> transformers.PretrainedConfig:
         attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0,
         mask_time_prob=0.0, pad_token_id=0,
     )
-    return getattr(transformers, config_cls)(**{**fields, **extra})
+    return getattr(transformers, config_cls)(**{**fields, **extra, **overrides})
 
 
-def _whisper_config() -> transformers.WhisperConfig:
-    return transformers.WhisperConfig(
+def _whisper_config(**overrides) -> transformers.WhisperConfig:
+    fields = dict(
         vocab_size=100, num_mel_bins=8, d_model=32, encoder_layers=2, decoder_layers=2,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
         max_source_positions=20, max_target_positions=32, decoder_start_token_id=1, pad_token_id=0,
         bos_token_id=1, eos_token_id=2, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
         begin_suppress_tokens=None, suppress_tokens=None,
     )
+    return transformers.WhisperConfig(**{**fields, **overrides})
 
 
-def tiny_model(family: str = "whisper", *, seed: int = 0) -> torch.nn.Module:
+def tiny_model(family: str = "whisper", *, seed: int = 0, **config) -> torch.nn.Module:
     """A random two-layer model of ``family`` in eval mode (2+2 layers for Whisper).
 
     CTC models read 16 kHz audio (1600 samples make 159 frames); the tiny Whisper reads 8 mel
-    bins by 40 frames.
+    bins by 40 frames. ``config`` overrides fields of the model's config (e.g.
+    ``do_stable_layer_norm=True`` for the pre-LayerNorm variant).
 
     >>> tiny_model("hubert").hubert.encoder.layers[0].feed_forward.intermediate_dense.out_features
     64
@@ -65,8 +67,8 @@ def tiny_model(family: str = "whisper", *, seed: int = 0) -> torch.nn.Module:
     check_choice("tiny model family", family, TINY_FAMILIES)
     torch.manual_seed(seed)
     if family == "whisper":
-        return transformers.WhisperForConditionalGeneration(_whisper_config()).eval()
-    return getattr(transformers, _CTC[family][1])(_ctc_config(family)).eval()
+        return transformers.WhisperForConditionalGeneration(_whisper_config(**config)).eval()
+    return getattr(transformers, _CTC[family][1])(_ctc_config(family, **config)).eval()
 
 
 def tiny_input(family: str = "whisper", *, batch: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:

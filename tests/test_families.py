@@ -131,3 +131,17 @@ def test_new_families_with_per_layer_widths_refuse_plain_loading(tmp_path, famil
     with pytest.raises(Exception, match="intermediate_size.*widths differ per layer.*speechprune.load_checkpoint"):
         getattr(transformers, ARCH[family]).from_pretrained(folder, ignore_mismatched_sizes=True)
     assert torch.equal(_logits(load_checkpoint(folder), family), _logits(model, family))
+
+
+@pytest.mark.parametrize("family", ["wavlm", "unispeech_sat", "wav2vec2_conformer"])
+def test_pre_layernorm_variants_read_their_own_norms_and_round_trip(tmp_path, family):
+    model = tiny_model(family, do_stable_layer_norm=True)
+    encoder = getattr(model, family).encoder
+    for unit in iter_units(model):
+        layer = encoder.layers[unit.layer]
+        expected = "layer_norm" if unit.kind == "attention" else {
+            "ffn": "final_layer_norm", "ffn1": "ffn1_layer_norm", "ffn2": "ffn2_layer_norm"}[unit.block]
+        assert all(n is getattr(layer, expected) for n in unit.input_norms)
+    report = compress(model, sparsity=0.5, scope="all", features="normalized", allocation="variance", progress=False)
+    folder = save_pruned(model, tmp_path / "pruned", report=report)
+    assert torch.equal(_logits(load_checkpoint(folder), family), _logits(model, family))
