@@ -317,8 +317,8 @@ def _run(args: argparse.Namespace) -> int:
         raise SpeechPruneError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
     if args.batch_size < 1:
         raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
+    card = _card_folder(args.model) if args.card else None  # checked before loading anything
     speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
-    card = _card_folder(args.model) if args.card else None
     model, processor = load_model(args.model, device=default_device(args.device))
     record = evaluate(model, processor, speech, batch_size=args.batch_size, device=args.device,
                       label=args.model)
