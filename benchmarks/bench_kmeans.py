@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import os
 import subprocess
 import sys
@@ -32,8 +33,9 @@ import torch
 from sklearn.cluster import KMeans, kmeans_plusplus
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from speechprune import kmeans as kmeans_module
 from speechprune.kmeans import kmeans
+
+kmeans_module = importlib.import_module("speechprune.kmeans")  # the module: speechprune.kmeans is the function
 
 MAX_ITER, N_INIT, TOL, SEED = 100, 1, 1e-4, 0
 

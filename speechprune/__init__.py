@@ -1,7 +1,36 @@
 """speechprune: data-free, training-free compression of speech foundation models.
 
 Channel-wise k-means clustering (and the magnitude-pruning baseline) that physically
-shrinks the feed-forward channels and attention heads of HuBERT, wav2vec2 and Whisper.
+shrinks the feed-forward channels and attention heads of HuBERT, wav2vec2, Whisper, WavLM,
+data2vec-audio, Wav2Vec2-Conformer, UniSpeech-SAT and SEW.
+
+The public API is what ``__all__`` lists; everything else may change between versions.
 """
 
 __version__ = "0.2.0"
+
+# compress, evaluate and kmeans share their names with the modules that define them: these
+# imports bind the package attributes to the functions. Reach a module's other names with
+# ``from speechprune.compress import ...`` (or ``sys.modules["speechprune.evaluate"]``).
+from speechprune.allocation import allocate
+from speechprune.checkpoint import load_checkpoint, save_pruned
+from speechprune.compress import CompressionReport, compress
+from speechprune.errors import SpeechPruneError
+from speechprune.evaluate import evaluate
+from speechprune.kmeans import kmeans
+from speechprune.methods import available_methods, register_method
+from speechprune.models import load_model
+
+__all__ = [
+    "compress",
+    "CompressionReport",
+    "register_method",
+    "available_methods",
+    "load_model",
+    "load_checkpoint",
+    "save_pruned",
+    "evaluate",
+    "kmeans",
+    "allocate",
+    "SpeechPruneError",
+]

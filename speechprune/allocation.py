@@ -24,6 +24,7 @@ ALLOCATIONS = ("uniform", "variance", "cost")
 
 
 def uniform_keep(n: int, sparsity: float) -> int:
+    """Channels a uniform cut keeps of ``n``: ``round(n * (1 - sparsity))``."""
     return int(round(n * (1.0 - sparsity)))
 
 
@@ -120,7 +121,52 @@ def allocate(units: Sequence[Unit], sparsity: float, allocation: str = "uniform"
              min_keep_fraction: float = 0.05,
              cost_fn: Callable[[Unit, int], float] | None = None,
              progress: Callable[[str], None] | None = None) -> dict[str, int]:
-    """Channels to keep per unit name. Pools feed-forward and attention units separately."""
+    """Channels to keep per unit name. Pools feed-forward and attention units separately.
+
+    Every allocation keeps the total that a uniform cut would keep in each pool; they differ
+    only in which layers give up more (see the module's description of each rule). The
+    result can be edited and passed to ``compress(model, keep=...)``.
+
+    Parameters
+    ----------
+    units : sequence of Unit
+        The units to budget, e.g. ``speechprune.structure.units_in_scope(model, "ffn")``.
+    sparsity : float
+        Fraction of channels removed in each pool, in [0, 1).
+    allocation : {"uniform", "variance", "cost"}, default "uniform"
+        How the removals are spread over the layers.
+    min_keep_fraction : float, default 0.05
+        No layer keeps fewer than this fraction of its channels (mixed allocations).
+    cost_fn : callable, optional
+        ``cost_fn(unit, k)``: the clustering cost of keeping ``k`` channels; ``cost`` needs it.
+    progress : callable, optional
+        Called with each unit's name while costs are measured.
+
+    Returns
+    -------
+    dict
+        ``{unit name: channels to keep}``.
+
+    Raises
+    ------
+    SpeechPruneError
+        For an unknown allocation, a sparsity that leaves a layer with no channel, or the
+        ``cost`` allocation without ``cost_fn``.
+
+    Examples
+    --------
+    >>> from speechprune import allocate, compress
+    >>> from speechprune.structure import units_in_scope
+    >>> from speechprune.testing import tiny_model
+    >>> model = tiny_model("hubert")
+    >>> keep = allocate(units_in_scope(model, "ffn"), 0.5)
+    >>> keep
+    {'encoder.layers.0.ffn': 32, 'encoder.layers.1.ffn': 32}
+    >>> keep["encoder.layers.1.ffn"] = 16  # prune the last layer harder
+    >>> report = compress(model, keep=keep, progress=False)
+    >>> model.hubert.encoder.layers[1].feed_forward.intermediate_dense.out_features
+    16
+    """
     check_choice("allocation", allocation, ALLOCATIONS)
     uniform = _check_uniform(units, sparsity)
     if allocation == "uniform" or sparsity == 0:

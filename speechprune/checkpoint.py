@@ -5,6 +5,8 @@ A pruned folder is what ``save_pretrained`` writes (``config.json``, ``model.saf
 ``speechprune.widths``: the channel count of every feed-forward block and attention block.
 :func:`load_checkpoint` builds the model in those shapes and loads the weights strictly: no
 missing, unexpected or mis-shaped tensor is tolerated, and the original model is never needed.
+Every saved folder also gets a model card, and standard config fields where widths are uniform
+(see :mod:`speechprune.hub`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from safetensors import safe_open
 from torch import nn
 
 from speechprune.errors import SpeechPruneError
-from speechprune.structure import FAMILIES, apply_widths, model_family
+from speechprune.hub import finish_folder, read_config
+from speechprune.structure import FAMILIES, apply_widths, model_family, record_widths
 
 REPORT_FILE = "speechprune_report.json"
 
@@ -63,14 +66,58 @@ def _check_strict(model: nn.Module, saved: dict[str, tuple[int, ...]], where: st
 
 
 def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, report=None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, command: str | None = None) -> Path:
     """Write ``model`` (and its processor and compression report) to the folder ``out``.
 
-    The folder is written beside ``out`` first and checked against the model's shapes, then
-    moved into place, so an existing folder is replaced only by a complete one.
-    """
-    from speechprune.compress import record_widths
+    The folder is what ``save_pretrained`` writes, plus the channel count of every unit in
+    ``config.json`` (``speechprune.widths``), a model card (``README.md``) and the report
+    (``speechprune_report.json``). Where every pruned unit of a kind has the same width, the
+    standard config fields say so and plain ``transformers`` loads the folder too; otherwise
+    those fields carry a message that makes plain loading fail and points at
+    :func:`load_checkpoint` (see :mod:`speechprune.hub`). The folder is written beside
+    ``out`` first and checked against the model's shapes, then moved into place, so an
+    existing folder is replaced only by a complete one.
 
+    Parameters
+    ----------
+    model : transformers model
+        A supported model, pruned or dense.
+    out : str or path
+        The folder to write; it must be absent or empty unless ``overwrite``.
+    processor : transformers processor, optional
+        Saved alongside, so that the folder can be evaluated on its own.
+    report : CompressionReport, optional
+        What :func:`speechprune.compress` returned; it goes into the card and the report file.
+    overwrite : bool, default False
+        Replace a non-empty ``out``.
+    command : str, optional
+        The command line that made the model, for the card (the command line passes its own;
+        otherwise the card shows the equivalent command for ``report``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+
+    Raises
+    ------
+    SpeechPruneError
+        When ``out`` is a file or a non-empty folder (without ``overwrite``), the model is
+        not supported, or the written weights do not match the model's shapes.
+
+    Examples
+    --------
+    >>> from speechprune import compress, load_checkpoint, save_pruned
+    >>> from speechprune.testing import tiny_model
+    >>> model = tiny_model("hubert")
+    >>> report = compress(model, sparsity=0.5, progress=False)
+    >>> import pathlib, tempfile
+    >>> folder = save_pruned(model, pathlib.Path(tempfile.mkdtemp()) / "hubert-50", report=report)
+    >>> sorted(p.name for p in folder.iterdir())
+    ['README.md', 'config.json', 'model.safetensors', 'speechprune_report.json']
+    >>> load_checkpoint(folder).config.intermediate_size  # uniform widths: a standard field
+    32
+    """
     out = check_output_dir(out, overwrite=overwrite)
     model_family(model)
     if not getattr(model.config, "speechprune", None):
@@ -84,6 +131,8 @@ def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, rep
             processor.save_pretrained(tmp)
         if report is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+        finish_folder(tmp, model, report=None if report is None else report.to_dict(), command=command,
+                      name=out.name)
         _check_strict(model, _saved_shapes(tmp), f"the folder written to {tmp}")
         if out.exists():
             old = out.parent / f".{out.name}.replaced-{os.getpid()}"
@@ -116,14 +165,53 @@ def _local_folder(path_or_id: str | os.PathLike) -> Path:
 
 def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> nn.Module:
-    """Load a dense or pruned HuBERT / wav2vec2 / Whisper model from a folder or hub id, strictly."""
+    """Load a dense or pruned model of any supported family from a folder or hub id, strictly.
+
+    A pruned folder is built in the shapes recorded in ``config.json`` (``speechprune.widths``)
+    without ever materialising the dense model, and its weights must match them exactly: no
+    missing, unexpected or mis-shaped tensor is tolerated. Folders whose layers have different
+    widths load only here; plain ``transformers`` refuses them on purpose.
+
+    Parameters
+    ----------
+    path_or_id : str or path
+        A local folder, or a hub id (fetched with ``huggingface_hub`` where there is a network).
+    device : str or torch.device, default "cpu"
+        Where the model goes.
+    dtype : torch.dtype, optional
+        Cast the weights; default: as stored.
+
+    Returns
+    -------
+    transformers model
+        In eval mode.
+
+    Raises
+    ------
+    SpeechPruneError
+        For a missing folder or ``config.json``, an unsupported architecture (the message
+        lists the supported ones), or weights that do not match the recorded shapes.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from speechprune import compress, load_checkpoint, save_pruned
+    >>> from speechprune.testing import tiny_model
+    >>> model = tiny_model("whisper")
+    >>> report = compress(model, sparsity=0.5, scope="all", allocation="variance", progress=False)
+    >>> folder = save_pruned(model, pathlib.Path(tempfile.mkdtemp()) / "whisper-pruned")
+    >>> loaded = load_checkpoint(folder)
+    >>> loaded.model.decoder.layers[0].self_attn.num_heads == model.model.decoder.layers[0].self_attn.num_heads
+    True
+    >>> load_checkpoint(folder / "nowhere")
+    Traceback (most recent call last):
+    ...
+    speechprune.errors.SpeechPruneError: model folder ... does not exist
+    """
     folder = _local_folder(path_or_id)
     if not (folder / "config.json").is_file():
         raise SpeechPruneError(f"{folder} has no config.json: not a Hugging Face model folder")
-    try:
-        config = transformers.AutoConfig.from_pretrained(folder)
-    except Exception as err:
-        raise SpeechPruneError(f"cannot read {folder / 'config.json'}: {err}") from None
+    config = read_config(folder)  # with the dense value of any field that guards against plain loading
     arch = (getattr(config, "architectures", None) or [""])[0]
     if arch not in FAMILIES:
         raise SpeechPruneError(

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -19,12 +22,20 @@ from tqdm.auto import tqdm
 
 from speechprune.allocation import ALLOCATIONS, allocate
 from speechprune.errors import SpeechPruneError, check_choice
-from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS, assign, assign_cluster, merge
-from speechprune.structure import count_parameters, model_family, parse_scope, units_in_scope, widths
+from speechprune.checkpoint import check_output_dir, save_pruned
+from speechprune.device import default_device
+from speechprune.hub import command_line
+from speechprune.methods import Method, assign, available_methods, entry_point_errors, get_method, load_entry_points
+from speechprune.models import load_model
+from speechprune.prune import FEATURES, MERGES, WEIGHTINGS, assign_cluster, merge
+from speechprune.structure import (PARTS, Unit, count_parameters, iter_units, model_family, parse_scope,
+                                   record_widths, units_in_scope)
 
 
 @dataclass
 class UnitReport:
+    """One unit's line in a :class:`CompressionReport`: channels, parameters, cost and time."""
+
     name: str
     part: str
     channels_before: int
@@ -37,6 +48,47 @@ class UnitReport:
 
 @dataclass
 class CompressionReport:
+    """What :func:`compress` did: the recipe, and channels and parameters per unit and in total.
+
+    It is saved with a pruned folder (``speechprune_report.json``, and as the last entry of
+    ``config.json``'s ``speechprune.compressions``) and shown in its model card.
+
+    Parameters
+    ----------
+    family : str
+        The model family (``"whisper"``, ``"hubert"``, ...).
+    method : str
+        The assignment method's registered name (or the callable's ``__name__``).
+    sparsity : float
+        Fraction of channels removed in the scope.
+    scope : list of str
+        The parts pruned (``encoder.ffn``, ...).
+    allocation : str
+        ``uniform``, ``variance``, ``cost``, or ``explicit`` for a ``keep`` budget.
+    seed : int
+        The k-means seed.
+    params_before, params_after : int
+        All the model's parameters before and after.
+    seconds : float
+        Wall time of the compression.
+    units : list of UnitReport
+        One row per unit: channels and parameters before and after, cost, time.
+    features, merge_rule, weighting : str
+        The clustering recipe (``"none"`` where it did not apply).
+
+    Examples
+    --------
+    >>> from speechprune import CompressionReport, compress
+    >>> from speechprune.testing import tiny_model
+    >>> report = compress(tiny_model("hubert"), sparsity=0.5, scope="all", progress=False)
+    >>> report.channel_sparsity("encoder.attention"), report.channel_sparsity("encoder.ffn")
+    (0.5, 0.5)
+    >>> round(report.param_sparsity, 3)
+    0.35
+    >>> CompressionReport.from_dict(report.to_dict()) == report
+    True
+    """
+
     family: str
     method: str
     sparsity: float
@@ -62,16 +114,19 @@ class CompressionReport:
         return 1.0 - sum(u.channels_after for u in us) / sum(u.channels_before for u in us)
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict, with ``param_sparsity`` added."""
         d = asdict(self)
         d["param_sparsity"] = self.param_sparsity
         return d
 
     def to_json(self, path: str) -> None:
+        """Write :meth:`to_dict` to ``path``."""
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompressionReport":
+        """The report back from :meth:`to_dict`'s output (e.g. a folder's ``speechprune_report.json``)."""
         d = {k: v for k, v in d.items() if k != "param_sparsity"}
         d["units"] = [UnitReport(**u) for u in d.get("units", [])]
         return cls(**d)
@@ -95,6 +150,7 @@ class CompressionReport:
 
 
 def check_sparsity(sparsity: float) -> float:
+    """``sparsity`` as a float in [0, 1), or a :class:`SpeechPruneError` naming the bad value."""
     try:
         s = float(sparsity)
     except (TypeError, ValueError):
@@ -104,14 +160,37 @@ def check_sparsity(sparsity: float) -> float:
     return s
 
 
+def _check_keep(model: nn.Module, keep: dict[str, int], scope: str | None) -> list[Unit]:
+    """The units an explicit budget names, in forward order, each with ``1 <= k <= n``."""
+    if not isinstance(keep, dict) or not keep:
+        raise SpeechPruneError("keep must be a non-empty dict {unit name: channels to keep}, e.g. from allocate()")
+    units = {u.name: u for u in iter_units(model)}
+    unknown = sorted(set(keep) - set(units))
+    if unknown:
+        raise SpeechPruneError(
+            f"keep names units this {model_family(model)} model does not have: {unknown[:5]}; "
+            f"its units are named like {next(iter(units))!r} (see speechprune.structure.widths(model))"
+        )
+    parts = parse_scope(scope, model) if scope is not None else None
+    chosen = [u for name, u in units.items() if name in keep]
+    for u in chosen:
+        k = keep[u.name]
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= u.n_channels:
+            raise SpeechPruneError(f"keep[{u.name!r}] = {k!r}: it must be an integer from 1 to {u.n_channels}")
+        if parts is not None and u.part not in parts:
+            raise SpeechPruneError(f"keep names {u.name}, which is outside the scope {scope!r}")
+    return chosen
+
+
 @torch.no_grad()
 def compress(
     model: nn.Module,
     *,
-    method: str = "cluster",
-    sparsity: float = 0.2,
-    scope: str = "ffn",
+    method: str | Callable = "cluster",
+    sparsity: float | None = None,
+    scope: str | None = None,
     allocation: str = "uniform",
+    keep: dict[str, int] | None = None,
     seed: int = 0,
     max_iter: int = 100,
     n_init: int = 1,
@@ -122,65 +201,160 @@ def compress(
 ) -> CompressionReport:
     """Prune ``model`` in place and return what was done.
 
-    ``sparsity`` is the fraction of channels removed in ``scope`` (feed-forward neurons
-    and/or attention heads); the report also gives the fraction of all parameters.
-    ``features``, ``weighting`` and ``merge_rule`` choose what k-means sees, how much each
-    channel counts in it, and how merged producers are combined (see :mod:`speechprune.prune`). Everything is checked before the first layer changes.
+    Each unit in ``scope`` (a layer's feed-forward neurons or attention heads) goes from ``n``
+    to ``k`` channels: the method assigns every old channel to a new one (or drops it), and
+    :func:`speechprune.prune.merge` builds each new channel from its members (producers
+    combined, consumers summed), so the layers physically shrink. Every unit's assignment is
+    computed and checked before the first layer changes: a bad option, budget or method
+    return leaves ``model`` as it was.
+
+    Parameters
+    ----------
+    model : transformers model
+        A supported speech model (see ``speechprune.structure.FAMILIES``), changed in place.
+    method : str or callable, default "cluster"
+        A registered method name (``"cluster"``, ``"magnitude"``, a plug-in's) or a callable
+        ``fn(unit, k, **options)`` returning the new channel of each old channel (-1 drops
+        it); see :func:`speechprune.register_method`.
+    sparsity : float, default 0.2
+        Fraction of channels removed in ``scope``, in [0, 1). Not with ``keep``.
+    scope : str, default "ffn"
+        Comma-separated parts: ``encoder.ffn``, ``encoder.attention``, ``decoder.ffn``,
+        ``decoder.attention``, or ``encoder``, ``decoder``, ``ffn``, ``attention``, ``all``.
+    allocation : {"uniform", "variance", "cost"}, default "uniform"
+        How the budget is spread over layers (see :func:`speechprune.allocate`).
+    keep : dict, optional
+        An explicit budget ``{unit name: channels to keep}`` (what ``allocate`` returns);
+        only the named units change, and ``sparsity`` and ``allocation`` do not apply.
+    seed : int, default 0
+        The k-means seed (passed to every method that takes ``seed``).
+    max_iter : int, default 100
+        k-means iterations at most.
+    n_init : int, default 1
+        k-means restarts; the run with the lowest inertia is kept.
+    features : {"both", "producer", "normalized"}, default "both"
+        What k-means compares (see :func:`speechprune.prune.channel_features`).
+    weighting : {"none", "consumer"}, default "none"
+        The k-means weight of each channel.
+    merge_rule : {"mean", "weighted", "projection"}, default "mean"
+        How a new channel's producer combines its members' (see :func:`speechprune.prune.merge`).
+    progress : bool, default True
+        Show a progress bar.
+
+    Returns
+    -------
+    CompressionReport
+        Channels and parameters before and after, per unit and in total. The channel counts
+        are also stored in ``model.config.speechprune``, so that :func:`speechprune.save_pruned`
+        writes a folder that :func:`speechprune.load_checkpoint` rebuilds.
+
+    Raises
+    ------
+    SpeechPruneError
+        For an unsupported model, an unknown method, scope, allocation or option, a sparsity
+        outside [0, 1) or one that empties a layer, a bad ``keep``, or a method that raises or
+        returns an invalid assignment (named in the message). The model is then unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from speechprune import compress
+    >>> from speechprune.testing import tiny_model
+    >>> model = tiny_model("whisper")  # random, 2+2 layers, 64 neurons per feed-forward block
+    >>> report = compress(model, sparsity=0.25, scope="ffn", progress=False)
+    >>> model.model.encoder.layers[0].fc1.out_features
+    48
+    >>> report.channel_sparsity()
+    0.25
+
+    An explicit budget, and a method given as a plain function:
+
+    >>> def keep_first(unit, k):
+    ...     labels = torch.full((unit.n_channels,), -1)
+    ...     labels[:k] = torch.arange(k)
+    ...     return labels
+    >>> report = compress(tiny_model("whisper"), method=keep_first, keep={"decoder.layers.1.ffn": 10},
+    ...                   progress=False)
+    >>> [(u.name, u.channels_after) for u in report.units]
+    [('decoder.layers.1.ffn', 10)]
     """
     family = model_family(model)
-    sparsity = check_sparsity(sparsity)
-    check_choice("method", method, METHODS)
+    chosen = get_method(method)
     check_choice("merge rule", merge_rule, MERGES)
     check_choice("feature set", features, FEATURES)
     check_choice("weighting", weighting, WEIGHTINGS)
-    parts = parse_scope(scope, model)
-    units = units_in_scope(model, parts)
+    if keep is not None:
+        if sparsity is not None:
+            raise SpeechPruneError("give either sparsity or keep, not both: keep already fixes every unit's budget")
+        units = _check_keep(model, keep, scope)
+        parts = tuple(p for p in PARTS if any(u.part == p for u in units))
+        allocation = "explicit"
+    else:
+        sparsity = check_sparsity(0.2 if sparsity is None else sparsity)
+        parts = parse_scope("ffn" if scope is None else scope, model)
+        units = units_in_scope(model, parts)
     options = dict(seed=seed, max_iter=max_iter, n_init=n_init, features=features, weighting=weighting)
 
     start = time.perf_counter()
     params_before = count_parameters(model)
-    bar = tqdm(total=len(units), desc=f"{method} {sparsity:g}", unit="layer", disable=not progress)
+    label = f"{chosen.name} {sparsity:g}" if keep is None else f"{chosen.name} explicit"
+    bar = tqdm(total=2 * len(units), desc=label, unit="step", disable=not progress)
 
     def cost_fn(unit, k):
         return assign_cluster(unit, k, **{**options, "max_iter": min(max_iter, 20)}).cost
 
-    keep = allocate(units, sparsity, allocation, cost_fn=cost_fn,
-                    progress=(lambda name: bar.set_postfix_str(f"allocating: {name}")) if progress else None)
-    reports = []
+    if keep is None:
+        keep = allocate(units, sparsity, allocation, cost_fn=cost_fn,
+                        progress=(lambda name: bar.set_postfix_str(f"allocating: {name}")) if progress else None)
+    # every assignment first, so that a failing or invalid method leaves the model untouched
+    assignments = []
     for unit in units:
-        bar.set_postfix_str(unit.name)
+        bar.set_postfix_str(f"assigning: {unit.name}")
+        t0 = time.perf_counter()
+        assignments.append((assign(unit, keep[unit.name], chosen, **options), time.perf_counter() - t0))
+        bar.update(1)
+    reports = []
+    for unit, (a, seconds) in zip(units, assignments):
+        bar.set_postfix_str(f"merging: {unit.name}")
         t0 = time.perf_counter()
         n, p0 = unit.n_channels, unit.num_parameters()
-        a = assign(unit, keep[unit.name], method, **options)
         merge(unit, a, merge_rule)
         reports.append(UnitReport(unit.name, unit.part, n, a.k, p0, unit.num_parameters(), a.cost,
-                                  time.perf_counter() - t0))
+                                  seconds + time.perf_counter() - t0))
         bar.update(1)
     bar.close()
-    report = CompressionReport(family, method, sparsity, list(parts), allocation, seed, params_before,
+    if sparsity is None:
+        sparsity = 1.0 - sum(r.channels_after for r in reports) / sum(r.channels_before for r in reports)
+    report = CompressionReport(family, chosen.name, sparsity, list(parts), allocation, seed, params_before,
                                count_parameters(model), time.perf_counter() - start, reports,
-                               features if method == "cluster" else "producer",
-                               merge_rule if method == "cluster" else "none",
-                               weighting if method == "cluster" else "none")
+                               *_recipe(chosen, options, merge_rule))
     record_widths(model, {k: v for k, v in report.to_dict().items() if k != "units"})
     return report
 
 
-def record_widths(model: nn.Module, compression: dict | None = None) -> None:
-    """Store every unit's channel count (and what produced it) in ``model.config.speechprune``.
-
-    This is what lets a saved folder be rebuilt in its pruned shapes without the original.
-    """
-    previous = getattr(model.config, "speechprune", None) or {}
-    history = list(previous.get("compressions", [])) + ([compression] if compression else [])
-    model.config.speechprune = {"format": 1, "widths": widths(model), "compressions": history}
+def _recipe(method: Method, options: dict, merge_rule: str) -> tuple[str, str, str]:
+    """The (features, merge rule, weighting) that actually shaped the result, for the report."""
+    if method.fn is assign_cluster:
+        return options["features"], merge_rule, options["weighting"]
+    if method.name == "magnitude" and method.fn is get_method("magnitude").fn:
+        return "producer", "none", "none"  # one member per new channel: merging changes nothing
+    accepted = method.accepted(options)
+    return accepted.get("features", "none"), merge_rule, accepted.get("weighting", "none")
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
+    """Add ``speechprune compress``; its ``--method`` choices are the registered methods and plug-ins."""
     p = sub.add_parser("compress", help="prune a model's channels and save it as a folder",
                        description="Compress MODEL by channel clustering or magnitude pruning and save it to --out.")
     p.add_argument("model", help="local Hugging Face folder, embedded:whisper-base / embedded:whisper-tiny.en, or a hub id")
-    p.add_argument("--method", choices=METHODS, default="cluster")
+    with warnings.catch_warnings():  # reported once, below, in the command line's own words
+        warnings.simplefilter("ignore", RuntimeWarning)
+        load_entry_points()
+    for name, why in entry_point_errors.items():  # a broken plug-in is named; the others stay usable
+        print(f"speechprune: method plug-in {name!r} was not loaded: {why}", file=sys.stderr)
+    p.add_argument("--method", choices=available_methods(), default="cluster",
+                   help="assignment method: cluster, magnitude, or one a plug-in registered "
+                        "(entry point group speechprune.methods)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of channels removed in the scope, in [0, 1)")
     p.add_argument("--scope", default="ffn",
                    help="comma-separated parts: encoder.ffn, encoder.attention, decoder.ffn, decoder.attention, "
@@ -203,17 +377,17 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from speechprune.checkpoint import check_output_dir, save_pruned
-    from speechprune.models import load_model
-
     check_sparsity(args.sparsity)
     check_output_dir(args.out, overwrite=args.overwrite)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     model, processor = load_model(args.model, device=device)
     report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
                       allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
                       features=args.features, weighting=args.weighting, merge_rule=args.merge_rule)
-    save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite)
+    command = command_line(report.to_dict(), model=args.model, out=args.out)
+    if command and args.max_iter != 100:
+        command += f" --max-iter {args.max_iter}"
+    save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite, command=command)
     print(report.table())
     print(f"saved to {args.out}")
     return 0

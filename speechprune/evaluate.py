@@ -29,7 +29,9 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 import speechprune
 from speechprune.data import SAMPLE_RATE, SpeechSet, load_speech
+from speechprune.device import default_device
 from speechprune.errors import SpeechPruneError
+from speechprune.hub import add_evaluation
 from speechprune.models import english_generate_kwargs, english_spelling_map, load_model
 from speechprune.structure import model_family
 
@@ -188,7 +190,55 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
 def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size: int = 8,
              device: str | torch.device | None = None, max_samples: int | None = None,
              progress: bool = True, label: str | None = None) -> dict:
-    """Transcribe ``speech`` greedily and score it; returns a JSON-ready record (WER in percent)."""
+    """Transcribe ``speech`` greedily and score it; returns a JSON-ready record (WER in percent).
+
+    CTC models decode by argmax and collapse; Whisper by greedy ``generate`` in English
+    without timestamps. Both sides are normalised with Whisper's English normaliser and the
+    WER is corpus-level (total errors over total reference words).
+
+    Parameters
+    ----------
+    model : transformers model
+        A supported model, dense or pruned.
+    processor : transformers processor
+        Its processor (``Wav2Vec2Processor`` or ``WhisperProcessor``).
+    speech : SpeechSet
+        Utterances with references, from :func:`speechprune.data.load_speech`.
+    batch_size : int, default 8
+        Clips decoded together (batched by length).
+    device : str or torch.device, optional
+        Move the model here first; default: where it is. (The command line's default is the
+        package-wide rule: cuda when available, else cpu.)
+    max_samples : int, optional
+        Only the first ``max_samples`` utterances.
+    progress : bool, default True
+        Show a progress bar.
+    label : str, optional
+        The model's name in the record.
+
+    Returns
+    -------
+    dict
+        ``wer`` (percent), substitutions, deletions, insertions, hits, reference words,
+        speed, the model, data, normaliser, decoding settings, versions, and every
+        utterance's reference and hypothesis.
+
+    Raises
+    ------
+    SpeechPruneError
+        For an unsupported model, an empty speech set, or references that are all empty
+        after normalising.
+
+    Examples
+    --------
+    >>> from speechprune import evaluate
+    >>> from speechprune.data import load_speech
+    >>> from speechprune.testing import tiny_model, tiny_processor
+    >>> speech = load_speech("embedded", max_samples=2)  # real speech shipped with the package
+    >>> record = evaluate(tiny_model("hubert"), tiny_processor("hubert"), speech, progress=False)
+    >>> record["n_utterances"], record["model"]["family"], record["wer"] > 0  # random weights
+    (2, 'hubert', True)
+    """
     utterances = speech.utterances[:max_samples]
     if not utterances:
         raise SpeechPruneError(f"{speech.name} has no utterances to evaluate")
@@ -267,15 +317,27 @@ def _run(args: argparse.Namespace) -> int:
         raise SpeechPruneError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
     if args.batch_size < 1:
         raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
+    card = _card_folder(args.model) if args.card else None  # checked before loading anything
     speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
-    model, processor = load_model(args.model, device=args.device or "cpu")
+    model, processor = load_model(args.model, device=default_device(args.device))
     record = evaluate(model, processor, speech, batch_size=args.batch_size, device=args.device,
                       label=args.model)
     print(summary(record))
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
+    if card is not None:
+        print(f"recorded the WER in {add_evaluation(card, record)}")
     return 0
+
+
+def _card_folder(spec: str) -> Path:
+    """The folder whose model card ``--card`` updates: a local folder saved by speechprune."""
+    folder = Path(spec).expanduser()
+    config = folder / "config.json"
+    if not config.is_file() or '"speechprune"' not in config.read_text(encoding="utf-8"):
+        raise SpeechPruneError(f"--card needs MODEL to be a folder saved by speechprune; {spec} is not one")
+    return folder
 
 
 def register_cli(subparsers) -> None:
@@ -294,7 +356,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--split", default=None, help="keep rows of this split (audiofolders with a split column)")
     parser.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N utterances only")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B")
-    parser.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--card", action="store_true",
+                        help="also record the WER in MODEL's model card (README.md of a folder saved by speechprune)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="write the record here (an existing file is replaced)")
     parser.set_defaults(func=_run)

@@ -17,6 +17,7 @@ import torch
 
 from speechprune.allocation import ALLOCATIONS
 from speechprune.compress import check_sparsity, compress
+from speechprune.device import default_device
 from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS
 
 DEFAULT_MODEL = "embedded:whisper-base"
@@ -51,7 +52,7 @@ def run_comparison(
     from speechprune.models import load_model
 
     check_sparsity(sparsity)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     speech = load_speech(data, max_samples=max_samples)
     dense, processor = load_model(model, device=device)
     records = [evaluate(dense, processor, speech, batch_size=batch_size, device=device,

@@ -66,6 +66,52 @@ def kmeans(
 
     `sample_weight` ([n], positive) weighs each point in the seeding, the means and the inertia, as
     in scikit-learn's `fit(x, sample_weight=...)`.
+
+    Parameters
+    ----------
+    x : Tensor
+        The points, [n, d], floating point, on any device.
+    k : int
+        Number of clusters, ``1 <= k <= n``.
+    n_init : int, default 1
+        Independent runs; the one with the lowest inertia is returned.
+    max_iter : int, default 100
+        Lloyd iterations at most per run.
+    tol : float, default 1e-4
+        Stop when the total squared center shift falls below ``tol`` times the mean feature variance.
+    seed : int, default 0
+        Seed of the k-means++ (or random) initialisation.
+    init : {"k-means++", "random"}, default "k-means++"
+        How the first centers are chosen.
+    sample_weight : Tensor, optional
+        Positive weight of every point, [n].
+
+    Returns
+    -------
+    KMeansResult
+        ``labels`` [n] (every cluster non-empty), ``centers`` [k, d], ``inertia``, ``n_iter``.
+
+    Raises
+    ------
+    SpeechPruneError
+        For a tensor that is not 2-D floating point and finite, a ``k`` outside ``1..n``, an
+        unknown ``init``, bad ``n_init``, ``max_iter`` or ``tol``, or weights that are not
+        positive and of shape [n].
+
+    Examples
+    --------
+    >>> import torch
+    >>> from speechprune import kmeans
+    >>> x = torch.tensor([[0.0, 0.0], [0.0, 0.1], [5.0, 5.0], [5.0, 5.1]])
+    >>> result = kmeans(x, 2)
+    >>> result.labels.tolist()
+    [0, 0, 1, 1]
+    >>> round(result.inertia, 4)
+    0.01
+    >>> kmeans(x, 5)
+    Traceback (most recent call last):
+    ...
+    speechprune.errors.SpeechPruneError: k must be an integer with 1 <= k <= n = 4, got 5
     """
     _check_arguments(x, k, n_init, max_iter, tol, init)
     n = x.shape[0]

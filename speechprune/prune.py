@@ -35,6 +35,14 @@ METHODS = ("cluster", "magnitude")
 
 @dataclass
 class Assignment:
+    """Where each of a unit's old channels goes, and what that costs.
+
+    ``labels[i]`` is the new channel (``0..k-1``) of old channel ``i``, or -1 if it is
+    dropped; every new channel has at least one member. A method registered with
+    :func:`speechprune.register_method` may return one instead of bare labels to report its
+    own ``cost``.
+    """
+
     labels: torch.Tensor  # LongTensor [n]: new channel of each old one, -1 if dropped
     k: int
     cost: float  # clustering inertia, or the squared norm magnitude pruning throws away
@@ -133,6 +141,10 @@ def _canonical(labels: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def assign_magnitude(unit: Unit, k: int) -> Assignment:
+    """The magnitude baseline: keep the ``k`` channels with the largest producer norm, in order.
+
+    The cost is the squared norm (producer and consumer features) of the dropped channels.
+    """
     scores = magnitude_scores(unit)
     keep = torch.sort(torch.topk(scores, k).indices).values
     labels = torch.full_like(scores, -1, dtype=torch.long)
@@ -144,6 +156,11 @@ def assign_magnitude(unit: Unit, k: int) -> Assignment:
 @torch.no_grad()
 def assign_cluster(unit: Unit, k: int, *, seed: int = 0, max_iter: int = 100, n_init: int = 1,
                    features: str = "both", weighting: str = "none") -> Assignment:
+    """Channel clustering: k-means on the channels' features; each cluster becomes one channel.
+
+    Labels are put in order of each cluster's first member, so equal partitions compare
+    equal; the cost is the k-means inertia (in the chosen feature space and weighting).
+    """
     x = channel_features(unit, features)
     result = kmeans(x, k, seed=seed, max_iter=max_iter, n_init=n_init,
                     sample_weight=channel_weights(unit, weighting))
@@ -151,7 +168,11 @@ def assign_cluster(unit: Unit, k: int, *, seed: int = 0, max_iter: int = 100, n_
 
 
 def assign(unit: Unit, k: int, method: str, **cluster_options) -> Assignment:
-    """Assign ``unit``'s channels to ``k`` new ones; ``cluster_options`` go to k-means only."""
+    """Assign ``unit``'s channels to ``k`` new ones with a built-in method.
+
+    ``cluster_options`` go to k-means only. :func:`speechprune.methods.assign` takes any
+    registered method or callable and checks what it returns.
+    """
     n = unit.n_channels
     if not 1 <= k <= n:
         raise SpeechPruneError(f"{unit.name}: cannot keep {k} of {n} channels")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import types
 
 import numpy as np
@@ -182,7 +183,7 @@ def fake_models(monkeypatch, tmp_path):
         calls.append((spec, device))
         return make_tiny_hubert(), ctc_processor(tmp_path)
 
-    monkeypatch.setattr("speechprune.evaluate.load_model", load_model)
+    monkeypatch.setattr(sys.modules["speechprune.evaluate"], "load_model", load_model)  # speechprune.evaluate is the function
     return calls
 
 

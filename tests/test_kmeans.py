@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-from speechprune import kmeans as kmeans_module
 from speechprune.errors import SpeechPruneError
 from speechprune.kmeans import kmeans
+
+kmeans_module = importlib.import_module("speechprune.kmeans")  # the module: speechprune.kmeans is the function
 
 sklearn_cluster = pytest.importorskip("sklearn.cluster")
 threadpoolctl = pytest.importorskip("threadpoolctl")

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU path in one go, on a machine with a CUDA GPU, from the repository root:
+#
+#     bash scripts/gpu_check.sh [OUT_DIR]        # default OUT_DIR: gpu_check
+#
+# It needs a CUDA build of torch and the dev extras (pytest, scikit-learn, psutil) already
+# installed: the GPU machine may have no network. Steps, each with its own time limit (seconds,
+# override with the variables below) so that one slow step cannot eat the others' time:
+#
+#   1. environment (nvidia-smi, torch, CUDA)               -> OUT/env.txt
+#   2. pytest -m cuda: CUDA vs CPU on the same random       -> OUT/pytest_cuda.txt,
+#      Whisper-base-sized model (summed inertia within 1%,     OUT/cuda_figures.json
+#      both pruned models run), k-means CUDA vs CPU, and
+#      the Whisper-large-v3-sized feed-forward stack at 10%
+#   3. benchmarks/bench_compress.py --device cuda --large   -> OUT/bench_compress.txt
+#   4. benchmarks/bench_kmeans.py --device cuda             -> OUT/bench_kmeans.txt
+#
+# OUT/status.txt lists each step's exit status (124: it hit its time limit). The figures to
+# copy into the README and the closing note are in cuda_figures.json and the two bench files:
+# the large-v3 time (target: under 10 s on one H100/H200) and k-means against its bare distance
+# matmuls (target: within 3x).
+set -u
+OUT=${1:-gpu_check}
+PY=${PYTHON:-python}
+T_PYTEST=${T_PYTEST:-240}
+T_COMPRESS=${T_COMPRESS:-180}
+T_KMEANS=${T_KMEANS:-240}
+KMEANS_ARGS=${KMEANS_ARGS:---quick}
+
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export SPEECHPRUNE_GPU_OUT="$OUT"
+: > "$OUT/status.txt"
+
+step() {  # step NAME LIMIT OUTFILE COMMAND...
+    local name=$1 limit=$2 file=$3
+    shift 3
+    local start=$SECONDS
+    timeout "$limit" "$@" > "$OUT/$file" 2>&1
+    local rc=$?
+    echo "$name: exit $rc after $((SECONDS - start)) s (limit $limit s) -> $file" | tee -a "$OUT/status.txt"
+}
+
+{
+    nvidia-smi || true
+    "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available()); print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
+} > "$OUT/env.txt" 2>&1
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "no CUDA device visible to torch (see $OUT/env.txt); nothing measured" | tee -a "$OUT/status.txt"
+    exit 3
+fi
+
+step "pytest -m cuda" "$T_PYTEST" pytest_cuda.txt "$PY" -m pytest tests/test_cuda.py -m cuda -v -rs -s -p no:cacheprovider
+step "bench_compress --device cuda --large" "$T_COMPRESS" bench_compress.txt \
+    "$PY" benchmarks/bench_compress.py --device cuda --large --repeats 3
+# shellcheck disable=SC2086
+step "bench_kmeans --device cuda" "$T_KMEANS" bench_kmeans.txt "$PY" benchmarks/bench_kmeans.py --device cuda $KMEANS_ARGS
+cat "$OUT/status.txt"
