@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -20,19 +19,10 @@ from safetensors import safe_open
 from torch import nn
 
 from speechprune.errors import SpeechPruneError
+from speechprune.outputs import check_output_dir, staged_output  # noqa: F401  (check_output_dir: the shared check)
 from speechprune.structure import FAMILIES, apply_widths, model_family
 
 REPORT_FILE = "speechprune_report.json"
-
-
-def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Refuse a non-empty output folder (unless ``overwrite``) or a path that is a file."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SpeechPruneError(f"--out {out} is a file, not a folder; nothing was written")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SpeechPruneError(f"--out {out} is not empty; choose another folder or pass --overwrite")
-    return out
 
 
 def _tied_keys(model: nn.Module) -> set[str]:
@@ -62,39 +52,35 @@ def _check_strict(model: nn.Module, saved: dict[str, tuple[int, ...]], where: st
         )
 
 
-def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, report=None,
-                overwrite: bool = False) -> Path:
-    """Write ``model`` (and its processor and compression report) to the folder ``out``.
-
-    The folder is written beside ``out`` first and checked against the model's shapes, then
-    moved into place, so an existing folder is replaced only by a complete one.
-    """
+def write_pruned(model: nn.Module, folder: Path, *, processor=None, report=None) -> None:
+    """Write ``model`` (processor, report) into the existing ``folder`` and check it against the model."""
     from speechprune.compress import record_widths
 
-    out = check_output_dir(out, overwrite=overwrite)
     model_family(model)
     if not getattr(model.config, "speechprune", None):
         record_widths(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        if processor is not None:
-            processor.save_pretrained(tmp)
-        if report is not None:
-            (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
-        _check_strict(model, _saved_shapes(tmp), f"the folder written to {tmp}")
-        if out.exists():
-            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    model.save_pretrained(folder)
+    if processor is not None:
+        processor.save_pretrained(folder)
+    if report is not None:
+        (folder / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+    _check_strict(model, _saved_shapes(folder), f"the folder written to {folder}")
+
+
+def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, report=None,
+                overwrite: bool = False, inputs=(), expect="check", command: str = "save_pruned") -> Path:
+    """Write ``model`` (and its processor and compression report) to the folder ``out``.
+
+    The folder is written beside ``out`` first, checked against the model's shapes, marked as a
+    speechprune output and then published exclusively (see :mod:`speechprune.outputs`): an
+    existing ``out`` is replaced only with ``overwrite``, only if speechprune wrote all of it, and
+    only by a complete folder. ``inputs`` are folders ``out`` must stay outside of; ``expect`` is
+    what :func:`speechprune.outputs.output_state` saw when ``out`` was checked before the work.
+    """
+    model_family(model)
+    with staged_output(out, overwrite=overwrite, expect=expect, inputs=inputs, command=command) as staging:
+        write_pruned(model, staging, processor=processor, report=report)
+    return Path(out)
 
 
 def _local_folder(path_or_id: str | os.PathLike) -> Path:

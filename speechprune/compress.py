@@ -198,22 +198,30 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-iter", type=int, default=100, help="k-means iterations at most")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--out", required=True, help="folder to write the pruned model to (must be empty or absent)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out that speechprune wrote (refused if it holds anything else)")
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from speechprune.checkpoint import check_output_dir, save_pruned
+    from speechprune.checkpoint import save_pruned
+    from speechprune.errors import check_device
     from speechprune.models import load_model
+    from speechprune.outputs import check_output_dir, output_state
 
+    # everything that can be checked without the model, before any work
     check_sparsity(args.sparsity)
-    check_output_dir(args.out, overwrite=args.overwrite)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.max_iter < 1:
+        raise SpeechPruneError(f"--max-iter must be at least 1, got {args.max_iter}")
+    device = check_device(args.device)
+    target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
+    expect = output_state(target)
     model, processor = load_model(args.model, device=device)
     report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
                       allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
                       features=args.features, weighting=args.weighting, merge_rule=args.merge_rule)
-    save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite)
+    save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite,
+                inputs=[args.model], expect=expect, command="compress")
     print(report.table())
     print(f"saved to {args.out}")
     return 0
