@@ -20,18 +20,30 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from speechprune.errors import SpeechPruneError, warn
 
 MARKER = ".speechprune-output.json"
-KILL_HOOK = "SPEECHPRUNE_TEST_KILL_AT"  # tests: SIGKILL this process at the named publication step
+# Test seams, read from the environment at each publication step (staged, locked, moved-aside,
+# swapped, published): SIGKILL this process there, or wait there until N processes have arrived.
+KILL_HOOK = "SPEECHPRUNE_TEST_KILL_AT"  # STEP
+BARRIER_HOOK = "SPEECHPRUNE_TEST_BARRIER"  # STEP:N:FOLDER
 
 
 def _hook(step: str) -> None:
     if os.environ.get(KILL_HOOK) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    at, _, rest = os.environ.get(BARRIER_HOOK, "").partition(":")
+    if at == step:
+        count, _, folder = rest.partition(":")
+        Path(folder, str(os.getpid())).touch()
+        for _ in range(1200):
+            if len(os.listdir(folder)) >= int(count):
+                return
+            time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- what a folder holds

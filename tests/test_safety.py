@@ -1,0 +1,254 @@
+"""Issue 12, "nothing lost, nothing silent": one regression test per case, tiny models, generated audio."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import make_tiny_whisper
+
+from speechprune.checkpoint import load_checkpoint, save_pruned
+from speechprune.cli import main
+from speechprune.errors import SpeechPruneError, SpeechPruneWarning
+from speechprune.outputs import MARKER, check_output_dir, staged_output
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    env.pop("SPEECHPRUNE_DEBUG", None)
+    return env
+
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    folder = tmp_path / "tiny-whisper"
+    make_tiny_whisper().save_pretrained(folder)
+    (folder / "notes.txt").write_text("my notes")
+    return folder
+
+
+@pytest.fixture
+def no_compression(monkeypatch):
+    """Fails the test if compression (or model loading) starts: proves a refusal came first."""
+    def boom(*args, **kwargs):
+        raise AssertionError("the work started before the refusal")
+
+    monkeypatch.setattr("speechprune.compress.compress", boom)
+    monkeypatch.setattr("speechprune.models.load_model", boom)
+
+
+def _siblings(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
+
+
+# ---------------------------------------------------------------- 1. --overwrite replaces only what speechprune wrote
+
+
+def test_overwrite_refuses_a_folder_with_a_foreign_file_and_keeps_it(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "pruned"
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(out)]) == 0
+    written = json.loads((out / MARKER).read_text())["files"]
+    assert "config.json" in written and "model.safetensors" in written and "speechprune_report.json" in written
+    (out / "thesis.txt").write_text("three years of work")
+    (out / "sub").mkdir()
+    (out / "sub" / "data.csv").write_text("a,b\n")
+    capsys.readouterr()
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.2", "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "did not write" in err and "sub/data.csv" in err and "thesis.txt" in err and len(err.splitlines()) == 1
+    assert (out / "thesis.txt").read_text() == "three years of work" and (out / "sub" / "data.csv").is_file()
+    assert load_checkpoint(out).model.encoder.layers[0].fc1.out_features == 32  # still the 50% model
+    # without the foreign files, --overwrite replaces the speechprune output
+    (out / "thesis.txt").unlink()
+    (out / "sub" / "data.csv").unlink()
+    (out / "sub").rmdir()
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.25", "--out", str(out), "--overwrite"]) == 0
+    assert load_checkpoint(out).model.encoder.layers[0].fc1.out_features == 48
+    assert _siblings(out) == []
+
+
+def test_overwrite_refuses_a_model_folder_speechprune_did_not_write(tmp_path, tiny_folder, capsys, no_compression):
+    other = tmp_path / "other-model"
+    make_tiny_whisper(seed=3).save_pretrained(other)
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(other), "--overwrite"]) == 2
+    assert "holds a model that speechprune did not write" in capsys.readouterr().err
+    assert (other / "model.safetensors").is_file() and not (other / MARKER).exists()
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "symlink-to-same", "holds"])
+def test_out_equal_to_inside_or_holding_the_input_is_always_refused(tmp_path, tiny_folder, capsys, no_compression,
+                                                                   where):
+    before = sorted(p.name for p in tiny_folder.iterdir())
+    out = {"same": tiny_folder, "inside": tiny_folder / "pruned", "holds": tmp_path}.get(where)
+    model = str(tiny_folder)
+    if where == "symlink-to-same":  # the model named through a link, --out the real folder
+        link = tmp_path / "link"
+        link.symlink_to(tiny_folder)
+        model, out = str(link), tiny_folder
+    assert main(["compress", model, "--sparsity", "0.5", "--out", str(out), "--overwrite"]) == 2
+    assert "input" in capsys.readouterr().err
+    assert sorted(p.name for p in tiny_folder.iterdir()) == before
+    assert (tiny_folder / "notes.txt").read_text() == "my notes"
+
+
+def test_out_dot_and_a_symlinked_out_are_refused_before_the_work(tmp_path, tiny_folder, capsys, no_compression,
+                                                                 monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", ".", "--overwrite"]) == 2
+    assert "current folder" in capsys.readouterr().err
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "mine.txt").write_text("x")
+    link = tmp_path / "linked"
+    link.symlink_to(real)
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(link), "--overwrite"]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert [p.name for p in real.iterdir()] == ["mine.txt"] and not list(tmp_path.glob(".*"))
+
+
+# ---------------------------------------------------------------- 2. atomic, exclusive publication
+
+
+def test_two_compress_runs_racing_for_one_out_exactly_one_wins(tmp_path, tiny_folder):
+    out = tmp_path / "raced"
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    # both runs pass the check before the work, then wait for each other just before publishing
+    env = _env(SPEECHPRUNE_TEST_BARRIER=f"staged:2:{barrier}")
+    runs = [subprocess.Popen([sys.executable, "-m", "speechprune", "compress", str(tiny_folder), "--sparsity", s,
+                              "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for s in ("0.25", "0.5")]
+    results = [(r.wait(timeout=300), *r.communicate()) for r in runs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    winner = next(i for i, (code, _, _) in enumerate(results) if code == 0)
+    loser_err = results[1 - winner][2]
+    assert "Traceback" not in loser_err
+    assert loser_err.strip().splitlines()[-1].startswith("speechprune compress: error: ")
+    assert "another speechprune process" in loser_err or "while this run worked" in loser_err
+    report = json.loads((out / "speechprune_report.json").read_text())
+    assert report["sparsity"] == (0.25, 0.5)[winner]  # the winner's model, not replaced
+    assert load_checkpoint(out).model.encoder.layers[0].fc1.out_features == (48, 32)[winner]
+    assert _siblings(out) == []
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    import speechprune.outputs as outputs
+    if sys.argv[3] == "no-exchange":
+        outputs._exchange = lambda a, b: False
+    with outputs.staged_output(sys.argv[1], overwrite=True, command="test") as staging:
+        (staging / "sub").mkdir()
+        for name in ("a.txt", "sub/b.txt", "c.bin"):
+            (staging / name).write_text(sys.argv[2])
+""")
+
+
+def _complete(out: Path) -> str:
+    """The tag of a complete test folder (every file there, the same tag in each)."""
+    tags = {(out / name).read_text() for name in ("a.txt", "sub/b.txt", "c.bin")}
+    assert len(tags) == 1 and json.loads((out / MARKER).read_text())["files"] == ["a.txt", "c.bin", "sub/b.txt"]
+    return tags.pop()
+
+
+@pytest.mark.parametrize("swap", ["exchange", "no-exchange"])
+@pytest.mark.parametrize("step", ["staged", "locked", "moved-aside", "swapped"])
+def test_kill_9_during_publication_leaves_old_or_new_and_junk_is_cleaned(tmp_path, step, swap):
+    if step == "moved-aside" and swap == "exchange":
+        pytest.skip("an atomic exchange has no moved-aside step")
+    out = tmp_path / "out"
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    run = lambda tag, **env: subprocess.run([sys.executable, str(script), str(out), tag, swap],  # noqa: E731
+                                            env=_env(**env), capture_output=True, text=True, timeout=120)
+    assert run("old").returncode == 0 and _complete(out) == "old"
+    killed = run("new", SPEECHPRUNE_TEST_KILL_AT=step)
+    assert killed.returncode == -9
+    assert _siblings(out)  # junk was left
+    if step != "moved-aside":  # the atomic steps: a complete folder at --out at every moment
+        assert _complete(out) in ("old", "new")
+    with pytest.warns(SpeechPruneWarning, match="killed"):
+        check_output_dir(out, overwrite=True)  # the next run cleans up (and puts back a folder moved aside)
+    assert _siblings(out) == [] and _complete(out) in ("old", "new")
+    assert run("third").returncode == 0 and _complete(out) == "third" and _siblings(out) == []
+
+
+def test_kill_9_in_a_real_save_keeps_a_loadable_model(tmp_path, tiny_folder):
+    out = tmp_path / "pruned"
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(out)]) == 0
+    killed = subprocess.run([sys.executable, "-m", "speechprune", "compress", str(tiny_folder), "--sparsity", "0.25",
+                             "--out", str(out), "--overwrite"], env=_env(SPEECHPRUNE_TEST_KILL_AT="locked"),
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9 and _siblings(out)
+    assert load_checkpoint(out).model.encoder.layers[0].fc1.out_features == 32  # the old model, whole
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.25", "--out", str(out), "--overwrite"]) == 0
+    assert load_checkpoint(out).model.encoder.layers[0].fc1.out_features == 48 and _siblings(out) == []
+
+
+def test_a_result_that_appeared_meanwhile_is_not_replaced(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SpeechPruneError, match="while this run worked"):
+        with staged_output(out, command="test") as staging:
+            (staging / "mine.txt").write_text("late")
+            out.mkdir()
+            (out / "theirs.txt").write_text("first")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"] and _siblings(out) == []
+
+
+# ---------------------------------------------------------------- 3. checked before the work
+
+
+def test_read_only_out_is_refused_before_any_compression(tmp_path, tiny_folder, capsys, no_compression):
+    places = [Path("/proc/speechprune-out")]  # read-only even for root
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        places.append(ro / "out")
+    for out in places:
+        assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "not writable" in err and len(err.splitlines()) == 1
+
+
+def test_out_under_a_file_is_refused_and_a_missing_parent_is_created(tmp_path, tiny_folder, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    with monkeypatch.context() as m:
+        m.setattr("speechprune.compress.compress", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+        assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(tmp_path / "afile" / "o")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    out = tmp_path / "new" / "deeper" / "pruned"
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("device,message", [("bogus", "unknown --device 'bogus'"),
+                                            ("cuda", "no usable CUDA GPU"), ("cuda:7", "CUDA")])
+def test_devices_this_machine_lacks_are_one_line_errors(tmp_path, tiny_folder, capsys, no_compression, device,
+                                                        message):
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the device")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--device", device,
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_max_iter_0_names_only_what_the_user_set(tmp_path, tiny_folder, capsys, no_compression):
+    assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--max-iter", "0", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--max-iter must be at least 1, got 0" in err and "n_init" not in err and "tol" not in err
