@@ -61,22 +61,36 @@ def written_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def write_marker(folder: Path, command: str) -> None:
-    """List everything in ``folder`` in its marker: all of it was written by speechprune."""
+def write_marker(folder: Path, command: str, *, files: Sequence[str] | None = None,
+                 folders: Sequence[str] = ()) -> None:
+    """Record in ``folder`` what speechprune wrote there: ``files`` (default: everything in it now)
+    and ``folders`` whose whole content is its own (a fine-tuning run's checkpoints)."""
     import speechprune
 
     marker = dict(written_by=f"speechprune {speechprune.__version__}", command=command,
-                  files=written_files(folder))
+                  files=sorted(written_files(folder) if files is None else files), folders=sorted(folders))
     (folder / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+
+
+def _read(folder: Path) -> dict | None:
+    try:
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or not isinstance(marker.get("files"), list):
+        return None
+    return marker
 
 
 def read_marker(folder: Path) -> list[str] | None:
     """The files the marker in ``folder`` lists, or None where there is no readable marker."""
-    try:
-        files = json.loads((folder / MARKER).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return [str(f) for f in files] if isinstance(files, list) else None
+    marker = _read(folder)
+    return None if marker is None else [str(f) for f in marker["files"]]
+
+
+def _owned_folders(folder: Path) -> list[str]:
+    marker = _read(folder) or {}
+    return [str(f).strip("/") for f in marker.get("folders", []) if str(f).strip("/")]
 
 
 def in_the_way(folder: Path) -> list[str]:
@@ -84,13 +98,19 @@ def in_the_way(folder: Path) -> list[str]:
     listed = read_marker(folder)
     if listed is None:
         return sorted(p.name for p in folder.iterdir())
+    owned = _owned_folders(folder)
     allowed = set(listed)
-    parents = {p.as_posix() for f in listed for p in Path(f).parents}
-    foreign = [f for f in written_files(folder) if f not in allowed]
+    parents = {p.as_posix() for f in listed + [o + "/x" for o in owned] for p in Path(f).parents}
+
+    def ours(rel: str) -> bool:
+        return rel in allowed or any(rel == o or rel.startswith(o + "/") for o in owned)
+
+    foreign = [f for f in written_files(folder) if not ours(f)]
     for root, dirs, files in os.walk(folder):
         for d in dirs:
-            rel = (Path(root) / d).relative_to(folder).as_posix()
-            if rel not in parents and not (Path(root) / d).is_symlink() and not any(Path(root, d).iterdir()):
+            path = Path(root) / d
+            rel = path.relative_to(folder).as_posix()
+            if rel not in parents and not ours(rel) and not path.is_symlink() and not any(path.iterdir()):
                 foreign.append(rel + "/")  # an empty folder speechprune did not make
     return sorted(foreign)
 
@@ -105,6 +125,10 @@ def remove_written(folder: Path) -> list[str]:
 
     The folder itself goes only when nothing else is left in it.
     """
+    for rel in _owned_folders(folder):
+        path = folder / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
     for rel in read_marker(folder) or []:
         path = folder / rel
         if path.is_file() or path.is_symlink():
@@ -174,6 +198,22 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False,
     a non-empty folder without ``overwrite``; with ``overwrite``, a folder holding anything that
     its speechprune marker does not list; a place that cannot be written.
     """
+    target = check_place(out, inputs=inputs, flag=flag)
+    clean_stale(target)
+    if target.exists() and not target.is_dir():
+        raise SpeechPruneError(f"{flag} {out} is a file, not a folder; nothing was written")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise SpeechPruneError(f"{flag} {out} is not empty (it holds {_names(sorted(p.name for p in target.iterdir()))}); "
+                                   "choose another folder or pass --overwrite")
+        check_replaceable(target, flag)
+    check_writable(target, flag)
+    return target
+
+
+def check_place(out: str | os.PathLike, *, inputs: Sequence[str | os.PathLike | None] = (),
+                flag: str = "--out") -> Path:
+    """Resolve ``out`` and refuse a link, the current folder, or a place in, at or around an input."""
     target = resolve_out(out, flag)
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
@@ -184,15 +224,6 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False,
                                    f"{source}: the input would be replaced; choose a folder outside it")
         if target in source.parents:
             raise SpeechPruneError(f"{flag} {out} holds the input {source}; choose a folder outside it")
-    clean_stale(target)
-    if target.exists() and not target.is_dir():
-        raise SpeechPruneError(f"{flag} {out} is a file, not a folder; nothing was written")
-    if target.is_dir() and any(target.iterdir()):
-        if not overwrite:
-            raise SpeechPruneError(f"{flag} {out} is not empty (it holds {_names(sorted(p.name for p in target.iterdir()))}); "
-                                   "choose another folder or pass --overwrite")
-        check_replaceable(target, flag)
-    check_writable(target, flag)
     return target
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import transformers
 from conftest import make_tiny_whisper
 
 from speechprune.checkpoint import load_checkpoint, save_pruned
@@ -252,3 +253,87 @@ def test_max_iter_0_names_only_what_the_user_set(tmp_path, tiny_folder, capsys, 
     assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--max-iter", "0", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--max-iter must be at least 1, got 0" in err and "n_init" not in err and "tol" not in err
+
+
+# ---------------------------------------------------------------- 6. a failed fine-tuning run can be restarted
+
+
+def _finetune_options():
+    from test_finetune import _whisper_processor
+
+    return dict(processor=_whisper_processor(), batch_size=4, max_steps=1, save_steps=1, progress=False)
+
+
+class _FailFirstStep(transformers.TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        raise RuntimeError("diverged")
+
+
+@pytest.mark.parametrize("lr", ["-1", "nan", "inf", "0"])
+def test_bad_learning_rate_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, lr):
+    monkeypatch.setattr("speechprune.finetune.load_training_speech",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("data loaded")))
+    out = tmp_path / "tuned"
+    assert main(["finetune", "embedded:whisper-tiny.en", "--data", "embedded:train", "--lr", lr, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--lr must be a positive finite number" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_finetune_failing_before_its_first_checkpoint_leaves_out_restartable(tmp_path):
+    from test_finetune import _speech, _tiny_whisper
+
+    from speechprune.finetune import finetune
+
+    out = tmp_path / "tuned"
+    with pytest.raises(RuntimeError, match="diverged"):
+        finetune(_tiny_whisper(), _speech(8), out_dir=out, callbacks=[_FailFirstStep()], **_finetune_options())
+    assert not out.exists()  # cleaned: a plain rerun starts
+    # a kill -9 before the first checkpoint cannot clean up: the next run (even with --resume) starts again
+    from speechprune.outputs import write_marker
+
+    for resume in (False, True):
+        killed = tmp_path / f"killed-{resume}"
+        (killed / "checkpoints").mkdir(parents=True)
+        (killed / "finetune_run.json").write_text("{}")
+        write_marker(killed, "finetune", files=["finetune_run.json"], folders=["checkpoints"])
+        with pytest.warns(SpeechPruneWarning, match="stopped before its first checkpoint"):
+            record = finetune(_tiny_whisper(), _speech(8), out_dir=killed, resume=resume, **_finetune_options())
+        assert record["results"]["global_step"] == 1 and (killed / "config.json").is_file()
+        assert record["settings"]["resumed_from_step"] == 0
+
+
+def test_an_unmarked_stopped_run_names_the_command_that_clears_it(tmp_path):
+    from speechprune.finetune import prepare_out_dir
+
+    out = tmp_path / "old run"
+    out.mkdir()
+    (out / "finetune_run.json").write_text("{}")  # written by a speechprune before the marker existed
+    with pytest.raises(SpeechPruneError, match=r"clear it with `rm -r '.*old run'`"):
+        prepare_out_dir(out, resume=False)
+
+
+def test_finetune_overwrite_replaces_only_its_own_run(tmp_path, capsys):
+    from test_finetune import _speech, _tiny_whisper
+
+    from speechprune.finetune import finetune, prepare_out_dir
+
+    out = tmp_path / "tuned"
+    finetune(_tiny_whisper(), _speech(8), out_dir=out, **_finetune_options())
+    marker = json.loads((out / MARKER).read_text())
+    assert {"config.json", "model.safetensors", "finetune.json", "finetune_run.json"} <= set(marker["files"])
+    assert marker["folders"] == ["checkpoints"]
+    with pytest.raises(SpeechPruneError, match="finished fine-tuning run.*--overwrite"):
+        prepare_out_dir(out, resume=False)
+    (out / "thesis.txt").write_text("mine")
+    with pytest.raises(SpeechPruneError, match="did not write: thesis.txt"):
+        finetune(_tiny_whisper(), _speech(8), out_dir=out, overwrite=True, **_finetune_options())
+    (out / "thesis.txt").unlink()
+    record = finetune(_tiny_whisper(), _speech(8), out_dir=out, overwrite=True, **_finetune_options())
+    assert record["results"]["global_step"] == 1 and (out / "model.safetensors").is_file()
+
+
+def test_finetune_out_equal_to_the_input_model_is_refused(tmp_path, tiny_folder, capsys):
+    assert main(["finetune", str(tiny_folder), "--data", "embedded:train", "--out", str(tiny_folder)]) == 2
+    assert "input folder" in capsys.readouterr().err
+    assert (tiny_folder / "notes.txt").read_text() == "my notes"
