@@ -337,3 +337,126 @@ def test_finetune_out_equal_to_the_input_model_is_refused(tmp_path, tiny_folder,
     assert main(["finetune", str(tiny_folder), "--data", "embedded:train", "--out", str(tiny_folder)]) == 2
     assert "input folder" in capsys.readouterr().err
     assert (tiny_folder / "notes.txt").read_text() == "my notes"
+
+
+# ---------------------------------------------------------------- 4. nothing cut or accepted silently: audio
+
+
+def _whisper_30s_processor():
+    """The tests' toy Whisper tokenizer with a 30 s window over the tiny Whisper's 40 frames, as real Whisper."""
+    from test_evaluate import whisper_processor
+    from transformers import WhisperFeatureExtractor
+
+    processor = whisper_processor()
+    processor.feature_extractor = WhisperFeatureExtractor(feature_size=8, sampling_rate=16_000, hop_length=12_000,
+                                                          chunk_length=30, n_fft=24_000)
+    return processor
+
+
+def _clips(*seconds: float):
+    from speechprune.data import SpeechSet, Utterance
+
+    rng = np.random.default_rng(0)
+    utterances = [Utterance(f"c{i}", 0.1 * rng.standard_normal(int(s * 16_000)).astype(np.float32), "hello world")
+                  for i, s in enumerate(seconds)]
+    return SpeechSet("clips", utterances, {"name": "clips"})
+
+
+def test_a_35_s_clip_warns_on_the_console_and_long_form_decodes_it_whole(monkeypatch, capsys):
+    from speechprune import evaluate as ev
+
+    model, processor, speech = make_tiny_whisper(), _whisper_30s_processor(), _clips(35.0, 2.0)
+    model.generation_config.no_timestamps_token_id = 3  # the toy vocabulary's <|notimestamps|>
+    with pytest.warns(SpeechPruneWarning, match=r"1 of 2 clip\(s\) in clips are longer than Whisper's 30 s window "
+                                                r"and are cut.*--long-form"):
+        cut = ev.evaluate(model, processor, speech, progress=False, batch_size=2)
+    assert cut["decoding"]["clips_over_30s"] == 1 and cut["decoding"]["over_window"] == "cut to the window"
+    assert cut["decoding"]["long_form"] is False
+
+    frames = []
+    real_generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda features, **kw: frames.append(features.shape[-1])
+                        or real_generate(features, **kw))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpeechPruneWarning)  # no warning: nothing is cut
+        whole = ev.evaluate(model, processor, speech, progress=False, batch_size=2, long_form=True)
+    assert whole["decoding"]["long_form"] is True and whole["decoding"]["over_window"].startswith("sequential long-form")
+    assert max(frames) > 40  # the 35 s of features reached generate uncut (40 frames = 30 s)
+
+
+def test_long_form_without_timestamp_tokens_is_a_clear_refusal():
+    from speechprune.evaluate import evaluate
+
+    with pytest.raises(SpeechPruneError, match="--long-form needs a Whisper generation config with timestamp tokens"):
+        evaluate(make_tiny_whisper(), _whisper_30s_processor(), _clips(35.0), progress=False, long_form=True)
+
+
+def test_the_console_shows_the_warning_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("speechprune.evaluate.load_model", lambda spec, device="cpu": (make_tiny_whisper(),
+                                                                                     _whisper_30s_processor()))
+    folder = tmp_path / "speech"
+    folder.mkdir()
+    sf.write(folder / "long.wav", 0.1 * np.random.default_rng(0).standard_normal(35 * 16_000), 16_000)
+    (folder / "metadata.csv").write_text("file_name,text\nlong.wav,hello world\n")
+    assert main(["evaluate", "tiny", "--data", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "speechprune: warning: 1 of 1 clip(s) in speech are longer than Whisper's 30 s window" in err
+
+
+def _audiofolder(tmp_path, audio, rate=16_000, text="hello world", metadata: bytes | None = None):
+    folder = tmp_path / "speech"
+    folder.mkdir(exist_ok=True)
+    sf.write(folder / "a.wav", audio, rate, subtype="FLOAT")
+    (folder / "metadata.csv").write_bytes(metadata or f"file_name,text\na.wav,{text}\n".encode())
+    return folder
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_audio_is_refused_naming_the_file(tmp_path, bad):
+    from speechprune.data import load_speech
+
+    audio = np.random.default_rng(0).standard_normal(16_000).astype(np.float32)
+    audio[100:110] = bad
+    with pytest.raises(SpeechPruneError, match=r"audio a.wav has 10 NaN or infinite sample"):
+        load_speech(str(_audiofolder(tmp_path, audio)))
+
+
+def test_stereo_channels_that_cancel_in_the_downmix_warn(tmp_path):
+    from speechprune.data import load_speech
+
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(16_000) / 16_000)
+    with pytest.warns(SpeechPruneWarning, match="a.wav: its 2 channels cancel in the mono downmix"):
+        load_speech(str(_audiofolder(tmp_path, np.stack([tone, -tone], axis=1))))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpeechPruneWarning)
+        load_speech(str(_audiofolder(tmp_path, np.stack([tone, 0.5 * tone], axis=1))))  # ordinary stereo: silent
+
+
+def test_latin1_metadata_is_one_line_naming_the_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("speechprune.evaluate.load_model",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    audio = np.zeros(16_000, np.float32)
+    metadata = "file_name,text\na.wav,hello\na.wav,caf\u00e9 cr\u00e8me\n".encode("latin-1")
+    folder = _audiofolder(tmp_path, audio, metadata=metadata)
+    assert main(["evaluate", "tiny", "--data", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "metadata.csv line 3 is not UTF-8" in err and "iconv" in err and len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- 3. evaluate: checked before the work
+
+
+def test_json_naming_a_folder_is_refused_before_the_evaluation(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("speechprune.evaluate.load_speech",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("data loaded")))
+    assert main(["evaluate", "tiny", "--json", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; name a file" in err and len(err.splitlines()) == 1
+    assert main(["evaluate", "tiny", "--json", "/proc/result.json"]) == 2
+    assert "not writable" in capsys.readouterr().err
+    assert main(["evaluate", "tiny", "--device", "bogus"]) == 2
+    assert "unknown --device 'bogus'" in capsys.readouterr().err
