@@ -460,3 +460,105 @@ def test_json_naming_a_folder_is_refused_before_the_evaluation(tmp_path, monkeyp
     assert "not writable" in capsys.readouterr().err
     assert main(["evaluate", "tiny", "--device", "bogus"]) == 2
     assert "unknown --device 'bogus'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 4./6. allocations: budget and rounding
+
+
+def _two_head_whisper():
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    model = make_tiny_whisper()
+    config = WhisperConfig(**{**model.config.to_dict(), "encoder_attention_heads": 2, "decoder_attention_heads": 2})
+    torch.manual_seed(0)
+    return WhisperForConditionalGeneration(config).eval()
+
+
+def test_variance_allocation_that_cannot_reach_the_budget_is_refused_like_cost():
+    from speechprune.compress import compress
+    from speechprune.structure import widths
+
+    for allocation, message in (("variance", "variance allocation cannot reach sparsity 0.97"),
+                                ("cost", "cost allocation: the grid cannot reach")):
+        model = make_tiny_whisper()
+        before = widths(model)
+        with pytest.raises(SpeechPruneError, match=message):
+            compress(model, sparsity=0.97, allocation=allocation, progress=False)
+        assert widths(model) == before  # refused before any layer changed
+    # below the floor it still removes exactly the uniform number
+    model = make_tiny_whisper()
+    report = compress(model, sparsity=0.9, allocation="variance", progress=False)
+    assert sum(u.channels_after for u in report.units) == 4 * round(64 * 0.1)
+
+
+def test_a_scope_where_rounding_removes_nothing_warns_with_the_numbers():
+    from speechprune.compress import compress
+
+    with pytest.warns(SpeechPruneWarning, match=r"sparsity 0.2 removes no attention heads: round\(2 x 0.8\) = 2 of 2 "
+                                                r"heads kept in each of the 6 attention unit\(s\); a sparsity above 0.25"):
+        report = compress(_two_head_whisper(), sparsity=0.2, scope="attention", progress=False)
+    assert report.channel_sparsity() == 0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpeechPruneWarning)
+        compress(make_tiny_whisper(), sparsity=0.2, scope="all", progress=False)  # removes some everywhere: quiet
+
+
+def test_rounding_warning_reaches_the_console(tmp_path, capsys):
+    folder = tmp_path / "two-heads"
+    _two_head_whisper().save_pretrained(folder)
+    assert main(["compress", str(folder), "--sparsity", "0.2", "--scope", "attention", "--out", str(tmp_path / "o")]) == 0
+    assert "speechprune: warning: sparsity 0.2 removes no attention heads" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- compare: checked before loading anything
+
+
+@pytest.fixture
+def no_comparison(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("data or a model was loaded before the refusal")
+
+    monkeypatch.setattr("speechprune.experiment.run_comparison", boom)
+    monkeypatch.setattr("speechprune.data.load_speech", boom)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--allocations", "foo"], "unknown allocation 'foo'"),
+    (["--allocations", "uniform,bar"], "unknown allocation 'bar'"),
+    (["--merges", "median"], "unknown merge rule 'median'"),
+    (["--features", ","], "--features names nothing"),
+    (["--device", "bogus"], "unknown --device 'bogus'"),
+    (["--sparsity", "2"], "sparsity must be in"),
+    (["--out", "/proc/runs/main"], "not writable"),
+])
+def test_compare_refuses_bad_flags_before_loading_anything(tmp_path, capsys, no_comparison, args, message):
+    assert main(["compare", "--out", str(tmp_path / "main"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+
+
+def _fake_result(wer: float) -> dict:
+    record = dict(label="dense", wer=wer, substitutions=1, deletions=0, insertions=0, model=dict(parameters=100),
+                  rtf=0.1, data=dict(name="toy"), n_utterances=2, compression=None)
+    pruned = dict(record, label="cluster", compression=dict(params_after=80, param_sparsity=0.2))
+    return dict(model="tiny", data="toy", sparsity=0.2, scope="encoder.ffn", seed=0, records=[record, pruned])
+
+
+def test_compare_results_are_published_with_the_marker_and_overwrite_keeps_foreign_files(tmp_path, monkeypatch,
+                                                                                         capsys):
+    results = iter([_fake_result(10.0), _fake_result(20.0), _fake_result(30.0)])
+    monkeypatch.setattr("speechprune.experiment.run_comparison", lambda *a, **k: next(results))
+    out = tmp_path / "runs" / "main"
+    assert main(["compare", "--out", str(out)]) == 0
+    assert json.loads((out / MARKER).read_text())["files"] == ["results.json", "wer.png"]
+    assert main(["compare", "--out", str(out)]) == 2 and "not empty" in capsys.readouterr().err
+    (out / "notes.md").write_text("mine")
+    assert main(["compare", "--out", str(out), "--overwrite"]) == 2
+    assert "notes.md" in capsys.readouterr().err and json.loads((out / "results.json").read_text())["records"][0]["wer"] == 10.0
+    (out / "notes.md").unlink()
+    assert main(["compare", "--out", str(out), "--overwrite"]) == 0
+    # the two refusals came before the work: the second result computed is the one published
+    assert json.loads((out / "results.json").read_text())["records"][0]["wer"] == 20.0
+    assert _siblings(out) == []
