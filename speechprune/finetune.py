@@ -591,7 +591,7 @@ def finetune(
         out.mkdir(parents=True, exist_ok=True)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         (out / RUN_FILE).write_text(json.dumps(dict(run, started=started), indent=2))
-        write_marker(out, "finetune", files=[RUN_FILE], folders=[CHECKPOINTS])
+        write_marker(out, "finetune", files=[RUN_FILE], folders=[CHECKPOINTS, ".model-partial"])
 
     timer = _Timer()
     trainer_class = transformers.Seq2SeqTrainer if kind == "whisper" else transformers.Trainer
@@ -657,9 +657,10 @@ def finetune(
         write_pruned(model, staging, processor=processor)
         (staging / REPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
         installed = sorted(p.name for p in staging.iterdir())
-        _install(staging, out)
+        # listed before they move in: a kill during the move leaves nothing unlisted
         write_marker(out, "finetune", files=sorted(set(read_marker(out) or []) | {RUN_FILE, *installed}),
-                     folders=[CHECKPOINTS])
+                     folders=[CHECKPOINTS, staging.name])
+        _install(staging, out)
     state.wait_for_everyone()
     return record
 

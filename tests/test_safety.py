@@ -322,7 +322,7 @@ def test_finetune_overwrite_replaces_only_its_own_run(tmp_path, capsys):
     finetune(_tiny_whisper(), _speech(8), out_dir=out, **_finetune_options())
     marker = json.loads((out / MARKER).read_text())
     assert {"config.json", "model.safetensors", "finetune.json", "finetune_run.json"} <= set(marker["files"])
-    assert marker["folders"] == ["checkpoints"]
+    assert marker["folders"] == [".model-partial", "checkpoints"]
     with pytest.raises(SpeechPruneError, match="finished fine-tuning run.*--overwrite"):
         prepare_out_dir(out, resume=False)
     (out / "thesis.txt").write_text("mine")
@@ -562,3 +562,43 @@ def test_compare_results_are_published_with_the_marker_and_overwrite_keeps_forei
     # the two refusals came before the work: the second result computed is the one published
     assert json.loads((out / "results.json").read_text())["records"][0]["wer"] == 20.0
     assert _siblings(out) == []
+
+
+# ---------------------------------------------------------------- 5. no traceback for a user's mistake
+
+
+def test_an_oserror_is_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_path, tiny_folder, monkeypatch,
+                                                                          capsys):
+    import errno
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "model.safetensors"))
+
+    monkeypatch.setattr("speechprune.checkpoint.write_pruned", full_disk)
+    args = ["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"speechprune compress: error: No space left on device: {tmp_path / 'o' / 'model.safetensors'}; "
+                       "free some space or choose another place")
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))  # nothing half-written left
+    monkeypatch.setenv("SPEECHPRUNE_DEBUG", "1")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "No space left on device" in err
+
+
+def test_a_real_bug_keeps_its_traceback(tmp_path, tiny_folder, monkeypatch):
+    monkeypatch.setattr("speechprune.compress.compress", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(tmp_path / "o")])
+
+
+def test_undecodable_text_elsewhere_is_one_line(tmp_path, monkeypatch, capsys):
+    def bad_text(*args, **kwargs):
+        return b"caf\xe9".decode("utf-8")
+
+    monkeypatch.setattr("speechprune.evaluate.load_speech", bad_text)
+    assert main(["evaluate", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read a text file as UTF-8" in err and len(err.splitlines()) == 1
