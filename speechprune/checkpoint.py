@@ -5,6 +5,8 @@ A pruned folder is what ``save_pretrained`` writes (``config.json``, ``model.saf
 ``speechprune.widths``: the channel count of every feed-forward block and attention block.
 :func:`load_checkpoint` builds the model in those shapes and loads the weights strictly: no
 missing, unexpected or mis-shaped tensor is tolerated, and the original model is never needed.
+:func:`save_pruned` publishes the folder through :mod:`speechprune.outputs` (a marker listing
+what speechprune wrote, exclusive atomic publication, ``overwrite`` only of its own outputs).
 """
 
 from __future__ import annotations

@@ -602,3 +602,23 @@ def test_undecodable_text_elsewhere_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["evaluate", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "cannot read a text file as UTF-8" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_long_form_transcribes_a_35_s_clip_of_real_speech_whole():
+    """The embedded whisper-tiny.en on two embedded clips joined into one of at least 35 s."""
+    from speechprune.data import SpeechSet, Utterance, load_speech
+    from speechprune.evaluate import evaluate
+    from speechprune.models import load_model
+
+    clips = sorted(load_speech("embedded-full"), key=lambda u: -u.duration)
+    first = clips[0]
+    second = min((u for u in clips[1:] if first.duration + u.duration >= 35), key=lambda u: u.duration)
+    joined = Utterance("joined", np.concatenate([first.audio, second.audio]), f"{first.text} {second.text}")
+    speech = SpeechSet("joined", [joined], {"name": "joined"})
+    model, processor = load_model("embedded:whisper-tiny.en")
+    with pytest.warns(SpeechPruneWarning, match="longer than Whisper's 30 s window"):
+        cut = evaluate(model, processor, speech, progress=False)
+    whole = evaluate(model, processor, speech, progress=False, long_form=True)
+    assert whole["decoding"]["long_form"] and cut["decoding"]["over_window"] == "cut to the window"
+    assert whole["deletions"] < cut["deletions"] and whole["wer"] < cut["wer"]
