@@ -622,3 +622,14 @@ def test_long_form_transcribes_a_35_s_clip_of_real_speech_whole():
     whole = evaluate(model, processor, speech, progress=False, long_form=True)
     assert whole["decoding"]["long_form"] and cut["decoding"]["over_window"] == "cut to the window"
     assert whole["deletions"] < cut["deletions"] and whole["wer"] < cut["wer"]
+
+
+def test_finetune_out_that_cannot_be_written_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("speechprune.finetune.load_training_speech",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("data loaded")))
+    assert main(["finetune", "embedded:whisper-tiny.en", "--data", "embedded:train", "--out", "/proc/tuned"]) == 2
+    assert "not writable" in capsys.readouterr().err
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    assert main(["finetune", "embedded:whisper-tiny.en", "--data", "embedded:train", "--out", str(link)]) == 2
+    assert "symbolic link" in capsys.readouterr().err
