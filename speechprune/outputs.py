@@ -21,8 +21,9 @@ import signal
 import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from speechprune.errors import SpeechPruneError, warn
 
@@ -68,6 +69,7 @@ def write_marker(folder: Path, command: str, *, files: Sequence[str] | None = No
     import speechprune
 
     marker = dict(written_by=f"speechprune {speechprune.__version__}", command=command,
+                  written=f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} {uuid.uuid4().hex[:12]}",
                   files=sorted(written_files(folder) if files is None else files), folders=sorted(folders))
     (folder / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
 
@@ -82,15 +84,33 @@ def _read(folder: Path) -> dict | None:
     return marker
 
 
+def _safe(rel: object) -> str | None:
+    """A plain relative path inside the folder, or None (absolute, '..', empty: a hand-edited marker)."""
+    path = PurePosixPath(str(rel))
+    if not str(rel).strip("/") or path.is_absolute() or ".." in path.parts:
+        return None
+    return path.as_posix()
+
+
 def read_marker(folder: Path) -> list[str] | None:
     """The files the marker in ``folder`` lists, or None where there is no readable marker."""
     marker = _read(folder)
-    return None if marker is None else [str(f) for f in marker["files"]]
+    return None if marker is None else [r for f in marker["files"] if (r := _safe(f))]
 
 
 def _owned_folders(folder: Path) -> list[str]:
-    marker = _read(folder) or {}
-    return [str(f).strip("/") for f in marker.get("folders", []) if str(f).strip("/")]
+    folders = (_read(folder) or {}).get("folders", [])
+    return [r for f in (folders if isinstance(folders, list) else []) if (r := _safe(f))]
+
+
+def _no_links_between(folder: Path, rel: str) -> bool:
+    """True when no folder between ``folder`` and ``folder/rel`` is a link (removal stays inside)."""
+    path = folder
+    for part in PurePosixPath(rel).parts[:-1]:
+        path = path / part
+        if path.is_symlink():
+            return False
+    return True
 
 
 def in_the_way(folder: Path) -> list[str]:
@@ -127,11 +147,11 @@ def remove_written(folder: Path) -> list[str]:
     """
     for rel in _owned_folders(folder):
         path = folder / rel
-        if path.is_dir() and not path.is_symlink():
+        if path.is_dir() and not path.is_symlink() and _no_links_between(folder, rel):
             shutil.rmtree(path)
     for rel in read_marker(folder) or []:
         path = folder / rel
-        if path.is_file() or path.is_symlink():
+        if (path.is_file() or path.is_symlink()) and _no_links_between(folder, rel):
             path.unlink()
     with contextlib.suppress(FileNotFoundError):
         (folder / MARKER).unlink()

@@ -119,17 +119,42 @@ def test_out_dot_and_a_symlinked_out_are_refused_before_the_work(tmp_path, tiny_
     assert [p.name for p in real.iterdir()] == ["mine.txt"] and not list(tmp_path.glob(".*"))
 
 
+def test_a_hand_edited_marker_cannot_make_overwrite_delete_outside_the_folder(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.txt").write_text("keep me too")
+    out = tmp_path / "out"
+    with staged_output(out, command="test") as staging:
+        (staging / "a.txt").write_text("old")
+    (out / "sub").symlink_to(elsewhere)
+    marker = json.loads((out / MARKER).read_text())
+    marker["files"] += ["../victim.txt", str(victim), "sub", "sub/x.txt"]
+    marker["folders"] = ["..", "sub"]
+    (out / MARKER).write_text(json.dumps(marker))
+    with staged_output(out, overwrite=True, command="test") as staging:
+        (staging / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "new" and not (out / "sub").exists()
+    assert victim.read_text() == "keep me" and (elsewhere / "x.txt").read_text() == "keep me too"
+
+
 # ---------------------------------------------------------------- 2. atomic, exclusive publication
 
 
-def test_two_compress_runs_racing_for_one_out_exactly_one_wins(tmp_path, tiny_folder):
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_compress_runs_racing_for_one_out_exactly_one_wins(tmp_path, tiny_folder, overwrite):
     out = tmp_path / "raced"
+    if overwrite:  # both replace the same earlier output: still only one may
+        assert main(["compress", str(tiny_folder), "--sparsity", "0.75", "--out", str(out)]) == 0
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     # both runs pass the check before the work, then wait for each other just before publishing
     env = _env(SPEECHPRUNE_TEST_BARRIER=f"staged:2:{barrier}")
+    flags = ["--overwrite"] if overwrite else []
     runs = [subprocess.Popen([sys.executable, "-m", "speechprune", "compress", str(tiny_folder), "--sparsity", s,
-                              "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              "--out", str(out), *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
             for s in ("0.25", "0.5")]
     results = [(r.wait(timeout=300), *r.communicate()) for r in runs]
     codes = sorted(code for code, _, _ in results)
