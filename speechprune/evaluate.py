@@ -122,7 +122,8 @@ def decoding_settings(model: torch.nn.Module, batch_size: int) -> dict:
         task=kwargs.get("task"),
         timestamps=kwargs["return_timestamps"],
         input=f"log-mel features padded to {WHISPER_SECONDS:.0f} s (longer audio is cut, unless long_form)",
-        max_new_tokens=f"min({MAX_WHISPER_NEW_TOKENS}, {TOKENS_PER_SECOND} per second of the batch's longest clip + 16)",
+        max_new_tokens=f"min({MAX_WHISPER_NEW_TOKENS}, {TOKENS_PER_SECOND} per second of the batch's longest clip "
+                       "(at most the window) + 16), per window with long_form",
         batch_size=batch_size,
     )
 

@@ -224,7 +224,8 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False,
         raise SpeechPruneError(f"{flag} {out} is a file, not a folder; nothing was written")
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
-            raise SpeechPruneError(f"{flag} {out} is not empty (it holds {_names(sorted(p.name for p in target.iterdir()))}); "
+            held = _names(sorted(p.name for p in target.iterdir()))
+            raise SpeechPruneError(f"{flag} {out} is not empty (it holds {held}); "
                                    "choose another folder or pass --overwrite")
         check_replaceable(target, flag)
     check_writable(target, flag)
@@ -258,7 +259,8 @@ def check_replaceable(target: Path, flag: str = "--out") -> None:
     foreign = in_the_way(target)
     if foreign:
         raise SpeechPruneError(f"{flag} {target} holds files that speechprune did not write: {_names(foreign)}; "
-                               "--overwrite replaces only what speechprune wrote: move them away or choose another folder")
+                               "--overwrite replaces only what speechprune wrote: "
+                               "move them away or choose another folder")
 
 
 def output_state(target: Path) -> tuple | None:
