@@ -2,7 +2,8 @@
 
 Every allocation removes the same total number of channels from a pool of units (all
 feed-forward units in scope form one pool, all attention units another): the number a
-uniform allocation removes. They differ only in where:
+uniform allocation removes; one that cannot (its per-layer floor keeps more) is refused. A
+sparsity that rounds to nothing removed in a pool gets a warning. They differ only in where:
 
 * ``uniform``: every layer loses the same fraction (the reference).
 * ``variance``: a layer keeps channels in proportion to the variance of its producer
@@ -17,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from speechprune.errors import SpeechPruneError, check_choice
+from speechprune.errors import SpeechPruneError, check_choice, warn
 from speechprune.structure import Unit
 
 ALLOCATIONS = ("uniform", "variance", "cost")
@@ -66,14 +67,36 @@ def _fit_total(ns: torch.Tensor, weights: torch.Tensor, total_keep: int, min_kee
     return keep
 
 
-def _variance_keep(units: Sequence[Unit], total_keep: int, min_frac: float) -> list[int]:
+def _variance_keep(units: Sequence[Unit], total_keep: int, min_frac: float, sparsity: float) -> list[int]:
     ns = torch.tensor([u.n_channels for u in units], dtype=torch.float64)
     var = torch.tensor(
         [float(torch.var(torch.cat([p.weight.detach().float().flatten() for p in u.producers]))) for u in units],
         dtype=torch.float64,
     )
     min_keep = torch.clamp(torch.ceil(ns * min_frac), min=1)
-    return _fit_total(ns, var / var.mean(), total_keep, min_keep).tolist()
+    floor = int(min_keep.sum())
+    if floor > total_keep:
+        raise SpeechPruneError(
+            f"variance allocation cannot reach sparsity {sparsity:g}: it keeps at least {min_frac:.0%} of every "
+            f"{units[0].kind} unit ({floor} channels over {len(units)} units), but the budget keeps {total_keep}; "
+            "use --allocation uniform or a lower sparsity")
+    keep = _fit_total(ns, var / var.mean(), total_keep, min_keep)
+    if int(keep.sum()) != total_keep:  # never expected: _fit_total hands out exactly the budget
+        raise SpeechPruneError(f"variance allocation kept {int(keep.sum())} channels instead of {total_keep}")
+    return keep.tolist()
+
+
+def _warn_if_rounding_removes_nothing(units: Sequence[Unit], sparsity: float, keep: dict[str, int]) -> None:
+    """Warn when rounding leaves every unit of a kind whole: the requested sparsity removes nothing there."""
+    for kind in ("ffn", "attention"):
+        pool = [u for u in units if u.kind == kind]
+        if not pool or sparsity == 0 or any(keep[u.name] < u.n_channels for u in pool):
+            continue
+        what = "heads" if kind == "attention" else "channels"
+        n = min(u.n_channels for u in pool)
+        warn(f"sparsity {sparsity:g} removes no {kind} {what}: round({n} x {1 - sparsity:g}) = "
+             f"{uniform_keep(n, sparsity)} of {n} {what} kept in each of the {len(pool)} {kind} unit(s); "
+             f"a sparsity above {0.5 / n:g} removes at least one")
 
 
 def _cost_keep(units: Sequence[Unit], total_keep: int, sparsity: float, min_frac: float,
@@ -169,6 +192,7 @@ def allocate(units: Sequence[Unit], sparsity: float, allocation: str = "uniform"
     """
     check_choice("allocation", allocation, ALLOCATIONS)
     uniform = _check_uniform(units, sparsity)
+    _warn_if_rounding_removes_nothing(units, sparsity, uniform)
     if allocation == "uniform" or sparsity == 0:
         return uniform
     keep: dict[str, int] = {}
@@ -178,7 +202,7 @@ def allocate(units: Sequence[Unit], sparsity: float, allocation: str = "uniform"
             continue
         total = sum(uniform[u.name] for u in pool)
         if allocation == "variance":
-            ks = _variance_keep(pool, total, min_keep_fraction)
+            ks = _variance_keep(pool, total, min_keep_fraction, sparsity)
         else:
             if cost_fn is None:
                 raise SpeechPruneError("the cost allocation needs a clustering cost function")

@@ -6,14 +6,15 @@ A pruned folder is what ``save_pretrained`` writes (``config.json``, ``model.saf
 :func:`load_checkpoint` builds the model in those shapes and loads the weights strictly: no
 missing, unexpected or mis-shaped tensor is tolerated, and the original model is never needed.
 Every saved folder also gets a model card, and standard config fields where widths are uniform
-(see :mod:`speechprune.hub`).
+(see :mod:`speechprune.hub`). :func:`save_pruned` publishes the folder through
+:mod:`speechprune.outputs` (a marker listing what speechprune wrote, exclusive atomic
+publication, ``overwrite`` only of its own outputs).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -23,19 +24,10 @@ from torch import nn
 
 from speechprune.errors import SpeechPruneError
 from speechprune.hub import finish_folder, read_config
+from speechprune.outputs import check_output_dir, staged_output  # noqa: F401  (check_output_dir: the shared check)
 from speechprune.structure import FAMILIES, apply_widths, model_family, record_widths
 
 REPORT_FILE = "speechprune_report.json"
-
-
-def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Refuse a non-empty output folder (unless ``overwrite``) or a path that is a file."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SpeechPruneError(f"--out {out} is a file, not a folder; nothing was written")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SpeechPruneError(f"--out {out} is not empty; choose another folder or pass --overwrite")
-    return out
 
 
 def _tied_keys(model: nn.Module) -> set[str]:
@@ -65,8 +57,25 @@ def _check_strict(model: nn.Module, saved: dict[str, tuple[int, ...]], where: st
         )
 
 
+def write_pruned(model: nn.Module, folder: Path, *, processor=None, report=None, command: str | None = None,
+                 name: str | None = None) -> None:
+    """Write ``model`` (processor, report, card) into the existing ``folder`` and check it against the model."""
+    model_family(model)
+    if not getattr(model.config, "speechprune", None):
+        record_widths(model)
+    model.save_pretrained(folder)
+    if processor is not None:
+        processor.save_pretrained(folder)
+    if report is not None:
+        (folder / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+    finish_folder(folder, model, report=None if report is None else report.to_dict(), command=command,
+                  name=name)
+    _check_strict(model, _saved_shapes(folder), f"the folder written to {folder}")
+
+
 def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, report=None,
-                overwrite: bool = False, command: str | None = None) -> Path:
+                overwrite: bool = False, command: str | None = None, inputs=(), expect="check",
+                caller: str = "save_pruned") -> Path:
     """Write ``model`` (and its processor and compression report) to the folder ``out``.
 
     The folder is what ``save_pretrained`` writes, plus the channel count of every unit in
@@ -89,10 +98,18 @@ def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, rep
     report : CompressionReport, optional
         What :func:`speechprune.compress` returned; it goes into the card and the report file.
     overwrite : bool, default False
-        Replace a non-empty ``out``.
+        Replace ``out`` if speechprune wrote everything in it (its marker lists what);
+        anything else in the way is refused.
     command : str, optional
         The command line that made the model, for the card (the command line passes its own;
         otherwise the card shows the equivalent command for ``report``).
+    inputs : sequence of paths, optional
+        Folders ``out`` must stay outside of (the input model).
+    expect : optional
+        What :func:`speechprune.outputs.output_state` saw when ``out`` was checked before the
+        work; by default ``out`` is checked now.
+    caller : str, default "save_pruned"
+        The name that errors about ``out`` start with.
 
     Returns
     -------
@@ -114,36 +131,14 @@ def save_pruned(model: nn.Module, out: str | os.PathLike, *, processor=None, rep
     >>> import pathlib, tempfile
     >>> folder = save_pruned(model, pathlib.Path(tempfile.mkdtemp()) / "hubert-50", report=report)
     >>> sorted(p.name for p in folder.iterdir())
-    ['README.md', 'config.json', 'model.safetensors', 'speechprune_report.json']
+    ['.speechprune-output.json', 'README.md', 'config.json', 'model.safetensors', 'speechprune_report.json']
     >>> load_checkpoint(folder).config.intermediate_size  # uniform widths: a standard field
     32
     """
-    out = check_output_dir(out, overwrite=overwrite)
     model_family(model)
-    if not getattr(model.config, "speechprune", None):
-        record_widths(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        if processor is not None:
-            processor.save_pretrained(tmp)
-        if report is not None:
-            (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
-        finish_folder(tmp, model, report=None if report is None else report.to_dict(), command=command,
-                      name=out.name)
-        _check_strict(model, _saved_shapes(tmp), f"the folder written to {tmp}")
-        if out.exists():
-            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    with staged_output(out, overwrite=overwrite, expect=expect, inputs=inputs, command=caller) as staging:
+        write_pruned(model, staging, processor=processor, report=report, command=command, name=Path(out).name)
+    return Path(out)
 
 
 def _local_folder(path_or_id: str | os.PathLike) -> Path:

@@ -21,9 +21,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from speechprune.allocation import ALLOCATIONS, allocate
-from speechprune.errors import SpeechPruneError, check_choice
-from speechprune.checkpoint import check_output_dir, save_pruned
-from speechprune.device import default_device
+from speechprune.errors import SpeechPruneError, check_choice, check_device
+from speechprune.checkpoint import save_pruned
+from speechprune.outputs import check_output_dir, output_state
 from speechprune.hub import command_line
 from speechprune.methods import Method, assign, available_methods, entry_point_errors, get_method, load_entry_points
 from speechprune.models import load_model
@@ -372,14 +372,19 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-iter", type=int, default=100, help="k-means iterations at most")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--out", required=True, help="folder to write the pruned model to (must be empty or absent)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out that speechprune wrote (refused if it holds anything else)")
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
+    # everything that can be checked without the model, before any work
     check_sparsity(args.sparsity)
-    check_output_dir(args.out, overwrite=args.overwrite)
-    device = default_device(args.device)
+    if args.max_iter < 1:
+        raise SpeechPruneError(f"--max-iter must be at least 1, got {args.max_iter}")
+    device = check_device(args.device)
+    target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
+    expect = output_state(target)
     model, processor = load_model(args.model, device=device)
     report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
                       allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
@@ -387,7 +392,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     command = command_line(report.to_dict(), model=args.model, out=args.out)
     if command and args.max_iter != 100:
         command += f" --max-iter {args.max_iter}"
-    save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite, command=command)
+    save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite,
+                command=command, inputs=[args.model], expect=expect, caller="compress")
     print(report.table())
     print(f"saved to {args.out}")
     return 0

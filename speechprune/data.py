@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from speechprune.errors import SpeechPruneError
+from speechprune.errors import SpeechPruneError, warn
 
 SAMPLE_RATE = 16_000
 EMBEDDED_DIR = Path(__file__).resolve().parent / "data" / "speech" / "embedded"
@@ -164,7 +164,10 @@ def to_16k_mono(audio: np.ndarray, rate: int) -> np.ndarray:
 
 
 def read_audio(path: Path | io.BytesIO, name: str | None = None) -> np.ndarray:
-    """Read one audio file (any rate, any channel count) as 16 kHz mono float32."""
+    """Read one audio file (any rate, any channel count) as 16 kHz mono float32.
+
+    Refuses NaN or infinite samples; warns when the channels cancel in the mean downmix.
+    """
     label = name or str(path)
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=False)
@@ -172,7 +175,24 @@ def read_audio(path: Path | io.BytesIO, name: str | None = None) -> np.ndarray:
         raise SpeechPruneError(f"cannot read audio {label}: {err}") from err
     if audio.size == 0:
         raise SpeechPruneError(f"audio {label} is empty")
+    bad = int(np.count_nonzero(~np.isfinite(audio)))
+    if bad:
+        raise SpeechPruneError(f"audio {label} has {bad} NaN or infinite sample(s) of {audio.size}; "
+                               "fix or remove the file")
+    if audio.ndim == 2 and audio.shape[1] > 1:
+        _check_downmix(audio, label)
     return to_16k_mono(audio, rate)
+
+
+def _check_downmix(audio: np.ndarray, label: str) -> None:
+    """Warn when the mean of the channels is far quieter than the channels (they cancel out)."""
+    channels = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    mixed = float(np.sqrt(np.mean(np.square(audio.mean(axis=1), dtype=np.float64))))
+    if channels > 1e-4 and mixed < 0.1 * channels:
+        level = 20 * np.log10(max(mixed, 1e-12) / channels)
+        warn(f"audio {label}: its {audio.shape[1]} channels cancel in the mono downmix (the mean is {level:.0f} dB "
+             "below the channels, e.g. one channel is the other inverted), so it may decode as silence; "
+             "keep one channel of the file")
 
 
 def _with_totals(provenance: dict, utterances: list[Utterance]) -> dict:
@@ -203,11 +223,23 @@ def _load_folder(path: Path, split: str | None, max_samples: int | None) -> Spee
     )
 
 
+def read_utf8(path: Path) -> str:
+    """A text file's content; a file that is not UTF-8 is refused naming the line and the fix."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise SpeechPruneError(
+            f"{path} line {line} is not UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}") from None
+
+
 def _read_metadata(path: Path) -> tuple[list[str], list[dict]]:
     metadata = path / "metadata.csv"
     if not metadata.is_file():
         raise SpeechPruneError(f"{path} has no metadata.csv (needs columns file_name,text)")
-    with open(metadata, newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(read_utf8(metadata), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         missing = [c for c in ("file_name", "text") if c not in columns]
@@ -244,7 +276,7 @@ def _load_openslr(path: Path, max_samples: int | None) -> SpeechSet:
     entries = [
         (transcript, *line.strip().partition(" ")[::2])
         for transcript in sorted(path.rglob("*.trans.txt"))
-        for line in transcript.read_text(encoding="utf-8").splitlines()
+        for line in read_utf8(transcript).splitlines()
         if line.strip()
     ]
     utterances = []

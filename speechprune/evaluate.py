@@ -29,10 +29,10 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 import speechprune
 from speechprune.data import SAMPLE_RATE, SpeechSet, load_speech
-from speechprune.device import default_device
-from speechprune.errors import SpeechPruneError
+from speechprune.errors import SpeechPruneError, check_device, warn
 from speechprune.hub import add_evaluation
 from speechprune.models import english_generate_kwargs, english_spelling_map, load_model
+from speechprune.outputs import check_writable
 from speechprune.structure import model_family
 
 WHISPER_SECONDS = 30.0
@@ -122,8 +122,9 @@ def decoding_settings(model: torch.nn.Module, batch_size: int) -> dict:
         language=kwargs.get("language"),
         task=kwargs.get("task"),
         timestamps=kwargs["return_timestamps"],
-        input=f"log-mel features padded to {WHISPER_SECONDS:.0f} s (longer audio is cut)",
-        max_new_tokens=f"min({MAX_WHISPER_NEW_TOKENS}, {TOKENS_PER_SECOND} per second of the batch's longest clip + 16)",
+        input=f"log-mel features padded to {WHISPER_SECONDS:.0f} s (longer audio is cut, unless long_form)",
+        max_new_tokens=f"min({MAX_WHISPER_NEW_TOKENS}, {TOKENS_PER_SECOND} per second of the batch's longest clip "
+                       "(at most the window) + 16), per window with long_form",
         batch_size=batch_size,
     )
 
@@ -148,22 +149,50 @@ def _transcribe_ctc(model, processor, audios: list[np.ndarray], device: torch.de
     return processor.tokenizer.batch_decode([row[:n].tolist() for row, n in zip(ids, lengths.tolist())])
 
 
+def _token_budget(model, seconds: float) -> int:
+    """:func:`max_new_tokens`, within the positions of the model's decoder (448 for real Whisper)."""
+    return min(max_new_tokens(seconds), model.config.max_target_positions - 8)
+
+
+def whisper_window(processor) -> float:
+    """Seconds of audio Whisper reads at once (30 for real checkpoints): longer clips are cut."""
+    extractor = getattr(processor, "feature_extractor", None)
+    return getattr(extractor, "n_samples", WHISPER_SECONDS * SAMPLE_RATE) / SAMPLE_RATE
+
+
 @torch.inference_mode()
-def _transcribe_whisper(model, processor, audios: list[np.ndarray], device: torch.device) -> list[str]:
+def _transcribe_long(model, processor, audios: list[np.ndarray], device: torch.device) -> list[str]:
+    """transformers' sequential long-form Whisper decoding (timestamps, window after window), greedy."""
+    features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, truncation=False, padding="longest",
+                                           return_attention_mask=True, return_tensors="pt")
+    kwargs = dict(english_generate_kwargs(model), return_timestamps=True)
+    ids = model.generate(features.input_features.to(device=device, dtype=_model_dtype(model)),
+                         attention_mask=features.attention_mask.to(device), num_beams=1, do_sample=False,
+                         condition_on_prev_tokens=False, max_new_tokens=_token_budget(model, whisper_window(processor)),
+                         **kwargs)
+    return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+@torch.inference_mode()
+def _transcribe_whisper(model, processor, audios: list[np.ndarray], device: torch.device,
+                        long_form: bool = False) -> list[str]:
+    if long_form and max(len(a) for a in audios) > processor.feature_extractor.n_samples:
+        return _transcribe_long(model, processor, audios, device)
     features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt")
     input_features = features.input_features.to(device=device, dtype=_model_dtype(model))
-    longest = max(len(a) for a in audios) / SAMPLE_RATE
-    ids = model.generate(input_features, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens(longest),
+    longest = min(max(len(a) for a in audios) / SAMPLE_RATE, whisper_window(processor))  # the rest is cut
+    ids = model.generate(input_features, num_beams=1, do_sample=False, max_new_tokens=_token_budget(model, longest),
                          **english_generate_kwargs(model))
     return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
 def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], *, batch_size: int = 8,
-               device: str | torch.device | None = None, progress: bool = True) -> list[str]:
+               device: str | torch.device | None = None, progress: bool = True, long_form: bool = False) -> list[str]:
     """Greedy transcripts of 16 kHz mono float32 clips, in input order.
 
     Clips are batched by length (less padding); ``device`` moves the model there (default: where
-    it already is).
+    it already is). Whisper cuts clips to its window unless ``long_form``, which decodes batches
+    holding a longer clip with transformers' sequential long-form generation.
     """
     if batch_size < 1:
         raise SpeechPruneError(f"batch size must be at least 1, got {batch_size}")
@@ -171,7 +200,11 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
         raise SpeechPruneError("no processor: the model folder holds weights only; save its processor beside it")
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise SpeechPruneError(f"expected a processor with a feature extractor and a tokenizer, got {type(processor).__name__}")
-    decode = _transcribe_ctc if decoding_kind(model) == "ctc" else _transcribe_whisper
+    if decoding_kind(model) == "ctc":
+        decode = _transcribe_ctc
+    else:
+        def decode(model, processor, batch, device):
+            return _transcribe_whisper(model, processor, batch, device, long_form=long_form)
     if device is not None:
         model.to(device)
     device = _model_device(model)
@@ -189,11 +222,13 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
 
 def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size: int = 8,
              device: str | torch.device | None = None, max_samples: int | None = None,
-             progress: bool = True, label: str | None = None) -> dict:
+             progress: bool = True, label: str | None = None, long_form: bool = False) -> dict:
     """Transcribe ``speech`` greedily and score it; returns a JSON-ready record (WER in percent).
 
     CTC models decode by argmax and collapse; Whisper by greedy ``generate`` in English
-    without timestamps. Both sides are normalised with Whisper's English normaliser and the
+    without timestamps; Whisper clips longer than its 30 s window are cut to it, with a warning
+    giving the count, unless ``long_form`` (sequential long-form decoding), and the record says
+    which. Both sides are normalised with Whisper's English normaliser and the
     WER is corpus-level (total errors over total reference words).
 
     Parameters
@@ -215,6 +250,9 @@ def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size
         Show a progress bar.
     label : str, optional
         The model's name in the record.
+    long_form : bool, default False
+        Whisper only: transcribe clips longer than 30 s whole, with transformers' sequential
+        long-form generation, instead of cutting them to the window.
 
     Returns
     -------
@@ -242,10 +280,20 @@ def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size
     utterances = speech.utterances[:max_samples]
     if not utterances:
         raise SpeechPruneError(f"{speech.name} has no utterances to evaluate")
+    whisper = decoding_kind(model) == "whisper"
+    window = whisper_window(processor) if whisper else None
+    over = sum(u.duration > window for u in utterances) if whisper else 0
+    if over and long_form and getattr(model.generation_config, "no_timestamps_token_id", None) is None:
+        raise SpeechPruneError(
+            f"--long-form needs a Whisper generation config with timestamp tokens (no_timestamps_token_id), "
+            f"which {label or type(model).__name__} lacks; {over} clip(s) are longer than its {window:g} s window")
+    if over and not long_form:
+        warn(f"{over} of {len(utterances)} clip(s) in {speech.name} are longer than Whisper's {window:g} s window "
+             f"and are cut to it (the words after it count as deletions); pass --long-form to transcribe them whole")
     normalizer = english_normalizer(getattr(processor, "tokenizer", None))
     started = time.perf_counter()
     hyps = transcribe(model, processor, [u.audio for u in utterances], batch_size=batch_size,
-                      device=device, progress=progress)
+                      device=device, progress=progress, long_form=long_form)
     decode_seconds = time.perf_counter() - started
     refs = [u.text for u in utterances]
     scores = wer_details(refs, hyps, normalizer=normalizer)
@@ -254,8 +302,12 @@ def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size
     if len(utterances) < len(speech):
         data.update(max_samples=max_samples, count=len(utterances), hours=round(audio_seconds / 3600, 4))
     settings = decoding_settings(model, batch_size)
-    if decoding_kind(model) == "whisper":
-        settings["clips_over_30s"] = sum(u.duration > WHISPER_SECONDS for u in utterances)
+    if whisper:
+        settings["clips_over_30s"] = over  # over the window: 30 s for real checkpoints
+        settings["long_form"] = bool(long_form)
+        settings["over_window"] = ("none" if not over else "sequential long-form generation (transformers, "
+                                   "timestamps, no conditioning on the previous window)" if long_form
+                                   else "cut to the window")
     return dict(
         wer=round(scores["wer"], 4),
         substitutions=scores["substitutions"],
@@ -313,15 +365,20 @@ def summary(record: dict) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.json is not None and not args.json.parent.is_dir():
-        raise SpeechPruneError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
+    if args.json is not None:  # checked before the work, so that its results cannot be lost
+        if args.json.is_dir():
+            raise SpeechPruneError(f"--json {args.json} is a folder; name a file, e.g. {args.json / 'result.json'}")
+        if not args.json.parent.is_dir():
+            raise SpeechPruneError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
+        check_writable(args.json, "--json")
     if args.batch_size < 1:
         raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
     card = _card_folder(args.model) if args.card else None  # checked before loading anything
+    device = check_device(args.device)  # the package-wide default when not given
     speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
-    model, processor = load_model(args.model, device=default_device(args.device))
-    record = evaluate(model, processor, speech, batch_size=args.batch_size, device=args.device,
-                      label=args.model)
+    model, processor = load_model(args.model, device=device)
+    record = evaluate(model, processor, speech, batch_size=args.batch_size, device=device,
+                      label=args.model, long_form=args.long_form)
     print(summary(record))
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -361,4 +418,7 @@ def register_cli(subparsers) -> None:
                         help="also record the WER in MODEL's model card (README.md of a folder saved by speechprune)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="write the record here (an existing file is replaced)")
+    parser.add_argument("--long-form", action="store_true",
+                        help="transcribe Whisper clips longer than 30 s whole, with transformers' sequential "
+                             "long-form generation (default: cut them to 30 s, with a warning)")
     parser.set_defaults(func=_run)

@@ -161,23 +161,42 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/main", help="folder for results.json and wer.png")
-    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results speechprune wrote in --out (refused if it holds anything else)")
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from speechprune.checkpoint import check_output_dir
+    from speechprune.errors import SpeechPruneError, check_choice, check_device
+    from speechprune.outputs import check_output_dir, output_state, staged_output
 
-    out = check_output_dir(args.out, overwrite=args.overwrite)
+    # everything that can be checked before loading data or a model
+    check_sparsity(args.sparsity)
+    lists = {}
+    for flag, kind, choices in (("allocations", "allocation", ALLOCATIONS), ("merges", "merge rule", MERGES),
+                                ("features", "feature set", FEATURES)):
+        lists[flag] = _names(getattr(args, flag))
+        if not lists[flag]:
+            raise SpeechPruneError(f"--{flag} names nothing: use one or more of {', '.join(choices)}")
+        for name in lists[flag]:
+            check_choice(kind, name, choices)
+    if args.max_samples is not None and args.max_samples < 1:
+        raise SpeechPruneError(f"--max-samples must be at least 1, got {args.max_samples}")
+    if args.batch_size < 1:
+        raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = check_device(args.device)
+    target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
+    expect = output_state(target)
     result = run_comparison(args.model, args.data, sparsity=args.sparsity, scope=args.scope,
-                            allocations=_names(args.allocations), merge_rules=_names(args.merges),
-                            feature_sets=_names(args.features), weighting=args.weighting,
+                            allocations=lists["allocations"], merge_rules=lists["merges"],
+                            feature_sets=lists["features"], weighting=args.weighting,
                             max_samples=args.max_samples,
-                            batch_size=args.batch_size, device=args.device, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    plot_comparison(result, out / "wer.png")
+                            batch_size=args.batch_size, device=device, seed=args.seed)
+    with staged_output(args.out, overwrite=args.overwrite, expect=expect, command="compare") as staging:
+        (staging / "results.json").write_text(json.dumps(result, indent=2))
+        plot_comparison(result, staging / "wer.png")
     print(format_table(result))
+    out = Path(args.out)
     print(f"results: {out / 'results.json'}  figure: {out / 'wer.png'}")
     return 0
 

@@ -5,12 +5,13 @@ tokenizer; Whisper sequence-to-sequence on its own tokens. Training runs on the 
 ``Trainer`` / ``Seq2SeqTrainer`` (accelerate underneath), so the same call runs on one CPU, on
 one GPU with mixed precision, or on many GPUs and machines under ``torchrun`` or
 ``accelerate launch``. The model is trained in the shapes it was loaded with; the result is
-saved with :func:`speechprune.checkpoint.save_pruned` and reloads like any pruned folder.
+saved with :func:`speechprune.checkpoint.write_pruned` and reloads like any pruned folder.
 
 Layout of ``out_dir``: the fine-tuned model and processor at the top (so ``speechprune
 evaluate OUT`` works), ``finetune.json`` (what was done), ``finetune_run.json`` (written at the
-start, it marks the folder as a run that ``resume`` may continue) and ``checkpoints/`` (Trainer
-checkpoints with optimizer state, for resuming after an interruption).
+start, it marks the folder as a run that ``resume`` may continue), ``checkpoints/`` (Trainer
+checkpoints with optimizer state, for resuming after an interruption) and the speechprune marker
+listing all of it (see :mod:`speechprune.outputs`), so that ``--overwrite`` never removes anything else.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import time
 import unicodedata
@@ -40,10 +43,19 @@ from accelerate import PartialState
 from torch import nn
 
 import speechprune
-from speechprune.checkpoint import save_pruned
+from speechprune.checkpoint import write_pruned
 from speechprune.data import SAMPLE_RATE, LIBRISPEECH_LICENCE, SpeechSet, Utterance, load_speech, read_audio
-from speechprune.errors import SpeechPruneError, check_choice
+from speechprune.errors import SpeechPruneError, check_choice, warn
 from speechprune.models import english_generate_kwargs, load_model
+from speechprune.outputs import (
+    check_place,
+    check_replaceable,
+    check_writable,
+    in_the_way,
+    read_marker,
+    remove_written,
+    write_marker,
+)
 from speechprune.structure import count_parameters, model_family, widths
 
 RUN_FILE = "finetune_run.json"
@@ -311,26 +323,74 @@ class SpeechCollator:
 # ---------------------------------------------------------------- the output folder
 
 
-def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool) -> Path:
-    """Accept an absent or empty folder, or (with ``resume``) a folder holding an earlier run."""
-    out = Path(out_dir)
+def plan_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool = False,
+                 inputs=()) -> tuple[Path, str]:
+    """Check ``out_dir`` before any work and say what the run does with it.
+
+    Returns the resolved folder and ``"new"`` (absent or empty), ``"resume"`` (a run with a
+    checkpoint, with ``resume``), ``"restart"`` (a run of speechprune's that stopped before its first
+    checkpoint: nothing to keep, started again) or ``"replace"`` (``overwrite`` of a speechprune
+    output holding nothing else). Anything else is refused, naming what is in the way.
+    """
+    out = check_place(out_dir, inputs=inputs)
+    shown = str(out_dir)
     if out.exists() and not out.is_dir():
-        raise SpeechPruneError(f"--out {out} is a file, not a folder")
+        raise SpeechPruneError(f"--out {shown} is a file, not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        if resume:
+            raise SpeechPruneError(f"--resume: {shown} holds no speechprune fine-tuning run ({RUN_FILE} is missing)")
+        check_writable(out)
+        return out, "new"
     ours = (out / RUN_FILE).is_file()
-    if resume:
-        if not ours:
-            raise SpeechPruneError(f"--resume: {out} holds no speechprune fine-tuning run ({RUN_FILE} is missing)")
-        if not any((out / CHECKPOINTS).glob("checkpoint-*")):
+    marked = read_marker(out) is not None
+    checkpointed = any((out / CHECKPOINTS).glob("checkpoint-*"))
+    finished = (out / "config.json").is_file() and ours
+    clear = f"rm -r {shlex.quote(shown)}"
+    if overwrite and not resume:
+        check_replaceable(out)
+        check_writable(out)
+        return out, "replace"
+    if resume and not ours:
+        raise SpeechPruneError(f"--resume: {shown} holds no speechprune fine-tuning run ({RUN_FILE} is missing)")
+    if ours and not checkpointed and not finished:  # stopped before its first checkpoint: nothing to keep
+        if not marked or in_the_way(out):
             raise SpeechPruneError(
-                f"--resume: {out / CHECKPOINTS} holds no checkpoint yet; start again without --resume")
-        return out
-    if out.is_dir() and any(out.iterdir()):
-        if ours:
-            raise SpeechPruneError(f"--out {out} already holds a fine-tuning run: pass --resume to continue it, "
-                                   "or choose another folder")
-        names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
-        raise SpeechPruneError(f"--out {out} holds something else ({names}); choose an empty or new folder")
-    return out
+                f"--out {shown} holds a fine-tuning run that stopped before its first checkpoint, and files "
+                f"speechprune did not list: {', '.join(in_the_way(out)[:5])}; clear it with `{clear}` and run again")
+        warn(f"{shown} holds a fine-tuning run that stopped before its first checkpoint; starting it again")
+        check_writable(out)
+        return out, "restart"
+    if resume:
+        if finished and not checkpointed:
+            raise SpeechPruneError(f"--resume: the run in {shown} has finished; choose another --out, or pass "
+                                   "--overwrite (without --resume) to train again")
+        return out, "resume"
+    if finished:
+        raise SpeechPruneError(f"--out {shown} already holds a finished fine-tuning run; choose another folder "
+                               "or pass --overwrite to replace it")
+    if ours:
+        raise SpeechPruneError(f"--out {shown} already holds a fine-tuning run: pass --resume to continue it, "
+                               "--overwrite to start again, or choose another folder")
+    names = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+    raise SpeechPruneError(f"--out {shown} holds something else ({names}); choose an empty or new folder")
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool = False, inputs=()) -> Path:
+    """Accept an absent or empty folder, or (with ``resume``) a folder holding an earlier run; see
+    :func:`plan_out_dir`."""
+    return plan_out_dir(out_dir, resume=resume, overwrite=overwrite, inputs=inputs)[0]
+
+
+def check_learning_rate(learning_rate: float | None) -> None:
+    """Refuse a learning rate that is not a positive finite number (None: the family's default)."""
+    if learning_rate is None:
+        return
+    try:
+        ok = math.isfinite(float(learning_rate)) and float(learning_rate) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SpeechPruneError(f"--lr must be a positive finite number, got {learning_rate!r}")
 
 
 def _check_resumable(out: Path, run: dict) -> None:
@@ -460,6 +520,7 @@ def finetune(
     logging_steps: int = 10,
     seed: int = 0,
     resume: bool = False,
+    overwrite: bool = False,
     num_workers: int = 0,
     progress: bool = True,
     callbacks: list[transformers.TrainerCallback] | None = None,
@@ -472,7 +533,9 @@ def finetune(
     ``warmup`` is a fraction of the steps (or a step count if >= 1); ``precision="auto"`` uses bf16
     (or fp16) on CUDA and fp32 on CPU; ``freeze`` is ``"front-end"`` (the convolutions),
     ``"encoder"`` (Whisper) or ``"none"``; checkpoints are written each epoch (or every ``save_steps``).
-    Everything is checked before training starts. Returns the JSON-ready record that is also
+    Everything is checked before training starts. ``out_dir`` must be new or empty, or hold a run
+    to ``resume``, or (``overwrite``) a speechprune output holding nothing else; a run that stopped
+    before its first checkpoint is started again. Returns the JSON-ready record that is also
     written to ``out_dir/finetune.json``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -488,8 +551,11 @@ def finetune(
         )
     if eval is not None and len(eval) < world_size:
         raise SpeechPruneError(f"the evaluation set {eval.name} has fewer utterances than processes ({world_size})")
+    check_learning_rate(learning_rate)
     mixed = _precision(precision)
-    out = prepare_out_dir(out_dir, resume=resume)
+    out, action = plan_out_dir(out_dir, resume=resume, overwrite=overwrite,
+                               inputs=[model] if isinstance(model, (str, os.PathLike)) else ())
+    resume = action == "resume"
     overlap = check_overlap(train, eval) if eval is not None else None
 
     if isinstance(model, (str, os.PathLike)):
@@ -520,9 +586,12 @@ def finetune(
     state = PartialState()
     state.wait_for_everyone()  # every process has checked the folder before any writes to it
     if state.is_main_process and not resume:
+        if action in ("restart", "replace") and out.is_dir():
+            remove_written(out)  # checked above: speechprune wrote all of it
         out.mkdir(parents=True, exist_ok=True)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         (out / RUN_FILE).write_text(json.dumps(dict(run, started=started), indent=2))
+        write_marker(out, "finetune", files=[RUN_FILE], folders=[CHECKPOINTS, ".model-partial"])
 
     timer = _Timer()
     trainer_class = transformers.Seq2SeqTrainer if kind == "whisper" else transformers.Trainer
@@ -542,6 +611,10 @@ def finetune(
         model.config.use_cache = False  # no key/value cache while training
     try:
         output = trainer.train(resume_from_checkpoint=True if resume else None)
+    except BaseException:
+        if state.is_main_process and not resume and not any((out / CHECKPOINTS).glob("checkpoint-*")):
+            remove_written(out)  # nothing worth keeping: leave --out as it was, ready for a new start
+        raise
     finally:
         if kind == "whisper":
             model.config.use_cache = use_cache
@@ -580,8 +653,13 @@ def finetune(
     if trainer.is_world_process_zero():
         staging = out / ".model-partial"
         shutil.rmtree(staging, ignore_errors=True)
-        save_pruned(model, staging, processor=processor)
+        staging.mkdir()
+        write_pruned(model, staging, processor=processor)
         (staging / REPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        installed = sorted(p.name for p in staging.iterdir())
+        # listed before they move in: a kill during the move leaves nothing unlisted
+        write_marker(out, "finetune", files=sorted(set(read_marker(out) or []) | {RUN_FILE, *installed}),
+                     folders=[CHECKPOINTS, staging.name])
         _install(staging, out)
     state.wait_for_everyone()
     return record
@@ -625,11 +703,14 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out that speechprune wrote (refused if it holds anything else)")
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    prepare_out_dir(args.out, resume=args.resume)
+    check_learning_rate(args.lr)
+    plan_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, inputs=[args.model])
     train = load_training_speech(args.data, max_samples=args.max_samples, split=args.split)
     eval_set = (load_training_speech(args.eval_data, max_samples=args.eval_max_samples, split=args.eval_split)
                 if args.eval_data else None)
@@ -637,7 +718,7 @@ def _run_cli(args: argparse.Namespace) -> int:
                       learning_rate=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
                       precision=args.precision, freeze=args.freeze, language=args.language,
                       save_steps=args.save_steps, logging_steps=args.logging_steps, num_workers=args.num_workers,
-                      seed=args.seed, resume=args.resume)
+                      seed=args.seed, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         r = record["results"]
         per_epoch = f", {r['seconds_per_epoch']:.1f} s per epoch" if r["seconds_per_epoch"] else ""

@@ -51,8 +51,15 @@ def test_non_empty_out_is_refused_and_left_alone(tmp_path, tiny_whisper):
         save_pruned(tiny_whisper, out)
     assert (out / "notes.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no partial folder left
-    save_pruned(tiny_whisper, out, overwrite=True)
-    assert not (out / "notes.txt").exists() and (out / "config.json").is_file()
+    with pytest.raises(SpeechPruneError, match="did not write.*notes.txt"):
+        save_pruned(tiny_whisper, out, overwrite=True)  # --overwrite replaces only what speechprune wrote
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    (out / "notes.txt").unlink()
+    save_pruned(tiny_whisper, out)
+    save_pruned(tiny_whisper, out, overwrite=True)  # a speechprune output is replaced
+    assert (out / "config.json").is_file() and (out / ".speechprune-output.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
 def test_out_that_is_a_file_is_refused(tmp_path):

@@ -212,7 +212,7 @@ def test_two_processes_on_cpu_with_torchrun(tmp_path):
     assert record["settings"]["processes"] == 2 and record["settings"]["parallel"] == "distributed"
     assert record["settings"]["effective_batch"] == 4 and record["results"]["global_step"] == 3
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
-    assert not list(out.glob(".*"))  # no leftover staging folder
+    assert [p.name for p in out.glob(".*")] == [".speechprune-output.json"]  # the marker; no leftover staging
     assert widths(load_checkpoint(out)) == widths(model)
 
 
