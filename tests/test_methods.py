@@ -242,6 +242,8 @@ def test_entry_points_register_and_a_broken_one_is_reported(tmp_path, monkeypatc
             compress(make_tiny_hubert(), method="broken", progress=False)
     finally:
         unregister_method("plugin-keep-last")
+        monkeypatch.undo()  # the plug-in leaves sys.path: forget its entry points for later tests
+        load_entry_points(reload=True)
 
 
 def test_cli_runs_a_method_installed_through_an_entry_point(tmp_path):
