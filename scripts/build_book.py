@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -149,11 +150,21 @@ def solution_span(nb) -> set[int]:
     return cells
 
 
-def publish_ready(notebook: Path) -> dict:
+def _student_version():
+    spec = importlib.util.spec_from_file_location("student_version", Path(__file__).with_name("student_version.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def publish_ready(notebook: Path, student: bool = False) -> dict:
     """Make an executed notebook path-free for publishing; returns its cells' papermill durations.
 
     Hides the injected-parameters cell, makes papermill's input/output paths relative and drops
     stderr streams (the book removes them from pages anyway; the downloadable copy must match).
+    ``student``: the solutions, which ran like every cell, are then removed from the page. (With
+    sphinx-exercise 1.2.1, ``hide_solutions`` alone drops a gated solution's start but not its end or
+    the code cells between, and the build crashes; so the build removes them itself.)
     """
     path = STAGE / notebook
     nb = nbformat.read(path, as_version=4)
@@ -172,6 +183,8 @@ def publish_ready(notebook: Path) -> dict:
         seconds = cell.metadata.get("papermill", {}).get("duration") or 0.0
         cells += seconds
         solution_seconds += seconds if i in solutions else 0.0
+    if student:
+        _student_version().strip_solutions(nb, str(notebook), handout=False)
     nbformat.write(nb, path)
     title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells
                   if c.cell_type == "markdown" and c.source.startswith("# ")), str(notebook))
@@ -405,13 +418,13 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         timings.append((str(notebook), seconds))
-        durations["notebooks"].append(dict(publish_ready(notebook), seconds=round(seconds, 1)))
+        problems = check_executed(notebook, build_id)
+        if problems:
+            print("\n".join(["FAILED: the executed notebook is incomplete:", *problems]), file=sys.stderr)
+            return 1
+        durations["notebooks"].append(dict(publish_ready(notebook, student=args.student), seconds=round(seconds, 1)))
         print(f"  done in {seconds:.0f} s", flush=True)
 
-    problems = [p for nb, _ in timings for p in check_executed(Path(nb), build_id)]
-    if problems:
-        print("\n".join(["FAILED: executed notebooks are incomplete:", *problems]), file=sys.stderr)
-        return 1
     (BUILD / "durations.json").write_text(json.dumps(durations, indent=1))
     (STAGE / "book" / "chapter_times.md").write_text(chapter_times_table(durations))
 

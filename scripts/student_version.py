@@ -26,8 +26,12 @@ class SolutionMarkersError(ValueError):
     """A notebook whose solution-start and solution-end markers do not pair up."""
 
 
-def strip_solutions(nb: nbformat.NotebookNode, name: str = "notebook") -> int:
-    """Remove every solution from ``nb`` in place, leaving an empty answer cell; returns how many."""
+def strip_solutions(nb: nbformat.NotebookNode, name: str = "notebook", *, handout: bool = True) -> int:
+    """Remove every solution from ``nb`` in place; returns how many.
+
+    ``handout``: clear all outputs and leave an empty code cell for each answer (the notebooks for
+    students); without it the executed outputs stay and nothing is added (the student book's build).
+    """
     cells, inside, removed = [], False, 0
     for i, cell in enumerate(nb.cells):
         text = cell.source if cell.cell_type == "markdown" else ""
@@ -37,7 +41,7 @@ def strip_solutions(nb: nbformat.NotebookNode, name: str = "notebook") -> int:
                 raise SolutionMarkersError(f"{name}: cell {i} starts a solution inside another one")
             inside = True
         if not inside:
-            if cell.cell_type == "code":
+            if cell.cell_type == "code" and handout:
                 cell.outputs, cell.execution_count = [], None
             cells.append(cell)
         if ends:
@@ -45,7 +49,8 @@ def strip_solutions(nb: nbformat.NotebookNode, name: str = "notebook") -> int:
                 raise SolutionMarkersError(f"{name}: cell {i} ends a solution that never started")
             inside = False
             removed += 1
-            cells.append(nbformat.v4.new_code_cell(ANSWER))
+            if handout:
+                cells.append(nbformat.v4.new_code_cell(ANSWER))
     if inside:
         raise SolutionMarkersError(f"{name}: the last solution has no solution-end")
     nb.cells = cells

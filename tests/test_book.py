@@ -329,6 +329,17 @@ def test_student_version_removes_every_solution_and_keeps_the_exercises(path):
     assert _parameters(nb)["SCALE"] == "colab" and "BUILD_ID" in nb.cells[-1].source
 
 
+def test_student_book_build_strips_solutions_but_keeps_outputs():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("print(1)", outputs=[nbformat.v4.new_output("stream", text="1\n")]),
+        nbformat.v4.new_markdown_cell("```{exercise} E\n:label: e\n```"),
+        nbformat.v4.new_markdown_cell("```{solution-start} e\n:class: dropdown\n```"),
+        nbformat.v4.new_code_cell("print(2)"),
+        nbformat.v4.new_markdown_cell("```{solution-end}\n```")])
+    assert student_version.strip_solutions(nb, handout=False) == 1
+    assert len(nb.cells) == 2 and nb.cells[0].outputs, "outputs stay, no answer cell is added"
+
+
 def test_student_version_refuses_bad_markers_and_the_source_folder(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("```{solution-start} x\n```")])
     with pytest.raises(student_version.SolutionMarkersError, match="no solution-end"):
