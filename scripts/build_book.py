@@ -318,26 +318,43 @@ def _chromium(args: list[str], timeout: int = 60) -> subprocess.CompletedProcess
     with tempfile.TemporaryDirectory() as profile:
         command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                    "--disable-component-update", "--no-first-run", "--hide-scrollbars",
+                   "--allow-file-access-from-files",
                    f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
-# Written into a copy of each page: after load, reports the page's width and the widest elements.
+# Run at the end of a copy of each page, shown in a phone-wide frame: the page's width and its widest
+# elements, written onto the frame's parent. Headless Chromium's window is at least 500 px wide, so
+# the phone width comes from the frame. (Synchronous on purpose: --dump-dom may come before the load
+# event of a page whose online resources never load.)
 _OVERFLOW_PROBE = """<script>
-window.addEventListener("load", () => setTimeout(() => {
+(() => {
   const root = document.documentElement, width = root.clientWidth, wide = [];
   for (const el of document.body.querySelectorAll("*")) {
     const box = el.getBoundingClientRect();
     if (box.width > 0 && box.right > width + 1 && getComputedStyle(el).position !== "fixed")
-      wide.push(el.tagName.toLowerCase() + (el.className && el.className.baseVal === undefined
+      wide.push(el.tagName.toLowerCase() + (typeof el.className === "string" && el.className.trim()
                 ? "." + el.className.trim().split(/\\s+/).join(".") : "") + " (" + Math.round(box.right) + " px)");
   }
-  const out = document.createElement("pre");
-  out.id = "overflow-probe";
-  out.textContent = JSON.stringify({viewport: width, scroll: root.scrollWidth, wide: wide.slice(0, 5)});
-  document.body.appendChild(out);
-}, 200));
+  parent.document.body.setAttribute("data-overflow-probe",
+    JSON.stringify({viewport: width, scroll: root.scrollWidth, wide: wide.slice(-5)}));
+})();
 </script>"""
+
+
+def _framed(page: Path, width: int, height: int, probe: bool) -> tuple[Path, list[Path]]:
+    """A page that shows ``page`` in a frame ``width`` CSS pixels wide; returns it and the files to remove."""
+    shown = page
+    made = []
+    if probe:
+        shown = page.with_name(f".probe-{page.name}")
+        shown.write_text(page.read_text(encoding="utf-8").replace("</body>", _OVERFLOW_PROBE + "</body>", 1),
+                         encoding="utf-8")
+        made.append(shown)
+    frame = page.with_name(f".frame-{page.name}")
+    frame.write_text(f'<html><body style="margin:0"><iframe src="{shown.name}" width="{width}" height="{height}" '
+                     f'style="border:0;display:block"></iframe></body></html>', encoding="utf-8")
+    return frame, made + [frame]
 
 
 def content_pages(html: Path) -> list[Path]:
@@ -355,14 +372,13 @@ def check_phone_overflow(html: Path, width: int = PHONE) -> list[str]:
     """
     problems = []
     for page in content_pages(html):
-        probe = page.with_name(f".probe-{page.name}")
-        text = page.read_text(encoding="utf-8")
-        probe.write_text(text.replace("</body>", _OVERFLOW_PROBE + "</body>", 1), encoding="utf-8")
+        frame, made = _framed(page, width, 900, probe=True)
         try:
-            done = _chromium([f"--window-size={width},900", "--dump-dom", probe.as_uri()])
+            done = _chromium(["--window-size=800,900", "--dump-dom", frame.as_uri()])
         finally:
-            probe.unlink()
-        found = re.search(r'<pre id="overflow-probe">(.*?)</pre>', done.stdout, re.S)
+            for f in made:
+                f.unlink()
+        found = re.search(r'data-overflow-probe="([^"]*)"', done.stdout)
         if not found:
             problems.append(f"{page.relative_to(html)}: the overflow probe did not report (chromium exit "
                             f"{done.returncode})")
@@ -375,9 +391,18 @@ def check_phone_overflow(html: Path, width: int = PHONE) -> list[str]:
 
 
 def screenshot(page: Path, out: Path, width: int, height: int = 2400) -> Path:
-    """A PNG of ``page`` at ``width`` CSS pixels (the top ``height`` pixels)."""
+    """A PNG of the top ``height`` CSS pixels of ``page`` at ``width`` CSS pixels."""
+    from PIL import Image
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    _chromium([f"--window-size={width},{height}", f"--screenshot={out}", page.as_uri()], timeout=120)
+    frame, made = _framed(page, width, height, probe=False)
+    try:
+        _chromium([f"--window-size={max(width, 800)},{height}", f"--screenshot={out}", frame.as_uri()], timeout=120)
+    finally:
+        for f in made:
+            f.unlink()
+    with Image.open(out) as image:
+        image.crop((0, 0, width, height)).save(out)
     return out
 
 
