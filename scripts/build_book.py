@@ -97,9 +97,10 @@ def notebooks_in_toc(root: Path = ROOT) -> list[Path]:
 
 
 def stage_sources(student: bool = False) -> None:
-    """Copy config, toc and prose (everything but notebooks) of the book into the staging folder.
+    """Copy config, toc, prose and CSS (everything but notebooks) of the book into the staging folder.
 
-    ``student``: the staged config hides the exercises' solutions (sphinx-exercise ``hide_solutions``).
+    ``student``: the staged config sets sphinx-exercise's ``hide_solutions`` (and :func:`publish_ready`
+    removes the gated solutions, which that option alone cannot).
     """
     shutil.rmtree(STAGE, ignore_errors=True)
     STAGE.mkdir(parents=True)
@@ -110,6 +111,7 @@ def stage_sources(student: bool = False) -> None:
         config["title"] = f"{config.get('title', '')} (student edition)"
     (STAGE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copytree(ROOT / "book", STAGE / "book", ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+    shutil.copytree(ROOT / "_static", STAGE / "_static")  # the book's own CSS, picked up by Jupyter Book
 
 
 def parameters_for(notebook: Path, scale: str, build_id: str) -> dict:
@@ -330,14 +332,22 @@ def _chromium(args: list[str], timeout: int = 60) -> subprocess.CompletedProcess
 _OVERFLOW_PROBE = """<script>
 (() => {
   const root = document.documentElement, width = root.clientWidth, wide = [];
+  const contained = el => {  // fixed, or inside a box that scrolls or clips: not the page's overflow
+    if (getComputedStyle(el).position === "fixed") return true;
+    for (el = el.parentElement; el && el !== document.body; el = el.parentElement) {
+      const style = getComputedStyle(el);
+      if (style.position === "fixed" || !["visible", ""].includes(style.overflowX)) return true;
+    }
+  };
   for (const el of document.body.querySelectorAll("*")) {
     const box = el.getBoundingClientRect();
-    if (box.width > 0 && box.right > width + 1 && getComputedStyle(el).position !== "fixed")
-      wide.push(el.tagName.toLowerCase() + (typeof el.className === "string" && el.className.trim()
-                ? "." + el.className.trim().split(/\\s+/).join(".") : "") + " (" + Math.round(box.right) + " px)");
+    if (box.width > 0 && box.right > width + 1 && !contained(el))
+      wide.push([box.right, el.tagName.toLowerCase() + (typeof el.className === "string" && el.className.trim()
+                ? "." + el.className.trim().split(/\\s+/).join(".") : "") + " (" + Math.round(box.right) + " px)"]);
   }
+  wide.sort((a, b) => b[0] - a[0]);
   parent.document.body.setAttribute("data-overflow-probe",
-    JSON.stringify({viewport: width, scroll: root.scrollWidth, wide: wide.slice(-5)}));
+    JSON.stringify({viewport: width, scroll: root.scrollWidth, wide: wide.slice(0, 5).map(w => w[1])}));
 })();
 </script>"""
 
