@@ -8,7 +8,6 @@ import importlib.util
 import io
 import math
 import re
-import shutil
 from pathlib import Path
 
 import nbformat
