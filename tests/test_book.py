@@ -313,7 +313,8 @@ def test_course_guide_includes_the_generated_run_times():
         dict(notebook="book/results.ipynb", title="Results", seconds=10.0, solutions_seconds=0.0, exercises=0)])
     table = build_book.chapter_times_table(durations)
     assert "| [1. X](../notebooks/01_x.ipynb) | 1.5 min | 0.5 min | 3 |" in table
-    assert "Results" not in table and "b-1" in table
+    assert "Results" not in table and "b-1" in table and "--keep-cache" not in table
+    assert "--keep-cache" in build_book.chapter_times_table(dict(durations, reused_cache=True))
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
