@@ -1,30 +1,45 @@
 #!/usr/bin/env python
 """Execute every notebook of the book with papermill, then build the book from those executed copies.
 
-    python scripts/build_book.py           # embedded default: Whisper base, the embedded speech set
-    python scripts/build_book.py --smoke   # smoke scale for CI: the same, on the first 16 utterances
+    python scripts/build_book.py             # embedded default (SCALE="embedded"): Whisper base, embedded speech
+    python scripts/build_book.py --smoke     # smoke scale for CI (SCALE="smoke"): the first 16 utterances
+    python scripts/build_book.py --student   # the same book without the exercises' solutions
 
 1. Each notebook listed in ``_toc.yml`` is executed from its committed (output-free) source into
    ``_build/executed/`` (never in place), in the venv's own kernel, with the scale's parameters and a
-   fresh ``BUILD_ID`` injected. The first error stops the build with a non-zero exit; the failed
-   executed notebook stays there for inspection.
-2. ``_build/executed/`` (config, toc, prose pages and executed notebooks) is built with
+   fresh ``BUILD_ID`` injected. Chapters take a ``SCALE``; a notebook without one gets the scale's
+   ``MODEL``/``DATA``/``MAX_SAMPLES`` directly. The first error stops the build with a non-zero exit;
+   the failed executed notebook stays there for inspection.
+2. The executed notebooks are made path-free for publishing (the injected-parameters cell is hidden,
+   papermill's absolute input/output paths become relative, stderr is dropped as the book does), and
+   each chapter's papermill durations go to ``_build/durations.json`` and to the course guide's run-time
+   table (``book/chapter_times.md`` in the staged copy).
+3. ``_build/executed/`` (config, toc, prose pages and executed notebooks) is built with
    ``jupyter-book build -W -n --keep-going`` and execution off, into ``_build/html``.
-3. Freshness: every code cell of every executed notebook must carry an execution count and a
-   papermill run time, the kernel must be this interpreter's environment, and every notebook's HTML
-   page must contain this build's ``BUILD_ID``. Any miss fails the build.
+4. Checks, any of which fails the build: every code cell of every executed notebook carries an
+   execution count and a papermill run time, the kernel was this interpreter's environment, every
+   notebook's page shows this build's ``BUILD_ID``; no published file shows an absolute path of this
+   machine; every figure has alt text or a caption; and, where Chromium is installed, no page scrolls
+   sideways at phone width (390 px).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
+from html import unescape
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -37,13 +52,26 @@ STAGE = BUILD / "executed"
 CACHE = BUILD / "cache"
 HTML = BUILD / "html"
 
-# Parameters injected into every notebook that declares them (see each notebook's `parameters` cell).
+# The scales of the book's builds. Chapters take a SCALE parameter and hold these values in their own
+# PRESETS (a test keeps both in step); other notebooks get the values injected directly.
 SCALES = {
-    "default": dict(MODEL="embedded:whisper-base", DATA="embedded", DATA_SETS=["embedded"], MAX_SAMPLES=None),
+    "embedded": dict(MODEL="embedded:whisper-base", DATA="embedded", DATA_SETS=["embedded"], MAX_SAMPLES=None),
     # Whisper base at smoke scale too: tiny.en is so fragile that pruning it yields runaway transcripts
     # (WERs of several hundred percent) that say nothing and decode for the full 448 tokens.
     "smoke": dict(MODEL="embedded:whisper-base", DATA="embedded", DATA_SETS=["embedded"], MAX_SAMPLES=16),
 }
+PHONE, DESKTOP = 390, 1280  # viewport widths in CSS pixels
+
+
+def environment_fingerprint(prefix: str = sys.prefix) -> str:
+    """A short digest of the Python environment's path: proves which kernel ran, without showing the path."""
+    return hashlib.sha256(prefix.encode()).hexdigest()[:12]
+
+
+def machine_paths() -> list[str]:
+    """Absolute paths of this machine that must never appear on a published page."""
+    paths = {str(ROOT), sys.prefix, str(Path.home()) + "/", tempfile.gettempdir() + "/", str(Path.cwd())}
+    return sorted(p for p in paths if len(p.strip("/")) > 2)
 
 
 def toc_files(toc: dict) -> list[str]:
@@ -68,25 +96,124 @@ def notebooks_in_toc(root: Path = ROOT) -> list[Path]:
     return [Path(f + ".ipynb") for f in toc_files(toc) if (root / (f + ".ipynb")).is_file()]
 
 
-def stage_sources() -> None:
-    """Copy config, toc and prose (everything but notebooks) of the book into the staging folder."""
+def stage_sources(student: bool = False) -> None:
+    """Copy config, toc, prose and CSS (everything but notebooks) of the book into the staging folder.
+
+    ``student``: the staged config sets sphinx-exercise's ``hide_solutions`` (and :func:`publish_ready`
+    removes the gated solutions, which that option alone cannot).
+    """
     shutil.rmtree(STAGE, ignore_errors=True)
     STAGE.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(ROOT / name, STAGE / name)
+    shutil.copy2(ROOT / "_toc.yml", STAGE / "_toc.yml")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    if student:
+        config.setdefault("sphinx", {}).setdefault("config", {})["hide_solutions"] = True
+        config["title"] = f"{config.get('title', '')} (student edition)"
+    (STAGE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copytree(ROOT / "book", STAGE / "book", ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+    shutil.copytree(ROOT / "_static", STAGE / "_static")  # the book's own CSS, picked up by Jupyter Book
+
+
+def parameters_for(notebook: Path, scale: str, build_id: str) -> dict:
+    """What the build injects into ``notebook``: its SCALE where it has one, else the scale's values.
+
+    Folders are relative to the notebook's own folder (its working directory), so no page shows a
+    path of this machine.
+    """
+    declared = papermill.inspect_notebook(str(ROOT / notebook))
+    folder = (ROOT / notebook).parent
+    values = dict(BUILD_ID=build_id, CACHE_DIR=os.path.relpath(CACHE, folder),
+                  RESULTS_DIR=os.path.relpath(ROOT / "results", folder))
+    values.update(dict(SCALE=scale) if "SCALE" in declared else SCALES[scale])
+    return {k: v for k, v in values.items() if k in declared}
 
 
 def execute(notebook: Path, parameters: dict) -> float:
     """Run ``notebook`` into the staging folder; returns seconds. Raises on the first failing cell."""
     source, target = ROOT / notebook, STAGE / notebook
     target.parent.mkdir(parents=True, exist_ok=True)
-    declared = papermill.inspect_notebook(str(source))
-    injected = {k: v for k, v in parameters.items() if k in declared}
     started = time.perf_counter()
-    papermill.execute_notebook(str(source), str(target), parameters=injected, kernel_name="python3",
+    papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
                                cwd=str(source.parent), progress_bar=False, start_timeout=120)
     return time.perf_counter() - started
+
+
+def solution_span(nb) -> set[int]:
+    """Indices of the cells between an exercise's ``solution-start`` and ``solution-end``."""
+    inside, cells = False, set()
+    for i, cell in enumerate(nb.cells):
+        text = cell.source if cell.cell_type == "markdown" else ""
+        if "{solution-start}" in text:
+            inside = True
+        if inside:
+            cells.add(i)
+        if "{solution-end}" in text:
+            inside = False
+    return cells
+
+
+def _student_version():
+    spec = importlib.util.spec_from_file_location("student_version", Path(__file__).with_name("student_version.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def publish_ready(notebook: Path, student: bool = False) -> dict:
+    """Make an executed notebook path-free for publishing; returns its cells' papermill durations.
+
+    Hides the injected-parameters cell, makes papermill's input/output paths relative and drops
+    stderr streams (the book removes them from pages anyway; the downloadable copy must match).
+    ``student``: the solutions, which ran like every cell, are then removed from the page. (With
+    sphinx-exercise 1.2.1, ``hide_solutions`` alone drops a gated solution's start but not its end or
+    the code cells between, and the build crashes; so the build removes them itself.)
+    """
+    path = STAGE / notebook
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key):
+            meta[key] = str(notebook)
+    solutions = solution_span(nb)
+    cells = solution_seconds = 0.0
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.metadata["tags"] = sorted(set(cell.metadata["tags"]) | {"remove-cell"})
+        cell.outputs = [o for o in cell.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        seconds = cell.metadata.get("papermill", {}).get("duration") or 0.0
+        cells += seconds
+        solution_seconds += seconds if i in solutions else 0.0
+    if student:
+        _student_version().strip_solutions(nb, str(notebook), handout=False)
+    nbformat.write(nb, path)
+    title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells
+                  if c.cell_type == "markdown" and c.source.startswith("# ")), str(notebook))
+    exercises = sum(c.source.count("{exercise}") for c in nb.cells if c.cell_type == "markdown")
+    return dict(notebook=str(notebook), title=title, cells_seconds=round(cells, 1),
+                solutions_seconds=round(solution_seconds, 1), exercises=exercises)
+
+
+def chapter_times_table(durations: dict) -> str:
+    """The course guide's run-time table (MyST markdown), from this build's papermill durations."""
+    rows = ["| chapter | run time | of which exercise solutions | exercises |", "|---|---:|---:|---:|"]
+    for entry in durations["notebooks"]:
+        if not entry["notebook"].startswith("notebooks/"):
+            continue
+        link = f"[{entry['title']}](../{entry['notebook']})"
+        rows.append(f"| {link} | {entry['seconds'] / 60:.1f} min | {entry['solutions_seconds'] / 60:.1f} min "
+                    f"| {entry['exercises']} |")
+    return "\n".join([
+        f"Measured by the build `{durations['build_id']}` at `SCALE = \"{durations['scale']}\"` on "
+        f"{durations['machine']}, {durations['date']}: the wall time of each chapter's papermill run, "
+        "kernel start included."
+        + (" This build reused measurements cached by an earlier one (`--keep-cache`), so chapters that "
+           "measure WERs ran faster than a fresh run." if durations.get("reused_cache") else ""),
+        "",
+        *rows,
+        "",
+    ])
 
 
 def check_executed(notebook: Path, build_id: str) -> list[str]:
@@ -105,8 +232,9 @@ def check_executed(notebook: Path, build_id: str) -> list[str]:
     )
     if build_id not in text:
         problems.append(f"{notebook}: no output shows this build's BUILD_ID {build_id}")
-    if f"environment {sys.prefix}" not in text:
-        problems.append(f"{notebook}: the kernel did not report this environment ({sys.prefix})")
+    if f"environment {environment_fingerprint()}" not in text and f"environment {sys.prefix}" not in text:
+        problems.append(f"{notebook}: the kernel did not report this environment (fingerprint "
+                        f"{environment_fingerprint()} of {sys.prefix})")
     return problems
 
 
@@ -119,57 +247,248 @@ def check_html(notebook: Path, build_id: str) -> list[str]:
     return []
 
 
+PUBLISHED = (".html", ".ipynb", ".md", ".txt", ".json", ".js")
+
+
+def check_paths(html: Path, paths: list[str] | None = None) -> list[str]:
+    """Published files (pages, their sources, search index) that show an absolute path of this machine."""
+    paths = machine_paths() if paths is None else paths
+    problems = []
+    for f in sorted(html.rglob("*")):
+        if not f.is_file() or f.suffix not in PUBLISHED or "_static" in f.parts:
+            continue
+        text = f.read_text(encoding="utf-8", errors="replace")
+        for path in paths:
+            if path in text:
+                at = text.index(path)
+                problems.append(f"{f.relative_to(html)} shows the machine path {path!r}: "
+                                f"...{text[max(0, at - 60):at + len(path) + 20]!r}...")
+                break
+    return problems
+
+
+class _Images(HTMLParser):
+    """Collects the content images of a page and whether each has alt text or sits in a captioned figure."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[str] = []
+        self.figures: list[dict] = []  # open <figure> elements: has a caption?
+        self.images: list[dict] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "figure":
+            self.figures.append(dict(caption=False, images=[]))
+        elif tag == "figcaption" and self.figures:
+            self.figures[-1]["caption"] = True
+        elif tag == "img":
+            classes = attrs.get("class") or ""
+            if "logo" in classes or "navbar" in classes:
+                return
+            image = dict(src=attrs.get("src", ""), alt=(attrs.get("alt") or "").strip(), caption=False)
+            self.images.append(image)
+            if self.figures:
+                self.figures[-1]["images"].append(image)
+
+    def handle_endtag(self, tag):
+        if tag == "figure" and self.figures:
+            figure = self.figures.pop()
+            for image in figure["images"]:
+                image["caption"] = image["caption"] or figure["caption"]
+
+
+def check_figures(html: Path) -> list[str]:
+    """Images without alt text (or with a file name for alt text) that no figure caption describes."""
+    problems = []
+    for page in sorted(html.rglob("*.html")):
+        if "_static" in page.parts or "_sources" in page.parts:
+            continue
+        parser = _Images()
+        parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+        for image in parser.images:
+            alt = image["alt"]
+            described = alt and not alt.lower().endswith((".png", ".svg", ".jpg", ".jpeg")) and "/" not in alt
+            if not (described or image["caption"]):
+                problems.append(f"{page.relative_to(html)}: image {image['src']} has no alt text or caption")
+    return problems
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _chromium(args: list[str], timeout: int = 60) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                   "--disable-component-update", "--no-first-run", "--hide-scrollbars",
+                   "--allow-file-access-from-files",
+                   f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+# Run at the end of a copy of each page, shown in a phone-wide frame: the page's width and its widest
+# elements, written onto the frame's parent. Headless Chromium's window is at least 500 px wide, so
+# the phone width comes from the frame. (Synchronous on purpose: --dump-dom may come before the load
+# event of a page whose online resources never load.)
+_OVERFLOW_PROBE = """<script>
+(() => {
+  const root = document.documentElement, width = root.clientWidth, wide = [];
+  const contained = el => {  // fixed, or inside a box that scrolls or clips: not the page's overflow
+    if (getComputedStyle(el).position === "fixed") return true;
+    for (el = el.parentElement; el && el !== document.body; el = el.parentElement) {
+      const style = getComputedStyle(el);
+      if (style.position === "fixed" || !["visible", ""].includes(style.overflowX)) return true;
+    }
+  };
+  for (const el of document.body.querySelectorAll("*")) {
+    const box = el.getBoundingClientRect();
+    if (box.width > 0 && box.right > width + 1 && !contained(el))
+      wide.push([box.right, el.tagName.toLowerCase() + (typeof el.className === "string" && el.className.trim()
+                ? "." + el.className.trim().split(/\\s+/).join(".") : "") + " (" + Math.round(box.right) + " px)"]);
+  }
+  wide.sort((a, b) => b[0] - a[0]);
+  parent.document.body.setAttribute("data-overflow-probe",
+    JSON.stringify({viewport: width, scroll: root.scrollWidth, wide: wide.slice(0, 5).map(w => w[1])}));
+})();
+</script>"""
+
+
+def _framed(page: Path, width: int, height: int, probe: bool) -> tuple[Path, list[Path]]:
+    """A page that shows ``page`` in a frame ``width`` CSS pixels wide; returns it and the files to remove."""
+    shown = page
+    made = []
+    if probe:
+        shown = page.with_name(f".probe-{page.name}")
+        shown.write_text(page.read_text(encoding="utf-8").replace("</body>", _OVERFLOW_PROBE + "</body>", 1),
+                         encoding="utf-8")
+        made.append(shown)
+    frame = page.with_name(f".frame-{page.name}")
+    frame.write_text(f'<html><body style="margin:0"><iframe src="{shown.name}" width="{width}" height="{height}" '
+                     f'style="border:0;display:block"></iframe></body></html>', encoding="utf-8")
+    return frame, made + [frame]
+
+
+def content_pages(html: Path) -> list[Path]:
+    """The book's pages (not the search page, the index redirect or the genindex)."""
+    skip = {"search.html", "genindex.html", "index.html"}
+    pages = [p for p in sorted(html.rglob("*.html"))
+             if "_static" not in p.parts and "_sources" not in p.parts and not (p.parent == html and p.name in skip)]
+    return pages
+
+
+def check_phone_overflow(html: Path, width: int = PHONE) -> list[str]:
+    """Pages that scroll sideways at ``width`` CSS pixels in headless Chromium (horizontal overflow).
+
+    Tables and code blocks that scroll inside their own box are fine; the page itself must not.
+    """
+    problems = []
+    for page in content_pages(html):
+        frame, made = _framed(page, width, 900, probe=True)
+        try:
+            done = _chromium(["--window-size=800,900", "--dump-dom", frame.as_uri()])
+        finally:
+            for f in made:
+                f.unlink()
+        found = re.search(r'data-overflow-probe="([^"]*)"', done.stdout)
+        if not found:
+            problems.append(f"{page.relative_to(html)}: the overflow probe did not report (chromium exit "
+                            f"{done.returncode})")
+            continue
+        report = json.loads(unescape(found.group(1)))
+        if report["scroll"] > report["viewport"] + 1:
+            problems.append(f"{page.relative_to(html)} is {report['scroll']} px wide at a {report['viewport']} px "
+                            f"phone viewport; widest elements: {', '.join(report['wide']) or '?'}")
+    return problems
+
+
+def screenshot(page: Path, out: Path, width: int, height: int = 2400) -> Path:
+    """A PNG of the top ``height`` CSS pixels of ``page`` at ``width`` CSS pixels."""
+    from PIL import Image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame, made = _framed(page, width, height, probe=False)
+    try:
+        _chromium([f"--window-size={max(width, 800)},{height}", f"--screenshot={out}", frame.as_uri()], timeout=120)
+    finally:
+        for f in made:
+            f.unlink()
+    with Image.open(out) as image:
+        image.crop((0, 0, width, height)).save(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    global HTML
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="small parameters for CI (16 utterances)")
+    parser.add_argument("--smoke", action="store_true", help="small parameters for CI (SCALE='smoke', 16 utterances)")
+    parser.add_argument("--student", action="store_true",
+                        help="hide the exercises' solutions (sphinx-exercise hide_solutions), into _build/student/")
     parser.add_argument("--keep-cache", action="store_true",
                         help="reuse measurements cached by an earlier build instead of measuring afresh")
     args = parser.parse_args(argv)
 
-    scale = "smoke" if args.smoke else "default"
+    scale = "smoke" if args.smoke else "embedded"
     build_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     if not args.keep_cache:
         shutil.rmtree(CACHE, ignore_errors=True)
-    parameters = dict(SCALES[scale], BUILD_ID=build_id, CACHE_DIR=str(CACHE), RESULTS_DIR=str(ROOT / "results"))
+    out = BUILD / "student" if args.student else ROOT
+    HTML = out / "_build" / "html"
     # The kernel imports this working tree's package, and `python` on its PATH is this interpreter.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
-    print(f"build {build_id}, scale {scale}: {', '.join(f'{k}={v}' for k, v in SCALES[scale].items())}", flush=True)
-    stage_sources()
+    print(f"build {build_id}, SCALE {scale!r}: {', '.join(f'{k}={v}' for k, v in SCALES[scale].items())}", flush=True)
+    stage_sources(student=args.student)
     timings: list[tuple[str, float]] = []
+    durations = dict(build_id=build_id, scale=scale, date=f"{datetime.now(timezone.utc):%Y-%m-%d}",
+                     reused_cache=args.keep_cache,
+                     machine=f"{os.cpu_count()} CPU cores, no GPU" if not _has_cuda() else "a CUDA GPU",
+                     notebooks=[])
     for notebook in notebooks_in_toc():
         print(f"executing {notebook} ...", flush=True)
         try:
-            seconds = execute(notebook, parameters)
+            seconds = execute(notebook, parameters_for(notebook, scale, build_id))
         except papermill.PapermillExecutionError as err:
             print(f"\nFAILED: {notebook}: {err.ename}: {err.evalue}\n"
                   f"the executed notebook is kept for inspection: {(STAGE / notebook).relative_to(ROOT)}",
                   file=sys.stderr)
             return 1
         timings.append((str(notebook), seconds))
+        problems = check_executed(notebook, build_id)
+        if problems:
+            print("\n".join(["FAILED: the executed notebook is incomplete:", *problems]), file=sys.stderr)
+            return 1
+        durations["notebooks"].append(dict(publish_ready(notebook, student=args.student), seconds=round(seconds, 1)))
         print(f"  done in {seconds:.0f} s", flush=True)
 
-    problems = [p for nb, _ in timings for p in check_executed(Path(nb), build_id)]
-    if problems:
-        print("\n".join(["FAILED: executed notebooks are incomplete:", *problems]), file=sys.stderr)
-        return 1
+    (BUILD / "durations.json").write_text(json.dumps(durations, indent=1))
+    (STAGE / "book" / "chapter_times.md").write_text(chapter_times_table(durations))
 
     started = time.perf_counter()
-    for old in (HTML, BUILD / ".doctrees", BUILD / "jupyter_execute"):  # a clean build, nothing left over
+    for old in (HTML, out / "_build" / ".doctrees", out / "_build" / "jupyter_execute"):  # a clean build
         shutil.rmtree(old, ignore_errors=True)
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     book = subprocess.run([str(jupyter_book), "build", "-W", "-n", "--keep-going",
-                           "--path-output", str(ROOT), str(STAGE)], cwd=ROOT)
+                           "--path-output", str(out), str(STAGE)], cwd=ROOT)
     timings.append(("jupyter-book build", time.perf_counter() - started))
     if book.returncode != 0:
         print(f"FAILED: jupyter-book build exited with {book.returncode}", file=sys.stderr)
         return book.returncode
+    shutil.copy2(BUILD / "durations.json", HTML / "durations.json")
 
     problems = [p for nb, _ in timings[:-1] for p in check_html(Path(nb), build_id)]
+    problems += check_paths(HTML) + check_figures(HTML)
+    if chromium():
+        started = time.perf_counter()
+        problems += check_phone_overflow(HTML)
+        timings.append((f"phone-width check ({PHONE} px)", time.perf_counter() - started))
+    else:
+        print("note: no chromium on PATH, so the phone-width overflow check was skipped "
+              "(apt-get install chromium)", file=sys.stderr)
     if problems:
-        print("\n".join(["FAILED: stale pages:", *problems]), file=sys.stderr)
+        print("\n".join(["FAILED: the built book has problems:", *problems]), file=sys.stderr)
         return 1
 
     print(f"\n{'step':45s} {'seconds':>8s}")
@@ -178,6 +497,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'total':45s} {sum(s for _, s in timings):8.0f}")
     print(f"\nbuild {build_id}: every notebook ran in this build; open {(HTML / 'index.html').relative_to(ROOT)}")
     return 0
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

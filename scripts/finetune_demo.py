@@ -4,7 +4,8 @@ Prunes the embedded Whisper with each method at one scope and sparsity, fine-tun
 model on the embedded train part (``embedded:train``) and evaluates the dense, pruned and
 fine-tuned models on the disjoint test part (``embedded``). Everything goes through the package
 API (compress, finetune, evaluate); the record, with full provenance, goes to
-``results/finetune_demo.json``.
+``speechprune/data/results/finetune_demo.json``: package data, so that chapter 5 finds it when opened
+alone (Colab). ``results/finetune_demo.json`` links to it.
 
     python scripts/finetune_demo.py                  # the committed setting (under 25 min on 2 shared CPU cores)
     python scripts/finetune_demo.py --train-samples 0  # all of the train part (slower)
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="8 train and 8 test clips, 2 steps: checks the pipeline only")
-    p.add_argument("--out", type=Path, default=Path("results/finetune_demo.json"))
+    p.add_argument("--out", type=Path,
+                   default=Path(__file__).resolve().parents[1] / "speechprune" / "data" / "results" / "finetune_demo.json")
     args = p.parse_args(argv)
     if args.smoke:
         args.train_samples, args.test_samples, args.max_steps, args.batch_size = 8, 8, 2, 4

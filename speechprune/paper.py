@@ -425,11 +425,25 @@ def save_full_scale(setting: Setting, data: str, records: dict[str, dict], resul
     return path
 
 
+#: Saved runs that ship with the package, so that a chapter opened alone (Colab) still finds them.
+PACKAGE_RESULTS = Path(__file__).resolve().parent / "data" / "results"
+
+
+def saved_result(name: str, results_dir: str | Path | None = None) -> Path:
+    """``results_dir/name`` when it exists, else the copy shipped in the package."""
+    for folder in ([Path(results_dir)] if results_dir else []) + [PACKAGE_RESULTS]:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no saved result {name!r} in {results_dir or '(no results_dir)'} or in the package")
+
+
 def load_full_scale(setting: Setting, results_dir: str | Path | None) -> dict[str, dict[str, dict]]:
-    """Saved full-scale records of ``setting`` by column title; empty when no real run was saved."""
-    folder = Path(results_dir) / setting.key if results_dir else None
+    """Saved full-scale records of ``setting`` by column title (``results_dir`` first, then the package's)."""
+    paths = {}
+    for folder in [PACKAGE_RESULTS / setting.key] + ([Path(results_dir) / setting.key] if results_dir else []):
+        paths.update({p.name: p for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {})
     found = {}
-    for path in sorted(folder.glob("*.json")) if folder and folder.is_dir() else []:
+    for path in paths.values():
         saved = json.loads(path.read_text())
         records = saved.get("records", {})
         if saved.get("setting") == setting.key and all(
