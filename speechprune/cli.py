@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "speechprune.evaluate",
     "speechprune.finetune",
     "speechprune.experiment",
+    "speechprune.study",
 )
 
 from speechprune.errors import SpeechPruneError

@@ -29,13 +29,18 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 import speechprune
 from speechprune.data import SAMPLE_RATE, SpeechSet, load_speech
-from speechprune.errors import SpeechPruneError
+from speechprune.errors import SpeechPruneError, check_choice
 from speechprune.models import english_generate_kwargs, english_spelling_map, load_model
 from speechprune.structure import model_family
 
 WHISPER_SECONDS = 30.0
 TOKENS_PER_SECOND = 8
 MAX_WHISPER_NEW_TOKENS = 440  # Whisper's 448 positions less the 4-token prompt and a margin
+DECODINGS = ("greedy", "fallback")
+# Whisper's temperature fallback (as in openai-whisper's transcribe): decode greedily, and decode
+# again at the next temperature when the text compresses too well (a loop) or is too unlikely.
+FALLBACK = dict(temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), compression_ratio_threshold=2.4,
+                logprob_threshold=-1.0)
 
 
 def english_normalizer(tokenizer=None) -> EnglishTextNormalizer:
@@ -110,13 +115,18 @@ def max_new_tokens(seconds: float) -> int:
     return min(MAX_WHISPER_NEW_TOKENS, math.ceil(TOKENS_PER_SECOND * seconds) + 16)
 
 
-def decoding_settings(model: torch.nn.Module, batch_size: int) -> dict:
+def decoding_settings(model: torch.nn.Module, batch_size: int, decoding: str = "greedy") -> dict:
     """The decoding choices that a WER depends on, for the result record."""
     if decoding_kind(model) == "ctc":
         return dict(method="greedy CTC: argmax per frame, collapse repeats, drop blanks", batch_size=batch_size)
     kwargs = english_generate_kwargs(model)
+    fallback = dict(decoding="fallback", **{k: list(v) if isinstance(v, tuple) else v for k, v in FALLBACK.items()},
+                    sampling_seed=0)
     return dict(
-        method="greedy generate (num_beams=1, no sampling)",
+        method="greedy generate (num_beams=1, no sampling)" if decoding == "greedy" else
+        "greedy generate with Whisper's temperature fallback (sampling at the next temperature when the "
+        "compression ratio exceeds 2.4 or the mean log-probability is below -1.0)",
+        **(fallback if decoding == "fallback" else dict(decoding="greedy")),
         language=kwargs.get("language"),
         task=kwargs.get("task"),
         timestamps=kwargs["return_timestamps"],
@@ -147,17 +157,24 @@ def _transcribe_ctc(model, processor, audios: list[np.ndarray], device: torch.de
 
 
 @torch.inference_mode()
-def _transcribe_whisper(model, processor, audios: list[np.ndarray], device: torch.device) -> list[str]:
-    features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+def _transcribe_whisper(model, processor, audios: list[np.ndarray], device: torch.device,
+                        decoding: str = "greedy") -> list[str]:
+    features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                                           return_attention_mask=decoding == "fallback")
     input_features = features.input_features.to(device=device, dtype=_model_dtype(model))
     longest = max(len(a) for a in audios) / SAMPLE_RATE
+    extra = {}
+    if decoding == "fallback":
+        torch.manual_seed(0)  # the sampled retries are reproducible
+        extra = dict(FALLBACK, attention_mask=features.attention_mask.to(device))
     ids = model.generate(input_features, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens(longest),
-                         **english_generate_kwargs(model))
+                         **english_generate_kwargs(model), **extra)
     return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
 def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], *, batch_size: int = 8,
-               device: str | torch.device | None = None, progress: bool = True) -> list[str]:
+               device: str | torch.device | None = None, progress: bool = True,
+               decoding: str = "greedy") -> list[str]:
     """Greedy transcripts of 16 kHz mono float32 clips, in input order.
 
     Clips are batched by length (less padding); ``device`` moves the model there (default: where
@@ -169,7 +186,12 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
         raise SpeechPruneError("no processor: the model folder holds weights only; save its processor beside it")
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise SpeechPruneError(f"expected a processor with a feature extractor and a tokenizer, got {type(processor).__name__}")
-    decode = _transcribe_ctc if decoding_kind(model) == "ctc" else _transcribe_whisper
+    check_choice("decoding", decoding, DECODINGS)
+    if decoding_kind(model) == "ctc":
+        decode = _transcribe_ctc  # CTC has no fallback: argmax is its only decoding
+    else:
+        def decode(m, p, a, d):
+            return _transcribe_whisper(m, p, a, d, decoding)
     if device is not None:
         model.to(device)
     device = _model_device(model)
@@ -187,15 +209,18 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
 
 def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size: int = 8,
              device: str | torch.device | None = None, max_samples: int | None = None,
-             progress: bool = True, label: str | None = None) -> dict:
-    """Transcribe ``speech`` greedily and score it; returns a JSON-ready record (WER in percent)."""
+             progress: bool = True, label: str | None = None, decoding: str = "greedy") -> dict:
+    """Transcribe ``speech`` and score it; returns a JSON-ready record (WER in percent).
+
+    ``decoding``: ``greedy`` (the paper's protocol) or ``fallback`` (Whisper's temperature fallback).
+    """
     utterances = speech.utterances[:max_samples]
     if not utterances:
         raise SpeechPruneError(f"{speech.name} has no utterances to evaluate")
     normalizer = english_normalizer(getattr(processor, "tokenizer", None))
     started = time.perf_counter()
     hyps = transcribe(model, processor, [u.audio for u in utterances], batch_size=batch_size,
-                      device=device, progress=progress)
+                      device=device, progress=progress, decoding=decoding)
     decode_seconds = time.perf_counter() - started
     refs = [u.text for u in utterances]
     scores = wer_details(refs, hyps, normalizer=normalizer)
@@ -203,7 +228,7 @@ def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size
     data = dict(speech.provenance)
     if len(utterances) < len(speech):
         data.update(max_samples=max_samples, count=len(utterances), hours=round(audio_seconds / 3600, 4))
-    settings = decoding_settings(model, batch_size)
+    settings = decoding_settings(model, batch_size, decoding)
     if decoding_kind(model) == "whisper":
         settings["clips_over_30s"] = sum(u.duration > WHISPER_SECONDS for u in utterances)
     return dict(
@@ -270,7 +295,7 @@ def _run(args: argparse.Namespace) -> int:
     speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
     model, processor = load_model(args.model, device=args.device or "cpu")
     record = evaluate(model, processor, speech, batch_size=args.batch_size, device=args.device,
-                      label=args.model)
+                      label=args.model, decoding=args.decoding)
     print(summary(record))
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -295,6 +320,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N utterances only")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B")
     parser.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--decoding", choices=DECODINGS, default="greedy",
+                        help="greedy (default, the paper's protocol) or fallback: Whisper's temperature fallback "
+                             "(compression ratio 2.4, log-probability -1.0)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="write the record here (an existing file is replaced)")
     parser.set_defaults(func=_run)
