@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from speechprune.allocation import ALLOCATIONS, allocate
 from speechprune.errors import SpeechPruneError, check_choice
 from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS, assign, assign_cluster, merge
+from speechprune.recipes import RECIPES, resolve
 from speechprune.structure import count_parameters, model_family, parse_scope, units_in_scope, widths
 
 
@@ -111,22 +112,28 @@ def compress(
     method: str = "cluster",
     sparsity: float = 0.2,
     scope: str = "ffn",
-    allocation: str = "uniform",
+    allocation: str | None = None,
     seed: int = 0,
     max_iter: int = 100,
     n_init: int = 1,
-    features: str = "both",
-    weighting: str = "none",
-    merge_rule: str = "mean",
+    features: str | None = None,
+    weighting: str | None = None,
+    merge_rule: str | None = None,
     progress: bool = True,
+    recipe: str | None = None,
 ) -> CompressionReport:
     """Prune ``model`` in place and return what was done.
 
     ``sparsity`` is the fraction of channels removed in ``scope`` (feed-forward neurons
     and/or attention heads); the report also gives the fraction of all parameters.
     ``features``, ``weighting`` and ``merge_rule`` choose what k-means sees, how much each
-    channel counts in it, and how merged producers are combined (see :mod:`speechprune.prune`). Everything is checked before the first layer changes.
+    channel counts in it, and how merged producers are combined (see :mod:`speechprune.prune`).
+    ``recipe`` (:mod:`speechprune.recipes`, default ``paper``) fills in every one of these
+    options left as None. Everything is checked before the first layer changes.
     """
+    chosen = resolve(recipe, allocation=allocation, features=features, weighting=weighting, merge=merge_rule)
+    allocation, features, weighting, merge_rule = (chosen["allocation"], chosen["features"], chosen["weighting"],
+                                                   chosen["merge"])
     family = model_family(model)
     sparsity = check_sparsity(sparsity)
     check_choice("method", method, METHODS)
@@ -185,13 +192,16 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", default="ffn",
                    help="comma-separated parts: encoder.ffn, encoder.attention, decoder.ffn, decoder.attention, "
                         "or encoder, decoder, ffn, attention, all (default: ffn)")
-    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform", help="how the budget is spread over layers")
-    p.add_argument("--features", choices=FEATURES, default="both",
+    p.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="a named set of the options below (default: paper); options given explicitly override it")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
+                   help="how the budget is spread over layers (paper recipe: uniform)")
+    p.add_argument("--features", choices=FEATURES, default=None,
                    help="what k-means compares: both = producer rows + consumer columns (the paper), producer, "
                         "or normalized = producer rows as they act on the LayerNorm-normalised input")
-    p.add_argument("--weighting", choices=WEIGHTINGS, default="none",
+    p.add_argument("--weighting", choices=WEIGHTINGS, default=None,
                    help="k-means weight of a channel: none, or consumer = its consumer column's squared norm")
-    p.add_argument("--merge", choices=MERGES, default="mean", dest="merge_rule",
+    p.add_argument("--merge", choices=MERGES, default=None, dest="merge_rule",
                    help="how a cluster's producers combine: mean (the paper), weighted (by consumer norm) "
                         "or projection (first-order optimal)")
     p.add_argument("--seed", type=int, default=0)
@@ -212,7 +222,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     model, processor = load_model(args.model, device=device)
     report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
                       allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
-                      features=args.features, weighting=args.weighting, merge_rule=args.merge_rule)
+                      features=args.features, weighting=args.weighting, merge_rule=args.merge_rule,
+                      recipe=args.recipe)
     save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite)
     print(report.table())
     print(f"saved to {args.out}")

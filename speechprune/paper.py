@@ -14,7 +14,6 @@ instead of repeating them. A full-scale run (the paper's model on LibriSpeech) c
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -163,8 +162,7 @@ def measure(model: str, data: str, *, method: str | None = None, sparsity: float
     """
     import torch
 
-    from speechprune.compress import compress
-    from speechprune.evaluate import evaluate
+    from speechprune.study import execute, make_run
 
     settings = dict(model=model, data=data, max_samples=max_samples, method=method,
                     sparsity=sparsity if method else 0.0, scope=scope if method else None,
@@ -177,16 +175,11 @@ def measure(model: str, data: str, *, method: str | None = None, sparsity: float
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dense, processor = dense_model(model, device)
-    speech = _speech(data, max_samples)
-    report = None
-    target = dense
-    if method:
-        target = copy.deepcopy(dense)
-        report = compress(target, method=method, sparsity=sparsity, scope=scope, allocation=allocation,
-                          seed=seed, features=features, progress=False)
     label = "dense" if not method else method if allocation == "uniform" else f"{method} ({allocation})"
-    record = evaluate(target, processor, speech, batch_size=batch_size, device=device, progress=False, label=label)
-    record.update(compression=report.to_dict() if report else None, settings=settings, build_id=build_id)
+    run = make_run(model, data, method=method or "dense", scope=scope, sparsity=sparsity, allocation=allocation,
+                   features=features, seed=seed, batch_size=batch_size, max_samples=max_samples, label=label)
+    record = execute(run, dense, processor, _speech(data, max_samples), device=device)
+    record.update(settings=settings, build_id=build_id)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))

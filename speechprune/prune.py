@@ -13,7 +13,7 @@ Beyond the paper's reading, clustering can compare the producer side only (``fea
 "producer"``: summing makes the consumer side exact, so only producer differences cost
 anything), compare producers through their LayerNorm (``"normalized"``), weight channels by
 their consumer power in k-means (``weighting="consumer"``) and combine producers by a weighted
-mean (``merge`` rules ``weighted`` and ``projection``). ``results/seed_study*.json`` and the
+mean (``merge`` rules ``weighted`` and ``projection``). ``results/studies/*.json`` and the
 book's results page show where each helps.
 
 An assignment is a label per old channel: ``0..k-1`` for the new channel it joins, ``-1``

@@ -207,15 +207,20 @@ def option_label(record: dict) -> str:
 
 
 def comparisons(records: list[dict], baseline: str = "magnitude", *, n_boot: int = N_BOOT) -> list[dict]:
-    """One row per (setting, option): the summary, and the paired difference with ``baseline``
-    (the option whose method is ``baseline`` in the same setting) and with the dense model."""
+    """One row per (setting, option): the summary, the dense WER, and the paired difference with
+    ``baseline`` (the run of that method in the same setting, at the same allocation when there is
+    one, else at uniform allocation)."""
     rows = []
     by_group = groups(records)
     dense = {(g[0], g[1], g[2], g[3]): rs for g, rs in by_group.items() if g[6] == "dense"}
     for g, rs in by_group.items():
         if g[6] == "dense":
             continue
-        base = [v for k, v in by_group.items() if k[:6] == g[:6] and k[6] == baseline and k != g]
+        if g[6] == baseline:
+            base = []
+        else:  # the baseline at the same allocation when there is one, else at uniform allocation
+            same = {k[8]: v for k, v in by_group.items() if k[:6] == g[:6] and k[6] == baseline}
+            base = [same[a] for a in (g[8], "uniform") if a in same][:1]
         row = dict(setting=g[:6], model=g[0], data=g[1], decoding=g[3], scope=g[4], sparsity=g[5],
                    option=option_label(rs[0]), method=g[6], records=rs, summary=summarize(rs, n_boot=n_boot))
         if base:

@@ -409,7 +409,7 @@ def write_results(path: Path, study: Study, records: list[dict]) -> None:
     payload = dict(
         study=study.name,
         description=study.description,
-        source=study.source and Path(study.source).as_posix(),
+        source=_relative(study.source),
         spec=study.spec,
         n_runs=len(study.runs),
         n_done=sum(1 for r in records if r["key"] in {run.key for run in study.runs}),
@@ -424,6 +424,17 @@ def write_results(path: Path, study: Study, records: list[dict]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _relative(path: str | None) -> str | None:
+    """``path`` relative to the working folder when it lies below it (no machine paths in results)."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return p.name
 
 
 def run_study(study: Study, out: str | Path, *, rerun: bool = False, device: str | None = None,
@@ -561,3 +572,90 @@ def _with_recipe(study: Study, recipe: str) -> Study:
     new = parse_study(spec, where=study.source or study.name)
     new.source = study.source
     return new
+
+
+# --- figures and summaries for the book -----------------------------------------------------------
+
+def study_status(saved: dict) -> str:
+    """One line of provenance: what the file is, how complete, when and with which versions."""
+    records = saved["records"]
+    n_runs = saved.get("n_runs", len(records))
+    dates = sorted(r["date"] for r in records)
+    versions = sorted({f"speechprune {r['versions']['speechprune']}, torch {r['versions']['torch']}, "
+                       f"transformers {r['versions']['transformers']}" for r in records})
+    complete = "complete" if len(records) >= n_runs else f"PARTIAL: {len(records)} of {n_runs} runs saved so far"
+    converted = any(r.get("converted_from") for r in records)
+    return (f"{saved.get('study')} ({complete}): {saved.get('description', '')}. Measured "
+            f"{dates[0][:16]} to {dates[-1][:16]} UTC" + (f" with {'; '.join(versions)}" if versions else "")
+            + (" (converted from an older results file)" if converted else "")
+            + (f"; study file {saved['source']}" if saved.get("source") else "") + ".") if records else \
+        f"{saved.get('study')}: no runs saved yet."
+
+
+def plot_records(records: list[dict], *, title: str | None = None):
+    """One panel per setting: a dot per seed and a box per option, magnitude as a single run, dense as a line."""
+    import matplotlib.pyplot as plt
+
+    from speechprune.stats import groups, setting_key
+
+    by_setting: dict[tuple, dict[str, list[dict]]] = {}
+    dense: dict[tuple, float] = {}
+    for g, rs in groups(records).items():
+        r0 = rs[0]
+        if r0["method"] == "dense":
+            dense[(r0["model"], r0["data"], r0.get("max_samples"), r0["decoding"])] = r0["wer"]
+            continue
+        by_setting.setdefault(setting_key(r0), {})[r0.get("label") or r0["method"]] = rs
+    if not by_setting:
+        return None
+    fig, axes = plt.subplots(1, len(by_setting), figsize=(3.6 * len(by_setting) + 0.6, 3.8), squeeze=False)
+    for ax, (setting, options) in zip(axes[0], sorted(by_setting.items(), key=str)):
+        names = sorted(options, key=lambda n: (not n.startswith("magnitude"), n))
+        for i, name in enumerate(names):
+            wers = [r["wer"] for r in options[name]]
+            colour = "#d1495b" if name.startswith("magnitude") else "#2a7ab9"
+            if len(wers) > 1:
+                ax.boxplot([wers], positions=[i], widths=0.5, showfliers=False,
+                           medianprops=dict(color=colour), boxprops=dict(color="#777777"))
+                ax.scatter([i] * len(wers), wers, color=colour, s=18, zorder=3)
+            else:
+                ax.scatter([i], wers, color=colour, marker="D", s=30, zorder=3)
+                ax.annotate("single run", (i, wers[0]), textcoords="offset points", xytext=(0, 6),
+                            ha="center", fontsize=7)
+        key = setting[:3] + (setting[3],)
+        if key in dense:
+            ax.axhline(dense[key], color="black", linestyle="--", linewidth=1, label=f"dense {dense[key]:.1f}%")
+            ax.legend(fontsize=7, loc="upper right")
+        ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=7)
+        n_seeds = max(len(v) for v in options.values())
+        ax.set_title(f"{setting[0].removeprefix('embedded:')}, {setting[4]} {setting[5]:.0%}\n"
+                     f"{setting[1]}, {setting[3]}, {n_seeds} seed{'s' if n_seeds > 1 else ''}", fontsize=8)
+        ax.set_ylabel("WER (%)")
+        ax.set_ylim(bottom=0)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_table(records: list[dict], n_boot: int = 2000):
+    """A pandas table: per setting and option, WER over seeds, the interval and the comparison sentence."""
+    import pandas as pd
+
+    from speechprune.stats import comparisons
+
+    rows = []
+    for r in sorted(comparisons(records, n_boot=n_boot),
+                    key=lambda r: (str(r["setting"]), r["method"] != "magnitude", r["option"])):
+        s = r["summary"]
+        rows.append({
+            "setting": f"{r['model'].removeprefix('embedded:')}, {r['scope']} {r['sparsity']:.0%}, {r['data']}, "
+                       f"{r['decoding']}" + (f" (dense {r['dense']:.2f}%)" if "dense" in r else ""),
+            "option": r["option"],
+            "seeds": s.n_seeds,
+            "median WER (%)": round(s.median, 2),
+            "range": f"{s.low:.2f}-{s.high:.2f}" if s.n_seeds > 1 else "single run",
+            "95% interval": f"[{s.interval[0]:.1f}, {s.interval[1]:.1f}]",
+            "versus magnitude": r.get("sentence", ""),
+        })
+    return pd.DataFrame(rows).set_index(["setting", "option"]) if rows else pd.DataFrame()
