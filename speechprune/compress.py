@@ -109,7 +109,7 @@ def check_sparsity(sparsity: float) -> float:
 def compress(
     model: nn.Module,
     *,
-    method: str = "cluster",
+    method: str | None = None,
     sparsity: float = 0.2,
     scope: str = "ffn",
     allocation: str | None = None,
@@ -131,7 +131,9 @@ def compress(
     ``recipe`` (:mod:`speechprune.recipes`, default ``paper``) fills in every one of these
     options left as None. Everything is checked before the first layer changes.
     """
-    chosen = resolve(recipe, allocation=allocation, features=features, weighting=weighting, merge=merge_rule)
+    chosen = resolve(recipe, method=method, allocation=allocation, features=features, weighting=weighting,
+                     merge=merge_rule)
+    method = chosen["method"]
     allocation, features, weighting, merge_rule = (chosen["allocation"], chosen["features"], chosen["weighting"],
                                                    chosen["merge"])
     family = model_family(model)
@@ -166,9 +168,9 @@ def compress(
     bar.close()
     report = CompressionReport(family, method, sparsity, list(parts), allocation, seed, params_before,
                                count_parameters(model), time.perf_counter() - start, reports,
-                               features if method == "cluster" else "producer",
-                               merge_rule if method == "cluster" else "none",
-                               weighting if method == "cluster" else "none")
+                               features if method != "magnitude" else "producer",
+                               merge_rule if method != "magnitude" else "none",
+                               weighting if method != "magnitude" else "none")
     record_widths(model, {k: v for k, v in report.to_dict().items() if k != "units"})
     return report
 
@@ -187,7 +189,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="prune a model's channels and save it as a folder",
                        description="Compress MODEL by channel clustering or magnitude pruning and save it to --out.")
     p.add_argument("model", help="local Hugging Face folder, embedded:whisper-base / embedded:whisper-tiny.en, or a hub id")
-    p.add_argument("--method", choices=METHODS, default="cluster")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="cluster (k-means, the paper), magnitude (the baseline) or pairs (closest pairs first, "
+                        "no seed); default: the recipe's (paper: cluster)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of channels removed in the scope, in [0, 1)")
     p.add_argument("--scope", default="ffn",
                    help="comma-separated parts: encoder.ffn, encoder.attention, decoder.ffn, decoder.attention, "

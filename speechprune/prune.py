@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 
 from speechprune.errors import SpeechPruneError, check_choice
-from speechprune.kmeans import kmeans
+from speechprune.kmeans import closest_pairs, kmeans
 from speechprune.structure import Unit
 
-METHODS = ("cluster", "magnitude")
+METHODS = ("cluster", "magnitude", "pairs")  # pairs: closest pairs first, no seed (kmeans.closest_pairs)
 
 
 @dataclass
@@ -158,6 +158,10 @@ def assign(unit: Unit, k: int, method: str, **cluster_options) -> Assignment:
     check_choice("method", method, METHODS)
     if method == "cluster":
         return assign_cluster(unit, k, **cluster_options)
+    if method == "pairs":
+        x = channel_features(unit, cluster_options.get("features", "both"))
+        result = closest_pairs(x, k, sample_weight=channel_weights(unit, cluster_options.get("weighting", "none")))
+        return Assignment(_canonical(result.labels, k), k, float(result.inertia))
     return assign_magnitude(unit, k)
 
 

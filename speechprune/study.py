@@ -32,6 +32,7 @@ from typing import Any, Iterable
 from speechprune.errors import SpeechPruneError
 
 DECODINGS = ("greedy", "fallback")
+SEEDLESS = ("magnitude", "pairs")  # methods without a k-means seed: one run per setting
 RECORD_FORMAT = 1
 
 # the settings that make a run; the key of a record is a hash of these
@@ -92,11 +93,15 @@ def make_run(model: str, data: str, *, method: str = "dense", scope: str | None 
              label: str = "", recipe: str | None = None) -> Run:
     """A :class:`Run` with the fields that do not apply to ``method`` set to None.
 
-    Magnitude pruning has no k-means: no seed, features, merge rule or weighting. The dense
-    model has no compression at all.
+    Magnitude pruning has no k-means: no seed, features, merge rule or weighting; ``pairs``
+    (closest pairs first) has no seed. The dense model has no compression at all.
     """
     if method == "dense":
         return Run(model, data, max_samples, decoding=decoding, batch_size=batch_size, label=label or "dense")
+    if method == "pairs":  # no seed: closest pairs first is deterministic
+        return Run(model, data, max_samples, scope, float(sparsity), method, features, allocation, merge, weighting,
+                   None, decoding, batch_size, label or _label(method, allocation, features, merge, weighting),
+                   recipe)
     if method == "magnitude":
         return Run(model, data, max_samples, scope, float(sparsity), method, None, allocation, None, None, None,
                    decoding, batch_size, label or _label(method, allocation, features, merge, weighting), recipe)
@@ -108,7 +113,7 @@ def make_run(model: str, data: str, *, method: str = "dense", scope: str | None 
 def _label(method: str, allocation: str, features: str, merge: str, weighting: str) -> str:
     """``cluster``, ``magnitude variance``, ``cluster producer projection``: what differs from the defaults."""
     parts = [method] + ([allocation] if allocation != "uniform" else [])
-    if method == "cluster":
+    if method != "magnitude":
         parts += [x for x, default in ((features, "both"), (merge, "mean"), (weighting, "none")) if x != default]
     return " ".join(parts)
 
@@ -340,7 +345,7 @@ def parse_study(spec: dict, where: str = "study") -> Study:
                 for scope, sparsity, setting_models in settings:
                     for model in setting_models:
                         for opt, label, recipe in options:
-                            if opt["method"] == "magnitude" and s_index > 0:
+                            if opt["method"] in SEEDLESS and s_index > 0:
                                 continue
                             add(make_run(model, d, scope=scope, sparsity=sparsity, seed=seed, decoding=decoding,
                                          batch_size=batch_size, max_samples=max_samples, label=label,
