@@ -2,8 +2,9 @@
 
 A recipe fills in the clustering options (features, allocation, merge, weighting); any option
 given explicitly overrides it. ``paper`` is our reading of the paper (producer rows, biases and
-consumer columns; uniform allocation; mean merge). ``recommended`` is the recipe chosen by the
-rule in ``studies/README.md`` from the screening study saved beside it.
+consumer columns; uniform allocation; mean merge). ``recommended`` is the recipe that the rule
+in ``studies/README.md`` picks from the screening and final studies; until those studies have
+run it is the paper's recipe, so that ``--recipe recommended`` never claims more than was measured.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from speechprune.errors import check_choice
 
 RECIPES_OPTIONS: dict[str, dict[str, str]] = {
     "paper": dict(method="cluster", features="both", allocation="uniform", merge="mean", weighting="none"),
-    # provisional until the screening (studies/README.md) picks one
+    # the paper's until the rule in studies/README.md picks another from saved studies
     "recommended": dict(method="cluster", features="both", allocation="uniform", merge="mean", weighting="none"),
 }
 RECIPES = tuple(RECIPES_OPTIONS)
