@@ -442,11 +442,29 @@ def _relative(path: str | None) -> str | None:
         return p.name
 
 
-def run_study(study: Study, out: str | Path, *, rerun: bool = False, device: str | None = None,
+def reusable_records(out: Path, keys: set[str]) -> dict[str, dict]:
+    """Sound records with one of ``keys`` in the other study files beside ``out`` (same settings, same key)."""
+    found: dict[str, dict] = {}
+    for path in sorted(out.parent.glob("*.json")) if out.parent.is_dir() else []:
+        if path == out or not keys - set(found):
+            continue
+        try:
+            records = json.loads(path.read_text(encoding="utf-8")).get("records", [])
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue
+        for r in records:
+            if isinstance(r, dict) and r.get("key") in keys and r["key"] not in found and check_record(r) is None:
+                found[r["key"]] = dict(r, reused_from=r.get("reused_from") or path.name)
+    return found
+
+
+def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool = True, device: str | None = None,
               progress: bool = True, limit: int | None = None, log=print) -> list[dict]:
     """Run every run of ``study`` that ``out`` does not hold yet; returns the study's records.
 
-    Records of other runs already in ``out`` are kept. ``limit`` stops after that many new runs.
+    Records of other runs already in ``out`` are kept. With ``reuse``, a run already measured by
+    another study in the same folder (same settings, so the same key) is copied, not measured
+    again. ``limit`` stops after that many new runs.
     """
     import torch
     from tqdm.auto import tqdm
@@ -479,6 +497,12 @@ def run_study(study: Study, out: str | Path, *, rerun: bool = False, device: str
         log(f"warning: {line}")
     if rerun:
         saved = {k: v for k, v in saved.items() if k not in {r.key for r in study.runs}}
+    elif reuse:
+        found = reusable_records(out, {r.key for r in study.runs} - set(saved))
+        if found:
+            log(f"{len(found)} runs reused from other studies in {out.parent}")
+            saved.update(found)
+            write_results(out, study, list(saved.values()))
     records = list(saved.values())
     todo = [r for r in study.runs if r.key not in saved]
     if limit is not None:
@@ -531,6 +555,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", help="a study file, e.g. studies/whisper-base-full.toml")
     p.add_argument("--out", default=None, help="results file (default: results/studies/<name>.json)")
     p.add_argument("--rerun", action="store_true", help="measure every run again, even those already saved")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="do not copy runs with the same settings from the other study files beside --out")
     p.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
     p.add_argument("--recipe", default=None, help="replace every cluster option by this recipe (paper, recommended)")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
@@ -552,7 +578,8 @@ def _run_cli(args: argparse.Namespace) -> int:
         print(f"{len(study.runs)} runs, {sum(r.key in saved for r in study.runs)} saved in {out}")
         return 0
     try:
-        records = run_study(study, out, rerun=args.rerun, device=args.device, limit=args.limit)
+        records = run_study(study, out, rerun=args.rerun, reuse=not args.no_reuse, device=args.device,
+                            limit=args.limit)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished runs are saved in {out}; run the same command to resume",
               file=sys.stderr)

@@ -269,3 +269,21 @@ def test_real_study_reproduces_its_records(tmp_path):
     assert main(["study", str(path), "--out", str(out), "--rerun"]) == 0
     again = json.loads(out.read_text())["records"]
     assert [(r["key"], r["wer"], r["hypotheses"]) for r in again] == [(r["key"], r["wer"], r["hypotheses"]) for r in first]
+
+
+def test_runs_with_the_same_settings_are_reused_from_other_studies(fake, tmp_path):
+    execute, calls = fake
+    first = st.parse_study(spec(seeds=1))
+    st.run_study(first, tmp_path / "a.json", progress=False, log=lambda *_: None)
+    calls.clear()
+    second = st.parse_study(spec(name="b", seeds=2))
+    lines = []
+    st.run_study(second, tmp_path / "b.json", progress=False, log=lines.append)
+    assert [c.seed for c in calls] == [1, 1, 1, 1]
+    assert any("7 runs reused" in line for line in lines)
+    saved = json.loads((tmp_path / "b.json").read_text())["records"]
+    assert sum(r.get("reused_from") == "a.json" for r in saved) == 7
+    calls.clear()
+    st.run_study(st.parse_study(spec(name="c", seeds=1)), tmp_path / "c.json", progress=False, reuse=False,
+                 log=lambda *_: None)
+    assert len(calls) == 7
