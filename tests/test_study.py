@@ -213,6 +213,9 @@ def test_cli_dry_run_lists_runs(tmp_path, capsys):
     assert main(["study", str(path), "--dry-run", "--out", str(tmp_path / "o.json")]) == 0
     out = capsys.readouterr().out
     assert "4 runs, 0 saved" in out
+    assert main(["study", str(path), "--dry-run", "--recipe", "recommended", "--out", str(tmp_path / "o.json")]) == 0
+    out = capsys.readouterr().out
+    assert "cluster (recommended) seed 1" in out and "magnitude" in out
     path.write_text('name = "s"\nmodel = ["m"]\n')
     assert main(["study", str(path)]) == 2
     assert "unknown key 'model'" in capsys.readouterr().err
