@@ -161,14 +161,15 @@ def sentence(d: Difference, a: str = "A", b: str = "B", **rules) -> str:
     difference −41.0 points [−55.0, −30.0]"; says the data cannot decide when they cannot."""
     lo, hi = d.interval
     numbers = f"median difference {_points(d.median)} points [{_points(lo)}, {_points(hi)}]"
-    seeds = f"in {d.lower} of {d.n_seeds} seeds" if d.seeded else "on the same utterances"
+    plural = "s" if d.n_seeds != 1 else ""
+    seeds = f"in {d.lower} of {d.n_seeds} seed{plural}" if d.seeded else "on the same utterances"
     why = undecided_reason(d, **rules)
     if why:
         return (f"the data cannot decide between {a} and {b}: {why}; {a} is lower {seeds}"
                 if d.seeded else f"the data cannot decide between {a} and {b}: {why}") + f", {numbers}"
     if d.median < 0:
         return f"{a} is lower than {b} {seeds}, {numbers}"
-    higher = f"in {d.n_seeds - d.lower} of {d.n_seeds} seeds" if d.seeded else "on the same utterances"
+    higher = f"in {d.n_seeds - d.lower} of {d.n_seeds} seed{plural}" if d.seeded else "on the same utterances"
     return f"{a} is higher than {b} {higher}, {numbers}"
 
 
