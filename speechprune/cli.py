@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "speechprune.evaluate",
     "speechprune.finetune",
     "speechprune.experiment",
+    "speechprune.study",
 )
 
 from speechprune.errors import SpeechPruneError, SpeechPruneWarning

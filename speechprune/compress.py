@@ -30,6 +30,7 @@ from speechprune.models import load_model
 from speechprune.prune import FEATURES, MERGES, WEIGHTINGS, assign_cluster, merge
 from speechprune.structure import (PARTS, Unit, count_parameters, iter_units, model_family, parse_scope,
                                    record_widths, units_in_scope)
+from speechprune.recipes import RECIPES, resolve
 
 
 @dataclass
@@ -186,18 +187,19 @@ def _check_keep(model: nn.Module, keep: dict[str, int], scope: str | None) -> li
 def compress(
     model: nn.Module,
     *,
-    method: str | Callable = "cluster",
+    method: str | Callable | None = None,
     sparsity: float | None = None,
     scope: str | None = None,
-    allocation: str = "uniform",
+    allocation: str | None = None,
     keep: dict[str, int] | None = None,
     seed: int = 0,
     max_iter: int = 100,
     n_init: int = 1,
-    features: str = "both",
-    weighting: str = "none",
-    merge_rule: str = "mean",
+    features: str | None = None,
+    weighting: str | None = None,
+    merge_rule: str | None = None,
     progress: bool = True,
+    recipe: str | None = None,
 ) -> CompressionReport:
     """Prune ``model`` in place and return what was done.
 
@@ -212,17 +214,18 @@ def compress(
     ----------
     model : transformers model
         A supported speech model (see ``speechprune.structure.FAMILIES``), changed in place.
-    method : str or callable, default "cluster"
-        A registered method name (``"cluster"``, ``"magnitude"``, a plug-in's) or a callable
+    method : str or callable, optional
+        A registered method name (``"cluster"``, ``"magnitude"``, ``"pairs"``, a plug-in's) or a callable
         ``fn(unit, k, **options)`` returning the new channel of each old channel (-1 drops
-        it); see :func:`speechprune.register_method`.
+        it); see :func:`speechprune.register_method`. Default: the recipe's (``cluster``).
     sparsity : float, default 0.2
         Fraction of channels removed in ``scope``, in [0, 1). Not with ``keep``.
     scope : str, default "ffn"
         Comma-separated parts: ``encoder.ffn``, ``encoder.attention``, ``decoder.ffn``,
         ``decoder.attention``, or ``encoder``, ``decoder``, ``ffn``, ``attention``, ``all``.
-    allocation : {"uniform", "variance", "cost"}, default "uniform"
-        How the budget is spread over layers (see :func:`speechprune.allocate`).
+    allocation : {"uniform", "variance", "cost"}, optional
+        How the budget is spread over layers (see :func:`speechprune.allocate`); default: the
+        recipe's (``uniform``).
     keep : dict, optional
         An explicit budget ``{unit name: channels to keep}`` (what ``allocate`` returns);
         only the named units change, and ``sparsity`` and ``allocation`` do not apply.
@@ -232,14 +235,18 @@ def compress(
         k-means iterations at most.
     n_init : int, default 1
         k-means restarts; the run with the lowest inertia is kept.
-    features : {"both", "producer", "normalized"}, default "both"
+    features : {"both", "producer", "normalized"}, optional
         What k-means compares (see :func:`speechprune.prune.channel_features`).
-    weighting : {"none", "consumer"}, default "none"
+    weighting : {"none", "consumer"}, optional
         The k-means weight of each channel.
-    merge_rule : {"mean", "weighted", "projection"}, default "mean"
+    merge_rule : {"mean", "weighted", "projection"}, optional
         How a new channel's producer combines its members' (see :func:`speechprune.prune.merge`).
     progress : bool, default True
         Show a progress bar.
+    recipe : {"paper", "recommended"}, optional
+        A named set of the clustering options (:mod:`speechprune.recipes`, default ``paper``:
+        ``cluster``, ``both``, ``uniform``, ``mean``, ``none``); every option given explicitly
+        overrides it.
 
     Returns
     -------
@@ -278,6 +285,11 @@ def compress(
     >>> [(u.name, u.channels_after) for u in report.units]
     [('decoder.layers.1.ffn', 10)]
     """
+    chosen = resolve(recipe, method=method, allocation=allocation, features=features, weighting=weighting,
+                     merge=merge_rule)
+    method = chosen["method"]
+    allocation, features, weighting, merge_rule = (chosen["allocation"], chosen["features"], chosen["weighting"],
+                                                   chosen["merge"])
     family = model_family(model)
     chosen = get_method(method)
     check_choice("merge rule", merge_rule, MERGES)
@@ -352,20 +364,24 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         load_entry_points()
     for name, why in entry_point_errors.items():  # a broken plug-in is named; the others stay usable
         print(f"speechprune: method plug-in {name!r} was not loaded: {why}", file=sys.stderr)
-    p.add_argument("--method", choices=available_methods(), default="cluster",
-                   help="assignment method: cluster, magnitude, or one a plug-in registered "
-                        "(entry point group speechprune.methods)")
+    p.add_argument("--method", choices=available_methods(), default=None,
+                   help="assignment method: cluster (k-means, the paper), magnitude (the baseline), pairs (closest "
+                        "pairs first, no seed), or one a plug-in registered (entry point group speechprune.methods); "
+                        "default: the recipe's (paper: cluster)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of channels removed in the scope, in [0, 1)")
     p.add_argument("--scope", default="ffn",
                    help="comma-separated parts: encoder.ffn, encoder.attention, decoder.ffn, decoder.attention, "
                         "or encoder, decoder, ffn, attention, all (default: ffn)")
-    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform", help="how the budget is spread over layers")
-    p.add_argument("--features", choices=FEATURES, default="both",
+    p.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="a named set of the options below (default: paper); options given explicitly override it")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
+                   help="how the budget is spread over layers (paper recipe: uniform)")
+    p.add_argument("--features", choices=FEATURES, default=None,
                    help="what k-means compares: both = producer rows + consumer columns (the paper), producer, "
                         "or normalized = producer rows as they act on the LayerNorm-normalised input")
-    p.add_argument("--weighting", choices=WEIGHTINGS, default="none",
+    p.add_argument("--weighting", choices=WEIGHTINGS, default=None,
                    help="k-means weight of a channel: none, or consumer = its consumer column's squared norm")
-    p.add_argument("--merge", choices=MERGES, default="mean", dest="merge_rule",
+    p.add_argument("--merge", choices=MERGES, default=None, dest="merge_rule",
                    help="how a cluster's producers combine: mean (the paper), weighted (by consumer norm) "
                         "or projection (first-order optimal)")
     p.add_argument("--seed", type=int, default=0)
@@ -388,7 +404,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     model, processor = load_model(args.model, device=device)
     report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
                       allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
-                      features=args.features, weighting=args.weighting, merge_rule=args.merge_rule)
+                      features=args.features, weighting=args.weighting, merge_rule=args.merge_rule,
+                      recipe=args.recipe)
     command = command_line(report.to_dict(), model=args.model, out=args.out)
     if command and args.max_iter != 100:
         command += f" --max-iter {args.max_iter}"

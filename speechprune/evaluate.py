@@ -29,7 +29,7 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 import speechprune
 from speechprune.data import SAMPLE_RATE, SpeechSet, load_speech
-from speechprune.errors import SpeechPruneError, check_device, warn
+from speechprune.errors import SpeechPruneError, check_choice, check_device, warn
 from speechprune.hub import add_evaluation
 from speechprune.models import english_generate_kwargs, english_spelling_map, load_model
 from speechprune.outputs import check_writable
@@ -38,6 +38,11 @@ from speechprune.structure import model_family
 WHISPER_SECONDS = 30.0
 TOKENS_PER_SECOND = 8
 MAX_WHISPER_NEW_TOKENS = 440  # Whisper's 448 positions less the 4-token prompt and a margin
+DECODINGS = ("greedy", "fallback")
+# Whisper's temperature fallback (as in openai-whisper's transcribe): decode greedily, and decode
+# again at the next temperature when the text compresses too well (a loop) or is too unlikely.
+FALLBACK = dict(temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), compression_ratio_threshold=2.4,
+                logprob_threshold=-1.0)
 
 
 def english_normalizer(tokenizer=None) -> EnglishTextNormalizer:
@@ -112,13 +117,18 @@ def max_new_tokens(seconds: float) -> int:
     return min(MAX_WHISPER_NEW_TOKENS, math.ceil(TOKENS_PER_SECOND * seconds) + 16)
 
 
-def decoding_settings(model: torch.nn.Module, batch_size: int) -> dict:
+def decoding_settings(model: torch.nn.Module, batch_size: int, decoding: str = "greedy") -> dict:
     """The decoding choices that a WER depends on, for the result record."""
     if decoding_kind(model) == "ctc":
         return dict(method="greedy CTC: argmax per frame, collapse repeats, drop blanks", batch_size=batch_size)
     kwargs = english_generate_kwargs(model)
+    fallback = dict(decoding="fallback", **{k: list(v) if isinstance(v, tuple) else v for k, v in FALLBACK.items()},
+                    sampling_seed=0)
     return dict(
-        method="greedy generate (num_beams=1, no sampling)",
+        method="greedy generate (num_beams=1, no sampling)" if decoding == "greedy" else
+        "greedy generate with Whisper's temperature fallback (sampling at the next temperature when the "
+        "compression ratio exceeds 2.4 or the mean log-probability is below -1.0)",
+        **(fallback if decoding == "fallback" else dict(decoding="greedy")),
         language=kwargs.get("language"),
         task=kwargs.get("task"),
         timestamps=kwargs["return_timestamps"],
@@ -175,19 +185,25 @@ def _transcribe_long(model, processor, audios: list[np.ndarray], device: torch.d
 
 @torch.inference_mode()
 def _transcribe_whisper(model, processor, audios: list[np.ndarray], device: torch.device,
-                        long_form: bool = False) -> list[str]:
+                        long_form: bool = False, decoding: str = "greedy") -> list[str]:
     if long_form and max(len(a) for a in audios) > processor.feature_extractor.n_samples:
         return _transcribe_long(model, processor, audios, device)
-    features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                                           return_attention_mask=decoding == "fallback")
     input_features = features.input_features.to(device=device, dtype=_model_dtype(model))
     longest = min(max(len(a) for a in audios) / SAMPLE_RATE, whisper_window(processor))  # the rest is cut
+    extra = {}
+    if decoding == "fallback":
+        torch.manual_seed(0)  # the sampled retries are reproducible
+        extra = dict(FALLBACK, attention_mask=features.attention_mask.to(device))
     ids = model.generate(input_features, num_beams=1, do_sample=False, max_new_tokens=_token_budget(model, longest),
-                         **english_generate_kwargs(model))
+                         **english_generate_kwargs(model), **extra)
     return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
 def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], *, batch_size: int = 8,
-               device: str | torch.device | None = None, progress: bool = True, long_form: bool = False) -> list[str]:
+               device: str | torch.device | None = None, progress: bool = True, long_form: bool = False,
+               decoding: str = "greedy") -> list[str]:
     """Greedy transcripts of 16 kHz mono float32 clips, in input order.
 
     Clips are batched by length (less padding); ``device`` moves the model there (default: where
@@ -200,11 +216,12 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
         raise SpeechPruneError("no processor: the model folder holds weights only; save its processor beside it")
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise SpeechPruneError(f"expected a processor with a feature extractor and a tokenizer, got {type(processor).__name__}")
+    check_choice("decoding", decoding, DECODINGS)
     if decoding_kind(model) == "ctc":
-        decode = _transcribe_ctc
+        decode = _transcribe_ctc  # CTC has no fallback: argmax is its only decoding
     else:
         def decode(model, processor, batch, device):
-            return _transcribe_whisper(model, processor, batch, device, long_form=long_form)
+            return _transcribe_whisper(model, processor, batch, device, long_form=long_form, decoding=decoding)
     if device is not None:
         model.to(device)
     device = _model_device(model)
@@ -222,10 +239,12 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
 
 def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size: int = 8,
              device: str | torch.device | None = None, max_samples: int | None = None,
-             progress: bool = True, label: str | None = None, long_form: bool = False) -> dict:
-    """Transcribe ``speech`` greedily and score it; returns a JSON-ready record (WER in percent).
+             progress: bool = True, label: str | None = None, long_form: bool = False,
+             decoding: str = "greedy") -> dict:
+    """Transcribe ``speech`` and score it; returns a JSON-ready record (WER in percent).
 
-    CTC models decode by argmax and collapse; Whisper by greedy ``generate`` in English
+    CTC models decode by argmax and collapse; Whisper by greedy ``generate`` (or Whisper's
+    temperature fallback, ``decoding="fallback"``) in English
     without timestamps; Whisper clips longer than its 30 s window are cut to it, with a warning
     giving the count, unless ``long_form`` (sequential long-form decoding), and the record says
     which. Both sides are normalised with Whisper's English normaliser and the
@@ -253,6 +272,10 @@ def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size
     long_form : bool, default False
         Whisper only: transcribe clips longer than 30 s whole, with transformers' sequential
         long-form generation, instead of cutting them to the window.
+    decoding : {"greedy", "fallback"}, default "greedy"
+        ``greedy`` is the paper's protocol; ``fallback`` is Whisper's temperature fallback
+        (compression-ratio threshold 2.4, log-probability threshold -1.0), which separates what
+        pruning removed from loops in decoding. CTC models always decode greedily.
 
     Returns
     -------
@@ -293,7 +316,7 @@ def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size
     normalizer = english_normalizer(getattr(processor, "tokenizer", None))
     started = time.perf_counter()
     hyps = transcribe(model, processor, [u.audio for u in utterances], batch_size=batch_size,
-                      device=device, progress=progress, long_form=long_form)
+                      device=device, progress=progress, long_form=long_form, decoding=decoding)
     decode_seconds = time.perf_counter() - started
     refs = [u.text for u in utterances]
     scores = wer_details(refs, hyps, normalizer=normalizer)
@@ -301,7 +324,7 @@ def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size
     data = dict(speech.provenance)
     if len(utterances) < len(speech):
         data.update(max_samples=max_samples, count=len(utterances), hours=round(audio_seconds / 3600, 4))
-    settings = decoding_settings(model, batch_size)
+    settings = decoding_settings(model, batch_size, decoding)
     if whisper:
         settings["clips_over_30s"] = over  # over the window: 30 s for real checkpoints
         settings["long_form"] = bool(long_form)
@@ -378,7 +401,7 @@ def _run(args: argparse.Namespace) -> int:
     speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
     model, processor = load_model(args.model, device=device)
     record = evaluate(model, processor, speech, batch_size=args.batch_size, device=device,
-                      label=args.model, long_form=args.long_form)
+                      label=args.model, long_form=args.long_form, decoding=args.decoding)
     print(summary(record))
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -416,6 +439,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--card", action="store_true",
                         help="also record the WER in MODEL's model card (README.md of a folder saved by speechprune)")
+    parser.add_argument("--decoding", choices=DECODINGS, default="greedy",
+                        help="greedy (default, the paper's protocol) or fallback: Whisper's temperature fallback "
+                             "(compression ratio 2.4, log-probability -1.0)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="write the record here (an existing file is replaced)")
     parser.add_argument("--long-form", action="store_true",

@@ -8,7 +8,6 @@ results file (every WER with its model, data and settings) and a figure.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -16,9 +15,11 @@ from pathlib import Path
 import torch
 
 from speechprune.allocation import ALLOCATIONS
-from speechprune.compress import check_sparsity, compress
-from speechprune.device import default_device
+from speechprune.compress import check_sparsity
+from speechprune.errors import check_choice, check_device
+from speechprune.evaluate import DECODINGS
 from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS
+from speechprune.recipes import RECIPES, resolve
 
 DEFAULT_MODEL = "embedded:whisper-base"
 DEFAULT_DATA = "embedded"
@@ -31,7 +32,7 @@ def run_comparison(
     sparsity: float = 0.2,
     scope: str = "encoder.ffn",
     allocations: tuple[str, ...] = ("uniform",),
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = ("cluster", "magnitude"),
     merge_rules: tuple[str, ...] = ("mean",),
     feature_sets: tuple[str, ...] = ("both",),
     weighting: str = "none",
@@ -39,39 +40,38 @@ def run_comparison(
     batch_size: int = 8,
     device: str | None = None,
     seed: int = 0,
+    decoding: str = "greedy",
     progress: bool = True,
 ) -> dict:
     """Evaluate the dense model and every (allocation, method, features, merge rule) pruned copy.
 
-    Feature sets, the weighting and merge rules apply to ``cluster`` only (magnitude keeps
-    single channels, ranked by producer norm). Returns the
-    records of :func:`speechprune.evaluate.evaluate`, each with its compression report.
+    A preset of the study runner (:func:`speechprune.study.execute`) at one k-means seed: every
+    record is a single run. Feature sets, the weighting and merge rules apply to ``cluster``
+    only (magnitude keeps single channels, ranked by producer norm). Returns the records of
+    :func:`speechprune.evaluate.evaluate`, each with its compression report.
     """
     from speechprune.data import load_speech
-    from speechprune.evaluate import evaluate
     from speechprune.models import load_model
+    from speechprune.study import execute, make_run
 
     check_sparsity(sparsity)
-    device = default_device(device)
+    check_choice("decoding", decoding, DECODINGS)
+    for kind, values, choices in (("allocation", allocations, ALLOCATIONS), ("method", methods, METHODS),
+                                  ("merge rule", merge_rules, MERGES), ("feature set", feature_sets, FEATURES)):
+        for value in values:
+            check_choice(kind, value, choices)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    device = check_device(device)
     speech = load_speech(data, max_samples=max_samples)
     dense, processor = load_model(model, device=device)
-    records = [evaluate(dense, processor, speech, batch_size=batch_size, device=device,
-                        progress=progress, label="dense")]
-    records[0].update(label="dense", compression=None)
-    variants = [(a, m, f, r) for a in allocations for m in methods
-                for f in (feature_sets if m == "cluster" else ("both",))
-                for r in (merge_rules if m == "cluster" else ("mean",))]
-    for allocation, method, features, rule in variants:
-        pruned = copy.deepcopy(dense)
-        report = compress(pruned, method=method, sparsity=sparsity, scope=scope, allocation=allocation,
-                          features=features, weighting=weighting,
-                          merge_rule=rule, seed=seed, progress=progress)
-        label = _label(method, allocation, features, rule)
-        record = evaluate(pruned, processor, speech, batch_size=batch_size, device=device,
-                          progress=progress, label=label)
-        record.update(label=label, compression=report.to_dict())
-        records.append(record)
-        del pruned
+    common = dict(decoding=decoding, batch_size=batch_size, max_samples=max_samples)
+    runs = [make_run(model, data, **common)]
+    runs += [make_run(model, data, method=m, scope=scope, sparsity=sparsity, allocation=a, features=f, merge=r,
+                      weighting=weighting, seed=seed, label=_label(m, a, f, r), **common)
+             for a in allocations for m in methods
+             for f in (feature_sets if m != "magnitude" else ("both",))
+             for r in (merge_rules if m != "magnitude" else ("mean",))]
+    records = [execute(run, dense, processor, speech, device=device, progress=progress) for run in runs]
     return {
         "experiment": "method comparison at equal budget",
         "model": model,
@@ -79,6 +79,7 @@ def run_comparison(
         "sparsity": sparsity,
         "scope": scope,
         "seed": seed,
+        "decoding": decoding,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "records": records,
     }
@@ -129,12 +130,12 @@ def plot_comparison(result: dict, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     pruned = rows[1:]
     bars = ax.bar([r["model"] for r in pruned], [r["wer"] for r in pruned],
-                  color=["#2a7ab9" if r["model"].startswith("cluster") else "#d1495b" for r in pruned])
+                  color=["#d1495b" if r["model"].startswith("magnitude") else "#2a7ab9" for r in pruned])
     ax.bar_label(bars, fmt="%.1f%%")
     ax.set_ylim(0, 1.15 * max([r["wer"] for r in rows] + [1.0]))  # room for the labels
     ax.axhline(rows[0]["wer"], color="black", linestyle="--", linewidth=1, label=f"dense {rows[0]['wer']:.1f}%")
     ax.set_ylabel("WER (%)")
-    ax.set_title(f"{result['model']}, {result['scope']} at {result['sparsity']:.0%}, k-means seed {result['seed']}\n"
+    ax.set_title(f"{result['model']}, {result['scope']} at {result['sparsity']:.0%}, single run, k-means seed {result['seed']}\n"
                  f"{result['records'][0]['n_utterances']} utterances of {result['data']}", fontsize=10)
     ax.legend()
     fig.tight_layout()
@@ -150,12 +151,19 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=DEFAULT_DATA, help="embedded, embedded-full, an audiofolder, librispeech:test-clean ...")
     p.add_argument("--sparsity", type=float, default=0.2)
     p.add_argument("--scope", default="encoder.ffn")
-    p.add_argument("--allocations", default="uniform", help=f"comma-separated, from {', '.join(ALLOCATIONS)}")
-    p.add_argument("--merges", default="mean", help=f"comma-separated merge rules for cluster, from {', '.join(MERGES)}")
-    p.add_argument("--features", default="both,producer",
+    p.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="compare this recipe's clustering with magnitude; the options below, when given, override it "
+                        "(default: no recipe, the paper's features and producer features side by side)")
+    p.add_argument("--allocations", default=None, help=f"comma-separated, from {', '.join(ALLOCATIONS)} (default: uniform)")
+    p.add_argument("--merges", default=None,
+                   help=f"comma-separated merge rules for cluster, from {', '.join(MERGES)} (default: mean)")
+    p.add_argument("--features", default=None,
                    help=f"comma-separated feature sets for cluster, from {', '.join(FEATURES)} "
                         "(default: the paper's reading, both, and the producer rows alone)")
-    p.add_argument("--weighting", default="none", choices=WEIGHTINGS, help="k-means weight of each channel (cluster)")
+    p.add_argument("--weighting", default=None, choices=WEIGHTINGS,
+                   help="k-means weight of each channel (cluster; default: none)")
+    p.add_argument("--decoding", default="greedy", choices=DECODINGS,
+                   help="greedy (default, the paper's protocol) or fallback (Whisper's temperature fallback)")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None)
@@ -171,6 +179,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     from speechprune.outputs import check_output_dir, output_state, staged_output
 
     # everything that can be checked before loading data or a model
+    _apply_recipe(args)
     check_sparsity(args.sparsity)
     lists = {}
     for flag, kind, choices in (("allocations", "allocation", ALLOCATIONS), ("merges", "merge rule", MERGES),
@@ -190,7 +199,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     result = run_comparison(args.model, args.data, sparsity=args.sparsity, scope=args.scope,
                             allocations=lists["allocations"], merge_rules=lists["merges"],
                             feature_sets=lists["features"], weighting=args.weighting,
-                            max_samples=args.max_samples,
+                            max_samples=args.max_samples, decoding=args.decoding, methods=args.methods,
                             batch_size=args.batch_size, device=device, seed=args.seed)
     with staged_output(args.out, overwrite=args.overwrite, expect=expect, command="compare") as staging:
         (staging / "results.json").write_text(json.dumps(result, indent=2))
@@ -201,10 +210,25 @@ def _run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_recipe(args: argparse.Namespace) -> None:
+    """Fill the options left unset: from ``--recipe`` when given, else the defaults (both feature sets)."""
+    if args.recipe is None:
+        defaults = dict(allocations="uniform", merges="mean", features="both,producer", weighting="none")
+        args.methods = ("cluster", "magnitude")
+    else:
+        r = resolve(args.recipe)
+        defaults = dict(allocations=r["allocation"], merges=r["merge"], features=r["features"],
+                        weighting=r["weighting"])
+        args.methods = (r["method"], "magnitude")
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
 def _label(method: str, allocation: str, features: str, rule: str) -> str:
     """``cluster``, ``magnitude variance``, ``cluster producer projection``: what differs from the defaults."""
     parts = [method] + ([allocation] if allocation != "uniform" else [])
-    if method == "cluster":
+    if method != "magnitude":
         parts += [x for x, default in ((features, "both"), (rule, "mean")) if x != default]
     return " ".join(parts)
 

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 
 from speechprune.errors import SpeechPruneError
-from speechprune.prune import Assignment, assign_cluster, assign_magnitude, channel_features
+from speechprune.prune import Assignment, assign_cluster, assign_magnitude, assign_pairs, channel_features
 from speechprune.structure import Unit
 
 ENTRY_POINT_GROUP = "speechprune.methods"
@@ -141,7 +141,7 @@ def _magnitude(unit: Unit, k: int) -> Assignment:
 
 
 _REGISTRY: dict[str, Method] = {}
-_BUILTINS = ("cluster", "magnitude")
+_BUILTINS = ("cluster", "magnitude", "pairs")
 _entry_points_loaded = False
 #: entry point name -> why it could not be loaded, from the last :func:`load_entry_points`
 entry_point_errors: dict[str, str] = {}
@@ -297,3 +297,4 @@ def assign(unit: Unit, k: int, method: str | MethodFunction | Method = "cluster"
 
 register_method("cluster", assign_cluster)
 register_method("magnitude", _magnitude)
+register_method("pairs", assign_pairs)

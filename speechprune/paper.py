@@ -14,14 +14,12 @@ instead of repeating them. A full-scale run (the paper's model on LibriSpeech) c
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 import speechprune
 
@@ -163,8 +161,7 @@ def measure(model: str, data: str, *, method: str | None = None, sparsity: float
     """
     import torch
 
-    from speechprune.compress import compress
-    from speechprune.evaluate import evaluate
+    from speechprune.study import execute, make_run
 
     settings = dict(model=model, data=data, max_samples=max_samples, method=method,
                     sparsity=sparsity if method else 0.0, scope=scope if method else None,
@@ -177,16 +174,11 @@ def measure(model: str, data: str, *, method: str | None = None, sparsity: float
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dense, processor = dense_model(model, device)
-    speech = _speech(data, max_samples)
-    report = None
-    target = dense
-    if method:
-        target = copy.deepcopy(dense)
-        report = compress(target, method=method, sparsity=sparsity, scope=scope, allocation=allocation,
-                          seed=seed, features=features, progress=False)
     label = "dense" if not method else method if allocation == "uniform" else f"{method} ({allocation})"
-    record = evaluate(target, processor, speech, batch_size=batch_size, device=device, progress=False, label=label)
-    record.update(compression=report.to_dict() if report else None, settings=settings, build_id=build_id)
+    run = make_run(model, data, method=method or "dense", scope=scope, sparsity=sparsity, allocation=allocation,
+                   features=features, seed=seed, batch_size=batch_size, max_samples=max_samples, label=label)
+    record = execute(run, dense, processor, _speech(data, max_samples), device=device)
+    record.update(settings=settings, build_id=build_id)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))
@@ -242,34 +234,27 @@ def describe_comparison(recs: dict[str, dict]) -> str:
 
 # --- spread ----------------------------------------------------------------------------------
 
-def _errors_and_words(record: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _as_study_record(record: dict) -> dict:
+    """An evaluate record in the per-utterance form :mod:`speechprune.stats` reads."""
     rows = [u for u in record["utterances"] if u["errors"] is not None]
-    errors = np.array([u["errors"] for u in rows], dtype=float)
-    words = np.array([len(u["reference_normalized"].split()) for u in rows], dtype=float)
-    return errors, words, [u["id"] for u in rows]
-
-
-def _resample(n: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    seed = (record.get("compression") or {}).get("seed")
+    return dict(utterance_ids=[u["id"] for u in rows], utterance_errors=[u["errors"] for u in rows],
+                utterance_words=[len(u["reference_normalized"].split()) for u in rows], seed=seed)
 
 
 def wer_interval(record: dict, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval (over utterances) of a record's corpus WER, in percent."""
-    errors, words, _ = _errors_and_words(record)
-    idx = _resample(len(errors), n_boot, seed)
-    wers = 100.0 * errors[idx].sum(1) / words[idx].sum(1)
-    return float(np.percentile(wers, 2.5)), float(np.percentile(wers, 97.5))
+    """95% bootstrap interval (over utterances) of one run's corpus WER, in percent."""
+    from speechprune.stats import summarize
+
+    return summarize([_as_study_record(record)], n_boot=n_boot, seed=seed).interval
 
 
 def wer_difference(a: dict, b: dict, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """WER(a) - WER(b) in points with its 95% paired bootstrap interval; same utterances required."""
-    ea, wa, ida = _errors_and_words(a)
-    eb, _, idb = _errors_and_words(b)
-    if ida != idb:
-        raise ValueError("the two records were not measured on the same utterances")
-    idx = _resample(len(ea), n_boot, seed)
-    diffs = 100.0 * (ea[idx].sum(1) - eb[idx].sum(1)) / wa[idx].sum(1)
-    return float(100.0 * (ea.sum() - eb.sum()) / wa.sum()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+    from speechprune.stats import paired_difference
+
+    d = paired_difference([_as_study_record(a)], [_as_study_record(b)], n_boot=n_boot, seed=seed)
+    return d.median, d.interval[0], d.interval[1]
 
 
 # --- paper beside ours ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ Beyond the paper's reading, clustering can compare the producer side only (``fea
 "producer"``: summing makes the consumer side exact, so only producer differences cost
 anything), compare producers through their LayerNorm (``"normalized"``), weight channels by
 their consumer power in k-means (``weighting="consumer"``) and combine producers by a weighted
-mean (``merge`` rules ``weighted`` and ``projection``). ``results/seed_study*.json`` and the
+mean (``merge`` rules ``weighted`` and ``projection``). ``results/studies/*.json`` and the
 book's results page show where each helps.
 
 An assignment is a label per old channel: ``0..k-1`` for the new channel it joins, ``-1``
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 
 from speechprune.errors import SpeechPruneError, check_choice
-from speechprune.kmeans import kmeans
+from speechprune.kmeans import closest_pairs, kmeans
 from speechprune.structure import Unit
 
-METHODS = ("cluster", "magnitude")
+METHODS = ("cluster", "magnitude", "pairs")  # pairs: closest pairs first, no seed (kmeans.closest_pairs)
 
 
 @dataclass
@@ -179,7 +179,21 @@ def assign(unit: Unit, k: int, method: str, **cluster_options) -> Assignment:
     check_choice("method", method, METHODS)
     if method == "cluster":
         return assign_cluster(unit, k, **cluster_options)
+    if method == "pairs":
+        return assign_pairs(unit, k, features=cluster_options.get("features", "both"),
+                            weighting=cluster_options.get("weighting", "none"))
     return assign_magnitude(unit, k)
+
+
+def assign_pairs(unit: Unit, k: int, *, features: str = "both", weighting: str = "none") -> Assignment:
+    """Closest pairs first: agglomerate the nearest channels (Ward cost) until ``k`` remain; no seed.
+
+    When ``k`` is close to ``n`` most channels stay alone and the few merges go where they cost
+    least, instead of wherever a k-means partition happens to put its larger clusters.
+    """
+    x = channel_features(unit, features)
+    result = closest_pairs(x, k, sample_weight=channel_weights(unit, weighting))
+    return Assignment(_canonical(result.labels, k), k, float(result.inertia))
 
 
 MERGES = ("mean", "weighted", "projection")

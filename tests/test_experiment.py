@@ -33,3 +33,48 @@ def test_compare_command_writes_results_and_figure(tmp_path, capsys):
     assert "magnitude" in table and "embedded:whisper-tiny.en" in table
     # a second run refuses to overwrite the results unless told to
     assert main(["compare", "--model", "embedded:whisper-tiny.en", "--max-samples", "1", "--out", str(out)]) == 2
+
+
+def test_recipe_sets_compress_options_and_explicit_options_override(tiny_whisper):
+    import copy
+
+    from speechprune.compress import compress
+    from speechprune.recipes import RECIPES, recipe_options, resolve
+
+    assert RECIPES == ("paper", "recommended")
+    assert recipe_options("paper") == dict(method="cluster", features="both", allocation="uniform", merge="mean",
+                                           weighting="none")
+    assert resolve("paper", features="producer", merge=None)["features"] == "producer"
+    plain = compress(copy.deepcopy(tiny_whisper), sparsity=0.25, scope="ffn", progress=False)
+    assert (plain.features, plain.allocation, plain.merge_rule, plain.weighting) == ("both", "uniform", "mean", "none")
+    override = compress(copy.deepcopy(tiny_whisper), sparsity=0.25, scope="ffn", recipe="paper",
+                        features="producer", progress=False)
+    assert override.features == "producer" and override.allocation == "uniform"
+    with pytest.raises(Exception, match="unknown recipe 'best'"):
+        compress(copy.deepcopy(tiny_whisper), sparsity=0.25, recipe="best", progress=False)
+
+
+def test_compare_cli_fills_options_from_the_recipe_unless_given():
+    import argparse
+
+    from speechprune.experiment import _apply_recipe
+    from speechprune.recipes import recipe_options
+
+    args = argparse.Namespace(recipe=None, allocations=None, merges=None, features=None, weighting=None)
+    _apply_recipe(args)
+    assert (args.features, args.merges, args.allocations, args.weighting) == ("both,producer", "mean", "uniform", "none")
+    args = argparse.Namespace(recipe="recommended", allocations=None, merges="projection", features=None, weighting=None)
+    _apply_recipe(args)
+    rec = recipe_options("recommended")
+    assert (args.features, args.merges, args.allocations) == (rec["features"], "projection", rec["allocation"])
+
+
+@pytest.mark.slow
+def test_fallback_decoding_is_recorded(tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "embedded:whisper-tiny.en", "--max-samples", "1", "--decoding", "fallback",
+                 "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["decoding"]["decoding"] == "fallback"
+    assert record["decoding"]["compression_ratio_threshold"] == 2.4 and record["decoding"]["logprob_threshold"] == -1.0
+    assert record["wer"] < 50

@@ -1,0 +1,693 @@
+"""Run a grid of compressions and evaluations, one saved record per run: the study runner.
+
+A study is settings (model, scope, sparsity) × compression options (method, features,
+allocation, merge, weighting, or a ``recipe``) × k-means seeds × data × decoding, described by
+a small TOML file under ``studies/``. Every run's record is written to the study's JSON file as
+soon as the run finishes (the whole file is rewritten atomically), keyed by a hash of the run's
+settings. Running the same study again resumes it: finished runs are kept, a corrupt record is
+reported and run again, and ``rerun=True`` measures everything afresh.
+
+The grid is ordered seed-major (the dense models, every magnitude run and seed 0 of every
+clustering option first, then seed 1, ...) so that a study cut short still covers every
+setting. ``speechprune compare`` and :func:`speechprune.paper.measure` are presets of
+:func:`execute`, the function that compresses and evaluates one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from speechprune.errors import SpeechPruneError
+
+DECODINGS = ("greedy", "fallback")
+SEEDLESS = ("magnitude", "pairs")  # methods without a k-means seed: one run per setting
+RECORD_FORMAT = 1
+
+# the settings that make a run; the key of a record is a hash of these
+KEY_FIELDS = ("model", "data", "max_samples", "scope", "sparsity", "method", "features", "allocation",
+              "merge", "weighting", "seed", "decoding", "batch_size")
+REQUIRED_RECORD_FIELDS = KEY_FIELDS + (
+    "key", "n_utterances", "wer", "substitutions", "deletions", "insertions", "ref_words",
+    "utterance_ids", "utterance_errors", "utterance_words", "hypotheses", "param_sparsity", "date",
+    "versions", "seconds")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One compression (or none: ``method="dense"``) and one evaluation."""
+
+    model: str
+    data: str
+    max_samples: int | None = None
+    scope: str | None = None
+    sparsity: float = 0.0
+    method: str = "dense"
+    features: str | None = None
+    allocation: str | None = None
+    merge: str | None = None
+    weighting: str | None = None
+    seed: int | None = None
+    decoding: str = "greedy"
+    batch_size: int = 8
+    label: str = field(default="", compare=False)
+    recipe: str | None = field(default=None, compare=False)
+
+    def settings(self) -> dict:
+        return {k: getattr(self, k) for k in KEY_FIELDS}
+
+    @property
+    def key(self) -> str:
+        return run_key(self.settings())
+
+    def describe(self) -> str:
+        if self.method == "dense":
+            return f"{self.model} dense on {self.data}"
+        what = self.label or self.method
+        seed = "" if self.seed is None else f" seed {self.seed}"
+        return f"{self.model} {self.scope} {self.sparsity:g} {what}{seed} on {self.data}"
+
+
+def run_key(settings: dict) -> str:
+    """A short hash of a run's settings (sorted JSON)."""
+    canonical = {k: settings.get(k) for k in KEY_FIELDS}
+    if canonical["sparsity"] is not None:
+        canonical["sparsity"] = float(canonical["sparsity"])
+    return hashlib.sha1(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_run(model: str, data: str, *, method: str = "dense", scope: str | None = None, sparsity: float = 0.0,
+             features: str = "both", allocation: str = "uniform", merge: str = "mean", weighting: str = "none",
+             seed: int | None = 0, decoding: str = "greedy", batch_size: int = 8, max_samples: int | None = None,
+             label: str = "", recipe: str | None = None) -> Run:
+    """A :class:`Run` with the fields that do not apply to ``method`` set to None.
+
+    Magnitude pruning has no k-means: no seed, features, merge rule or weighting; ``pairs``
+    (closest pairs first) has no seed. The dense model has no compression at all.
+    """
+    if method == "dense":
+        return Run(model, data, max_samples, decoding=decoding, batch_size=batch_size, label=label or "dense")
+    if method == "pairs":  # no seed: closest pairs first is deterministic
+        return Run(model, data, max_samples, scope, float(sparsity), method, features, allocation, merge, weighting,
+                   None, decoding, batch_size, label or _label(method, allocation, features, merge, weighting),
+                   recipe)
+    if method == "magnitude":
+        return Run(model, data, max_samples, scope, float(sparsity), method, None, allocation, None, None, None,
+                   decoding, batch_size, label or _label(method, allocation, features, merge, weighting), recipe)
+    return Run(model, data, max_samples, scope, float(sparsity), method, features, allocation, merge, weighting,
+               int(seed or 0), decoding, batch_size, label or _label(method, allocation, features, merge, weighting),
+               recipe)
+
+
+def _label(method: str, allocation: str, features: str, merge: str, weighting: str) -> str:
+    """``cluster``, ``magnitude variance``, ``cluster producer projection``: what differs from the defaults."""
+    parts = [method] + ([allocation] if allocation != "uniform" else [])
+    if method != "magnitude":
+        parts += [x for x, default in ((features, "both"), (merge, "mean"), (weighting, "none")) if x != default]
+    return " ".join(parts)
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+def execute(run: Run, dense, processor, speech, *, device: str | None = None, progress: bool = False) -> dict:
+    """Compress a copy of ``dense`` as ``run`` says and evaluate it: evaluate's full record.
+
+    The record gets ``compression`` (the report as a dict, or None for the dense model) and
+    ``label``. ``dense`` itself is never changed.
+    """
+    from speechprune.compress import compress
+    from speechprune.evaluate import evaluate
+
+    report = None
+    target = dense
+    if run.method != "dense":
+        target = copy.deepcopy(dense)
+        report = compress(target, method=run.method, sparsity=run.sparsity, scope=run.scope,
+                          allocation=run.allocation, seed=run.seed or 0, features=run.features or "both",
+                          weighting=run.weighting or "none", merge_rule=run.merge or "mean", progress=progress)
+    record = evaluate(target, processor, speech, batch_size=run.batch_size, device=device, progress=progress,
+                      label=run.label or run.method, decoding=run.decoding)
+    record.update(label=run.label or run.method, compression=report.to_dict() if report else None)
+    return record
+
+
+def study_record(run: Run, full: dict, seconds: float) -> dict:
+    """The compact record a study saves: settings, WER, S/D/I and per-utterance counts for the bootstrap."""
+    utts = full["utterances"]
+    scored = [u for u in utts if u["errors"] is not None]
+    comp = full.get("compression") or {}
+    return dict(
+        format=RECORD_FORMAT,
+        key=run.key,
+        label=run.label,
+        recipe=run.recipe,
+        **run.settings(),
+        n_utterances=len(scored),
+        wer=full["wer"],
+        substitutions=full["substitutions"],
+        deletions=full["deletions"],
+        insertions=full["insertions"],
+        ref_words=full["ref_words"],
+        param_sparsity=comp.get("param_sparsity", 0.0),
+        params=comp.get("params_after", full["model"]["parameters"]),
+        utterance_ids=[u["id"] for u in scored],
+        utterance_errors=[u["errors"] for u in scored],
+        utterance_words=[len(u["reference_normalized"].split()) for u in scored],
+        hypotheses=[u["hypothesis"] for u in scored],
+        decoding_settings=full.get("decoding"),
+        normalizer=full.get("normalizer"),
+        dtype=full.get("dtype"),
+        device=full.get("device"),
+        date=full["date"],
+        versions={k: full["versions"][k] for k in ("speechprune", "torch", "transformers")},
+        threads=_threads(),
+        compress_seconds=round(comp.get("seconds", 0.0), 3),
+        decode_seconds=full["decode_seconds"],
+        seconds=round(seconds, 2),
+    )
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def check_record(record: Any) -> str | None:
+    """Why a saved record cannot be used (None when it can): fields missing, a key that does not match."""
+    if not isinstance(record, dict):
+        return f"not an object ({type(record).__name__})"
+    missing = [k for k in REQUIRED_RECORD_FIELDS if k not in record]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if record["key"] != run_key(record):
+        return "its key does not match its settings"
+    n = len(record["utterance_errors"])
+    if not (len(record["utterance_words"]) == len(record["utterance_ids"]) == n == record["n_utterances"]):
+        return "per-utterance lists of different lengths"
+    try:
+        wer = 100.0 * sum(record["utterance_errors"]) / sum(record["utterance_words"])
+    except (TypeError, ZeroDivisionError):
+        return "per-utterance counts are not numbers"
+    if not isinstance(record["wer"], (int, float)) or not math.isclose(wer, record["wer"], abs_tol=0.01):
+        return f"WER {record['wer']!r} does not match its per-utterance counts ({wer:.2f})"
+    return None
+
+
+# --- the study file ---------------------------------------------------------------------------
+
+STUDY_KEYS = {
+    "name": "a short name (the results file is results/studies/<name>.json)",
+    "description": "what the study asks",
+    "models": "list of models, e.g. [\"embedded:whisper-base\"]",
+    "data": "list of speech sets, e.g. [\"embedded-full\"]",
+    "max_samples": "first N utterances of each set (optional)",
+    "seeds": "number of k-means seeds (0 .. N-1) or a list of seeds",
+    "decoding": f"list of decodings, from {', '.join(DECODINGS)}",
+    "batch_size": "evaluation batch size",
+    "dense": "also evaluate the uncompressed model (default true)",
+    "settings": "list of tables with scope and sparsity (and optionally models)",
+    "options": "list of tables: method, features, allocation, merge, weighting, recipe, label",
+}
+SETTING_KEYS = ("scope", "sparsity", "models")
+OPTION_KEYS = ("method", "features", "allocation", "merge", "weighting", "recipe", "label")
+
+
+@dataclass
+class Study:
+    name: str
+    runs: list[Run]
+    description: str = ""
+    source: str | None = None
+    spec: dict = field(default_factory=dict)
+
+
+def _fail(where: str, message: str) -> SpeechPruneError:
+    return SpeechPruneError(f"{where}: {message}")
+
+
+def _list(value: Any, key: str, where: str, kind: type = str) -> list:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise _fail(where, f"'{key}' is empty")
+    for item in items:
+        if not isinstance(item, kind) or isinstance(item, bool) and kind is not bool:
+            raise _fail(where, f"'{key}' must hold {kind.__name__} values, got {item!r}")
+    return items
+
+
+def _choice(value: Any, key: str, choices: Iterable[str], where: str) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise _fail(where, f"'{key}' = {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_study(spec: dict, where: str = "study") -> Study:
+    """Check a study description (a dict read from TOML) and expand it into runs, seed-major.
+
+    Every key and value is checked here; nothing about the models is (see :func:`check_scopes`).
+    """
+    from speechprune.allocation import ALLOCATIONS
+    from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS
+    from speechprune.recipes import RECIPES, recipe_options
+
+    for key in spec:
+        if key not in STUDY_KEYS:
+            raise _fail(where, f"unknown key '{key}': use {', '.join(STUDY_KEYS)}")
+    for key in ("name", "models", "data", "settings", "options"):
+        if key not in spec:
+            raise _fail(where, f"missing key '{key}' ({STUDY_KEYS[key]})")
+    name = spec["name"]
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ ") or name.startswith("."):
+        raise _fail(where, f"'name' must be a plain file name, got {name!r}")
+    models = _list(spec["models"], "models", where)
+    data = _list(spec["data"], "data", where)
+    decodings = [_choice(d, "decoding", DECODINGS, where) for d in _list(spec.get("decoding", "greedy"), "decoding", where)]
+    max_samples = spec.get("max_samples")
+    if max_samples is not None and (not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 1):
+        raise _fail(where, f"'max_samples' must be a positive integer, got {max_samples!r}")
+    batch_size = spec.get("batch_size", 8)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise _fail(where, f"'batch_size' must be a positive integer, got {batch_size!r}")
+    dense = spec.get("dense", True)
+    if not isinstance(dense, bool):
+        raise _fail(where, f"'dense' must be true or false, got {dense!r}")
+    seeds_value = spec.get("seeds", 5)
+    if isinstance(seeds_value, int) and not isinstance(seeds_value, bool):
+        if not 1 <= seeds_value <= 1000:
+            raise _fail(where, f"'seeds' must be between 1 and 1000, got {seeds_value}")
+        seeds = list(range(seeds_value))
+    else:
+        seeds = _list(seeds_value, "seeds", where, int)
+        if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise _fail(where, f"'seeds' must be distinct non-negative integers, got {seeds!r}")
+
+    settings = []
+    for i, s in enumerate(_list(spec["settings"], "settings", where, dict)):
+        w = f"{where}: settings[{i}]"
+        for key in s:
+            if key not in SETTING_KEYS:
+                raise _fail(w, f"unknown key '{key}': use {', '.join(SETTING_KEYS)}")
+        if "scope" not in s or "sparsity" not in s:
+            raise _fail(w, "needs 'scope' and 'sparsity'")
+        if not isinstance(s["scope"], str) or not s["scope"].strip():
+            raise _fail(w, f"'scope' must be a non-empty string, got {s['scope']!r}")
+        sp = s["sparsity"]
+        if not isinstance(sp, (int, float)) or isinstance(sp, bool) or not (0.0 < sp < 1.0):
+            raise _fail(w, f"'sparsity' must be a number in (0, 1), got {sp!r}")
+        settings.append((s["scope"], float(sp), _list(s.get("models", models), "models", w)))
+
+    options = []
+    for i, o in enumerate(_list(spec["options"], "options", where, dict)):
+        w = f"{where}: options[{i}]"
+        for key in o:
+            if key not in OPTION_KEYS:
+                raise _fail(w, f"unknown key '{key}': use {', '.join(OPTION_KEYS)}")
+        recipe = _choice(o["recipe"], "recipe", RECIPES, w) if "recipe" in o else None
+        chosen = {**(recipe_options(recipe) if recipe else {"method": "cluster"}),
+                  **{k: v for k, v in o.items() if k not in ("recipe", "label")}}
+        opt = dict(method=_choice(chosen.get("method", "cluster"), "method", METHODS, w),
+                   features=_choice(chosen.get("features", "both"), "features", FEATURES, w),
+                   allocation=_choice(chosen.get("allocation", "uniform"), "allocation", ALLOCATIONS, w),
+                   merge=_choice(chosen.get("merge", "mean"), "merge", MERGES, w),
+                   weighting=_choice(chosen.get("weighting", "none"), "weighting", WEIGHTINGS, w))
+        label = o.get("label", "")
+        if not isinstance(label, str):
+            raise _fail(w, f"'label' must be a string, got {label!r}")
+        options.append((opt, label, recipe))
+
+    runs: list[Run] = []
+    seen: set[str] = set()
+
+    def add(run: Run) -> None:
+        if run.key not in seen:
+            seen.add(run.key)
+            runs.append(run)
+
+    for s_index, seed in enumerate(seeds):  # seed-major: every setting early
+        for decoding in decodings:
+            for d in data:
+                for model in models:
+                    if dense and s_index == 0:
+                        add(make_run(model, d, decoding=decoding, batch_size=batch_size, max_samples=max_samples))
+                for scope, sparsity, setting_models in settings:
+                    for model in setting_models:
+                        for opt, label, recipe in options:
+                            if opt["method"] in SEEDLESS and s_index > 0:
+                                continue
+                            add(make_run(model, d, scope=scope, sparsity=sparsity, seed=seed, decoding=decoding,
+                                         batch_size=batch_size, max_samples=max_samples, label=label,
+                                         recipe=recipe, **opt))
+    return Study(name=name, runs=runs, description=spec.get("description", ""), spec=spec)
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check a study file (TOML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpeechPruneError(f"no study file {path}: see studies/README.md for the format")
+    try:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise SpeechPruneError(f"{path}: not valid TOML: {err}") from None
+    study = parse_study(spec, where=str(path))
+    study.source = str(path)
+    return study
+
+
+def check_scopes(study: Study, load=None) -> None:
+    """Refuse a setting whose scope matches no unit of its model, before any run."""
+    from speechprune.structure import parse_scope, units_in_scope
+
+    pairs = sorted({(r.model, r.scope) for r in study.runs if r.scope is not None})
+    for model_name in sorted({m for m, _ in pairs}):
+        model = load(model_name)
+        for _, scope in [p for p in pairs if p[0] == model_name]:
+            try:
+                parts = parse_scope(scope, model)
+                if not units_in_scope(model, parts):
+                    raise SpeechPruneError("no unit")
+            except SpeechPruneError as err:
+                raise SpeechPruneError(f"{study.source or study.name}: settings: 'scope' = {scope!r} matches "
+                                       f"no unit of {model_name}: {err}") from None
+
+
+# --- the results file -------------------------------------------------------------------------
+
+def read_results(path: Path) -> tuple[dict[str, dict], list[str]]:
+    """Usable records by key, and one line per record (or file) that could not be used."""
+    if not path.is_file():
+        return {}, []
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        aside = path.with_name(path.name + f".corrupt-{int(time.time())}")
+        os.replace(path, aside)
+        return {}, [f"{path} is not valid JSON ({err}); moved to {aside.name}, every run will be measured"]
+    if not isinstance(saved, dict) or not isinstance(saved.get("records"), list):
+        return {}, [f"{path} has no 'records' list: every run will be measured"]
+    good, problems = {}, []
+    for i, record in enumerate(saved["records"]):
+        why = check_record(record)
+        if why:
+            problems.append(f"record {i} ({record.get('label', '?') if isinstance(record, dict) else '?'}): "
+                            f"{why}; it will be measured again")
+        else:
+            good[record["key"]] = record
+    return good, problems
+
+
+def write_results(path: Path, study: Study, records: list[dict]) -> None:
+    """Rewrite the whole results file atomically (a temporary file beside it, then a rename)."""
+    payload = dict(
+        study=study.name,
+        description=study.description,
+        source=_relative(study.source),
+        spec=study.spec,
+        n_runs=len(study.runs),
+        n_done=sum(1 for r in records if r["key"] in {run.key for run in study.runs}),
+        updated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        records=records,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _relative(path: str | None) -> str | None:
+    """``path`` relative to the working folder when it lies below it (no machine paths in results)."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return p.name
+
+
+def reusable_records(out: Path, keys: set[str]) -> dict[str, dict]:
+    """Sound records with one of ``keys`` in the other study files beside ``out`` (same settings, same key)."""
+    found: dict[str, dict] = {}
+    for path in sorted(out.parent.glob("*.json")) if out.parent.is_dir() else []:
+        if path == out or not keys - set(found):
+            continue
+        try:
+            records = json.loads(path.read_text(encoding="utf-8")).get("records", [])
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue
+        for r in records:
+            if isinstance(r, dict) and r.get("key") in keys and r["key"] not in found and check_record(r) is None:
+                found[r["key"]] = dict(r, reused_from=r.get("reused_from") or path.name)
+    return found
+
+
+def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool = True, device: str | None = None,
+              progress: bool = True, limit: int | None = None, log=print) -> list[dict]:
+    """Run every run of ``study`` that ``out`` does not hold yet; returns the study's records.
+
+    Records of other runs already in ``out`` are kept. With ``reuse``, a run already measured by
+    another study in the same folder (same settings, so the same key) is copied, not measured
+    again. ``limit`` stops after that many new runs.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from speechprune.data import load_speech
+    from speechprune.models import load_model
+
+    out = Path(out)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded: dict[str, Any] = {}
+
+    def model(name: str):
+        if ("model", name) not in loaded:
+            for k in [k for k in loaded if k[0] == "model"]:
+                del loaded[k]  # one model in memory at a time
+            loaded[("model", name)] = load_model(name, device=device)
+        return loaded[("model", name)]
+
+    def speech(name: str, max_samples: int | None):
+        if ("speech", name, max_samples) not in loaded:
+            loaded[("speech", name, max_samples)] = load_speech(name, max_samples=max_samples)
+        return loaded[("speech", name, max_samples)]
+
+    check_scopes(study, lambda name: model(name)[0])
+    for d, m in sorted({(r.data, r.max_samples) for r in study.runs}, key=str):
+        speech(d, m)  # a bad data spec fails here, before any run
+
+    saved, problems = read_results(out)
+    for line in problems:
+        log(f"warning: {line}")
+    if rerun:
+        saved = {k: v for k, v in saved.items() if k not in {r.key for r in study.runs}}
+    elif reuse:
+        found = reusable_records(out, {r.key for r in study.runs} - set(saved))
+        if found:
+            log(f"{len(found)} runs reused from other studies in {out.parent}")
+            saved.update(found)
+            write_results(out, study, list(saved.values()))
+    records = list(saved.values())
+    todo = [r for r in study.runs if r.key not in saved]
+    if limit is not None:
+        todo = todo[:limit]
+    log(f"{study.name}: {len(study.runs)} runs, {len(study.runs) - len([r for r in study.runs if r.key not in saved])} "
+        f"saved in {out}, {len(todo)} to measure")
+    bar = tqdm(total=len(todo), desc=study.name, unit="run", disable=not progress, file=sys.stderr, smoothing=0.1)
+    try:
+        for run in todo:
+            bar.set_postfix_str(run.describe()[-60:])
+            started = time.perf_counter()
+            dense, processor = model(run.model)
+            full = execute(run, dense, processor, speech(run.data, run.max_samples), device=device)
+            record = study_record(run, full, time.perf_counter() - started)
+            records = [r for r in records if r["key"] != run.key] + [record]
+            write_results(out, study, records)
+            bar.update(1)
+            log(f"{run.describe()}: WER {record['wer']:.2f}% (S {record['substitutions']} D {record['deletions']} "
+                f"I {record['insertions']}) in {record['seconds']:.0f} s")
+    finally:
+        bar.close()
+    keys = {r.key for r in study.runs}
+    return [r for r in records if r["key"] in keys]
+
+
+def records_of(study: Study, records: list[dict]) -> list[dict]:
+    """The records of ``study``'s runs, in the study's order."""
+    by_key = {r["key"]: r for r in records}
+    return [by_key[r.key] for r in study.runs if r.key in by_key]
+
+
+def load_records(path: str | Path) -> dict:
+    """A saved study file: the parsed JSON with only its usable records (problems listed under 'problems')."""
+    path = Path(path)
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    good, problems = [], []
+    for i, r in enumerate(saved.get("records", [])):
+        why = check_record(r)
+        (problems.append(f"record {i}: {why}") if why else good.append(r))
+    saved["records"], saved["problems"] = good, problems
+    return saved
+
+
+# --- command line ---------------------------------------------------------------------------
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="run a saved grid of compressions over seeds; resumes where it stopped",
+                       description="Run the study described by a TOML file (see studies/README.md). Each run's "
+                                   "record is saved as soon as it finishes; running again resumes.")
+    p.add_argument("study", help="a study file, e.g. studies/whisper-base-full.toml")
+    p.add_argument("--out", default=None, help="results file (default: results/studies/<name>.json)")
+    p.add_argument("--rerun", action="store_true", help="measure every run again, even those already saved")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="do not copy runs with the same settings from the other study files beside --out")
+    p.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
+    p.add_argument("--recipe", default=None, help="replace every cluster option by this recipe (paper, recommended)")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--dry-run", action="store_true", help="check the file and list the runs; measure nothing")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    study = load_study(args.study)
+    if args.recipe is not None:
+        study = _with_recipe(study, args.recipe)
+    out = Path(args.out) if args.out else Path("results") / "studies" / f"{study.name}.json"
+    if args.dry_run:
+        saved, problems = read_results(out) if out.is_file() else ({}, [])
+        for line in problems:
+            print(f"warning: {line}")
+        for run in study.runs:
+            print(f"{'saved ' if run.key in saved else 'to run'} {run.key} {run.describe()}")
+        print(f"{len(study.runs)} runs, {sum(r.key in saved for r in study.runs)} saved in {out}")
+        return 0
+    try:
+        records = run_study(study, out, rerun=args.rerun, reuse=not args.no_reuse, device=args.device,
+                            limit=args.limit)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished runs are saved in {out}; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    from speechprune.stats import study_summary
+
+    print(study_summary(records))
+    print(f"results: {out}")
+    return 0
+
+
+def _with_recipe(study: Study, recipe: str) -> Study:
+    spec = copy.deepcopy(study.spec)
+    spec["options"] = [o if o.get("method") == "magnitude" else {"recipe": recipe, "label": f"cluster ({recipe})"}
+                       for o in spec["options"]]
+    dedup = []
+    for o in spec["options"]:
+        if o not in dedup:
+            dedup.append(o)
+    spec["options"] = dedup
+    spec["name"] = f"{study.name}-{recipe}"
+    new = parse_study(spec, where=study.source or study.name)
+    new.source = study.source
+    return new
+
+
+# --- figures and summaries for the book -----------------------------------------------------------
+
+def study_status(saved: dict) -> str:
+    """One line of provenance: what the file is, how complete, when and with which versions."""
+    records = saved["records"]
+    n_runs = saved.get("n_runs", len(records))
+    dates = sorted(r["date"] for r in records)
+    versions = sorted({f"speechprune {r['versions']['speechprune']}, torch {r['versions']['torch']}, "
+                       f"transformers {r['versions']['transformers']}" for r in records})
+    complete = "complete" if len(records) >= n_runs else f"PARTIAL: {len(records)} of {n_runs} runs saved so far"
+    converted = any(r.get("converted_from") for r in records)
+    return (f"{saved.get('study')} ({complete}): {saved.get('description', '')}. Measured "
+            f"{dates[0][:16]} to {dates[-1][:16]} UTC" + (f" with {'; '.join(versions)}" if versions else "")
+            + (" (converted from an older results file)" if converted else "")
+            + (f"; study file {saved['source']}" if saved.get("source") else "") + ".") if records else \
+        f"{saved.get('study')}: no runs saved yet."
+
+
+def plot_records(records: list[dict], *, title: str | None = None):
+    """One panel per setting: a dot per seed and a box per option, magnitude as a single run, dense as a line."""
+    import matplotlib.pyplot as plt
+
+    from speechprune.stats import groups, setting_key
+
+    by_setting: dict[tuple, dict[str, list[dict]]] = {}
+    dense: dict[tuple, float] = {}
+    for g, rs in groups(records).items():
+        r0 = rs[0]
+        if r0["method"] == "dense":
+            dense[(r0["model"], r0["data"], r0.get("max_samples"), r0["decoding"])] = r0["wer"]
+            continue
+        by_setting.setdefault(setting_key(r0), {})[r0.get("label") or r0["method"]] = rs
+    if not by_setting:
+        return None
+    fig, axes = plt.subplots(1, len(by_setting), figsize=(3.6 * len(by_setting) + 0.6, 3.8), squeeze=False)
+    for ax, (setting, options) in zip(axes[0], sorted(by_setting.items(), key=str)):
+        names = sorted(options, key=lambda n: (not n.startswith("magnitude"), n))
+        for i, name in enumerate(names):
+            wers = [r["wer"] for r in options[name]]
+            colour = "#d1495b" if name.startswith("magnitude") else "#2a7ab9"
+            if len(wers) > 1:
+                ax.boxplot([wers], positions=[i], widths=0.5, showfliers=False,
+                           medianprops=dict(color=colour), boxprops=dict(color="#777777"))
+                ax.scatter([i] * len(wers), wers, color=colour, s=18, zorder=3)
+            else:
+                ax.scatter([i], wers, color=colour, marker="D", s=30, zorder=3)
+                ax.annotate("single run", (i, wers[0]), textcoords="offset points", xytext=(0, 6),
+                            ha="center", fontsize=7)
+        key = setting[:3] + (setting[3],)
+        if key in dense:
+            ax.axhline(dense[key], color="black", linestyle="--", linewidth=1, label=f"dense {dense[key]:.1f}%")
+            ax.legend(fontsize=7, loc="upper right")
+        ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=7)
+        n_seeds = max(len(v) for v in options.values())
+        ax.set_title(f"{setting[0].removeprefix('embedded:')}, {setting[4]} {setting[5]:.0%}\n"
+                     f"{setting[1]}, {setting[3]}, {n_seeds} seed{'s' if n_seeds > 1 else ''}", fontsize=8)
+        ax.set_ylabel("WER (%)")
+        ax.set_ylim(bottom=0)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_table(records: list[dict], n_boot: int = 2000):
+    """A pandas table: per setting and option, WER over seeds, the interval and the comparison sentence."""
+    import pandas as pd
+
+    from speechprune.stats import comparisons
+
+    rows = []
+    for r in sorted(comparisons(records, n_boot=n_boot),
+                    key=lambda r: (str(r["setting"]), r["method"] != "magnitude", r["option"])):
+        s = r["summary"]
+        rows.append({
+            "setting": f"{r['model'].removeprefix('embedded:')}, {r['scope']} {r['sparsity']:.0%}, {r['data']}, "
+                       f"{r['decoding']}" + (f" (dense {r['dense']:.2f}%)" if "dense" in r else ""),
+            "option": r["option"],
+            "seeds": s.n_seeds,
+            "median WER (%)": round(s.median, 2),
+            "range": f"{s.low:.2f}-{s.high:.2f}" if s.n_seeds > 1 else "single run",
+            "95% interval": f"[{s.interval[0]:.1f}, {s.interval[1]:.1f}]",
+            "versus magnitude": r.get("sentence", ""),
+        })
+    return pd.DataFrame(rows).set_index(["setting", "option"]) if rows else pd.DataFrame()

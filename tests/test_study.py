@@ -1,0 +1,292 @@
+"""The study runner: grid order, checks before any run, resume, corrupt records, Ctrl-C, reproducibility."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import make_tiny_hubert, make_tiny_whisper
+from speechprune import study as st
+from speechprune.errors import SpeechPruneError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spec(**changes):
+    base = dict(name="t", models=["m"], data=["d"], seeds=3,
+                settings=[dict(scope="encoder.ffn", sparsity=0.2), dict(scope="ffn", sparsity=0.1)],
+                options=[dict(method="magnitude"), dict(method="cluster", features="both"),
+                         dict(method="cluster", features="producer")])
+    base.update(changes)
+    return base
+
+
+def test_grid_is_seed_major_with_one_dense_and_one_magnitude_run_per_setting():
+    runs = st.parse_study(spec()).runs
+    assert len(runs) == 1 + 2 + 2 * 2 * 3
+    first = runs[:7]  # a partial study covers every setting and option
+    assert [r.method for r in first] == ["dense", "magnitude", "cluster", "cluster", "magnitude", "cluster", "cluster"]
+    assert {r.seed for r in first} == {None, 0}
+    assert [r.seed for r in runs[7:]] == [1, 1, 1, 1, 2, 2, 2, 2]
+    magnitude = [r for r in runs if r.method == "magnitude"]
+    assert all(r.seed is None and r.features is None and r.merge is None for r in magnitude)
+    assert len({r.key for r in runs}) == len(runs)
+
+
+def test_key_depends_on_settings_not_on_labels():
+    a = st.make_run("m", "d", method="cluster", scope="ffn", sparsity=0.1, seed=2, label="one")
+    b = st.make_run("m", "d", method="cluster", scope="ffn", sparsity=0.1, seed=2, label="two")
+    c = st.make_run("m", "d", method="cluster", scope="ffn", sparsity=0.1, seed=3)
+    assert a.key == b.key != c.key
+    # magnitude ignores the cluster options, so they do not make a different run
+    m1 = st.make_run("m", "d", method="magnitude", scope="ffn", sparsity=0.1, seed=4, features="producer")
+    m2 = st.make_run("m", "d", method="magnitude", scope="ffn", sparsity=0.1)
+    assert m1.key == m2.key
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(colour="red"), "unknown key 'colour'"),
+    (dict(seeds=0), "'seeds' must be between 1 and 1000"),
+    (dict(seeds=[1, 1]), "'seeds' must be distinct"),
+    (dict(decoding=["beam"]), "'decoding' = 'beam'"),
+    (dict(settings=[dict(scope="ffn", sparsity=1.5)]), "settings[0]: 'sparsity' must be a number in (0, 1)"),
+    (dict(settings=[dict(scope="ffn", sparsity=0.1, spars=0.2)]), "settings[0]: unknown key 'spars'"),
+    (dict(options=[dict(method="prune")]), "options[0]: 'method' = 'prune'"),
+    (dict(options=[dict(features="all")]), "options[0]: 'features' = 'all'"),
+    (dict(options=[dict(recipe="best")]), "options[0]: 'recipe' = 'best'"),
+    (dict(options=[dict(method="cluster", seed=3)]), "options[0]: unknown key 'seed'"),
+    (dict(max_samples=0), "'max_samples' must be a positive integer"),
+    (dict(name="../x"), "'name' must be a plain file name"),
+])
+def test_bad_study_files_are_refused_naming_the_key(change, message):
+    with pytest.raises(SpeechPruneError) as err:
+        st.parse_study(spec(**change))
+    assert message in str(err.value)
+
+
+def test_missing_key_and_bad_toml_are_refused(tmp_path):
+    s = spec()
+    del s["settings"]
+    with pytest.raises(SpeechPruneError, match="missing key 'settings'"):
+        st.parse_study(s)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [")
+    with pytest.raises(SpeechPruneError, match="not valid TOML"):
+        st.load_study(bad)
+
+
+def test_recipe_sets_options_and_explicit_options_override():
+    runs = st.parse_study(spec(options=[dict(recipe="paper"), dict(recipe="paper", features="producer")])).runs
+    clusters = [r for r in runs if r.method == "cluster" and r.seed == 0 and r.scope == "ffn"]
+    assert [(r.features, r.allocation, r.merge, r.recipe) for r in clusters] == [
+        ("both", "uniform", "mean", "paper"), ("producer", "uniform", "mean", "paper")]
+
+
+def test_saved_study_files_parse():
+    files = sorted((ROOT / "studies").glob("*.toml"))
+    assert files
+    for path in files:
+        study = st.load_study(path)
+        assert study.runs and study.name == path.stem
+
+
+# --- running, with the evaluation replaced by a stand-in -----------------------------------------
+
+class FakeSpeech:
+    name = "fake"
+
+
+def fake_full_record(run: st.Run) -> dict:
+    n = 4
+    base = 1 if run.method == "dense" else 3 + (run.seed or 0)
+    errors = [base, 0, 1, 2]
+    return dict(wer=100.0 * sum(errors) / 40, substitutions=sum(errors), deletions=0, insertions=0, ref_words=40,
+                decode_seconds=0.1, model=dict(parameters=100), decoding={}, normalizer="n", dtype="float32",
+                device="cpu", date="2026-01-01T00:00:00+00:00",
+                versions=dict(speechprune="0", torch="0", transformers="0"),
+                compression=None if run.method == "dense" else dict(param_sparsity=0.1, params_after=90, seconds=0.1),
+                utterances=[dict(id=f"u{i}", errors=e, hypothesis="h", reference_normalized="a b c d e f g h i j")
+                            for i, e in enumerate(errors)])
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    calls = []
+
+    def execute(run, dense, processor, speech, **kwargs):
+        calls.append(run)
+        if getattr(execute, "interrupt_at", None) == len(calls):
+            raise KeyboardInterrupt
+        return fake_full_record(run)
+
+    monkeypatch.setattr(st, "execute", execute)
+    monkeypatch.setattr("speechprune.models.load_model", lambda name, device=None: (make_tiny_whisper(), None))
+    monkeypatch.setattr("speechprune.data.load_speech", lambda name, max_samples=None: FakeSpeech())
+    return execute, calls
+
+
+def test_study_records_resumes_and_reruns_only_when_asked(fake, tmp_path):
+    execute, calls = fake
+    study = st.parse_study(spec(seeds=2))
+    out = tmp_path / "r.json"
+    records = st.run_study(study, out, progress=False, log=lambda *_: None)
+    assert len(records) == len(study.runs) == len(calls) == 1 + 2 + 2 * 2 * 2
+    saved = json.loads(out.read_text())
+    assert saved["n_done"] == saved["n_runs"] == len(study.runs)
+    r = saved["records"][1]
+    for field in ("model", "data", "n_utterances", "scope", "sparsity", "method", "features", "allocation", "merge",
+                  "weighting", "seed", "decoding", "wer", "substitutions", "deletions", "insertions", "ref_words",
+                  "utterance_errors", "utterance_words", "hypotheses", "param_sparsity", "date", "versions", "seconds"):
+        assert field in r
+    calls.clear()
+    st.run_study(study, out, progress=False, log=lambda *_: None)
+    assert calls == []  # nothing measured twice
+    bigger = st.parse_study(spec(seeds=3))
+    st.run_study(bigger, out, progress=False, log=lambda *_: None)
+    assert [c.seed for c in calls] == [2, 2, 2, 2]
+    calls.clear()
+    st.run_study(study, out, progress=False, rerun=True, log=lambda *_: None)
+    assert len(calls) == len(study.runs)
+    assert len(json.loads(out.read_text())["records"]) == len(bigger.runs)
+
+
+def test_corrupt_records_are_reported_and_measured_again(fake, tmp_path):
+    execute, calls = fake
+    study = st.parse_study(spec(seeds=1))
+    out = tmp_path / "r.json"
+    st.run_study(study, out, progress=False, log=lambda *_: None)
+    saved = json.loads(out.read_text())
+    saved["records"][2]["wer"] = 1.5  # does not match its per-utterance counts
+    del saved["records"][3]["utterance_errors"]
+    out.write_text(json.dumps(saved))
+    calls.clear()
+    lines = []
+    st.run_study(study, out, progress=False, log=lines.append)
+    assert len(calls) == 2
+    assert any("does not match its per-utterance counts" in l for l in lines)
+    assert any("missing utterance_errors" in l for l in lines)
+    # a file that is not JSON at all is moved aside and every run measured again
+    out.write_text('{"records": [')
+    calls.clear()
+    lines.clear()
+    st.run_study(study, out, progress=False, log=lines.append)
+    assert len(calls) == len(study.runs) and any("not valid JSON" in l for l in lines)
+    assert list(tmp_path.glob("r.json.corrupt-*"))
+
+
+def test_interrupt_loses_at_most_the_run_in_progress(fake, tmp_path):
+    execute, calls = fake
+    study = st.parse_study(spec(seeds=1))
+    out = tmp_path / "r.json"
+    execute.interrupt_at = 4
+    with pytest.raises(KeyboardInterrupt):
+        st.run_study(study, out, progress=False, log=lambda *_: None)
+    assert len(json.loads(out.read_text())["records"]) == 3
+    execute.interrupt_at = None
+    calls.clear()
+    st.run_study(study, out, progress=False, log=lambda *_: None)
+    assert len(calls) == len(study.runs) - 3
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_scope_matching_no_unit_is_refused_before_any_run(fake, monkeypatch, tmp_path):
+    execute, calls = fake
+    monkeypatch.setattr("speechprune.models.load_model", lambda name, device=None: (make_tiny_hubert(), None))
+    study = st.parse_study(spec(settings=[dict(scope="decoder.ffn", sparsity=0.2)]))
+    with pytest.raises(SpeechPruneError, match="'scope' = 'decoder.ffn' matches no unit of m"):
+        st.run_study(study, tmp_path / "r.json", progress=False, log=lambda *_: None)
+    assert calls == [] and not (tmp_path / "r.json").exists()
+
+
+def test_cli_dry_run_lists_runs(tmp_path, capsys):
+    from speechprune.cli import main
+
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\nmodels = ["m"]\ndata = ["d"]\nseeds = 2\n'
+                    '[[settings]]\nscope = "ffn"\nsparsity = 0.1\n[[options]]\nmethod = "magnitude"\n'
+                    '[[options]]\nrecipe = "paper"\n')
+    assert main(["study", str(path), "--dry-run", "--out", str(tmp_path / "o.json")]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs, 0 saved" in out
+    assert main(["study", str(path), "--dry-run", "--recipe", "recommended", "--out", str(tmp_path / "o.json")]) == 0
+    out = capsys.readouterr().out
+    assert "cluster (recommended) seed 1" in out and "magnitude" in out
+    path.write_text('name = "s"\nmodel = ["m"]\n')
+    assert main(["study", str(path)]) == 2
+    assert "unknown key 'model'" in capsys.readouterr().err
+
+
+# --- reproducibility ---------------------------------------------------------------------------
+
+HASH_SCRIPT = """
+import hashlib, sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+sys.path.insert(0, sys.argv[2])
+from conftest import make_tiny_whisper
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+from speechprune.compress import compress
+torch.manual_seed(0)
+cfg = make_tiny_whisper().config
+cfg.encoder_ffn_dim = cfg.decoder_ffn_dim = 768
+cfg.d_model = 192
+model = WhisperForConditionalGeneration(cfg).eval()
+compress(model, method="cluster", sparsity=0.3, scope="ffn", features=sys.argv[3], seed=1, progress=False)
+h = hashlib.sha256()
+for k, v in sorted(model.state_dict().items()):
+    h.update(k.encode()); h.update(v.numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+@pytest.mark.parametrize("features", ["both", "producer"])
+def test_pruned_weights_are_bit_identical_on_one_and_two_threads(features, tmp_path):
+    script = tmp_path / "h.py"
+    script.write_text(HASH_SCRIPT)
+    hashes = []
+    for threads in (1, 2):
+        done = subprocess.run([sys.executable, str(script), str(threads), str(ROOT / "tests"), features],
+                              capture_output=True, text=True, env={**__import__("os").environ,
+                                                                   "OMP_NUM_THREADS": str(threads)})
+        assert done.returncode == 0, done.stderr
+        hashes.append(done.stdout.strip().splitlines()[-1])
+    assert hashes[0] == hashes[1]
+
+
+@pytest.mark.slow
+def test_real_study_reproduces_its_records(tmp_path):
+    from speechprune.cli import main
+
+    path = tmp_path / "tiny.toml"
+    path.write_text('name = "tiny"\nmodels = ["embedded:whisper-tiny.en"]\ndata = ["embedded"]\nmax_samples = 2\n'
+                    'seeds = 1\n[[settings]]\nscope = "encoder.ffn"\nsparsity = 0.2\n'
+                    '[[options]]\nmethod = "magnitude"\n[[options]]\nmethod = "cluster"\nfeatures = "producer"\n')
+    out = tmp_path / "tiny.json"
+    assert main(["study", str(path), "--out", str(out)]) == 0
+    first = json.loads(out.read_text())["records"]
+    assert [r["method"] for r in first] == ["dense", "magnitude", "cluster"]
+    assert main(["study", str(path), "--out", str(out), "--rerun"]) == 0
+    again = json.loads(out.read_text())["records"]
+    assert [(r["key"], r["wer"], r["hypotheses"]) for r in again] == [(r["key"], r["wer"], r["hypotheses"]) for r in first]
+
+
+def test_runs_with_the_same_settings_are_reused_from_other_studies(fake, tmp_path):
+    execute, calls = fake
+    first = st.parse_study(spec(seeds=1))
+    st.run_study(first, tmp_path / "a.json", progress=False, log=lambda *_: None)
+    calls.clear()
+    second = st.parse_study(spec(name="b", seeds=2))
+    lines = []
+    st.run_study(second, tmp_path / "b.json", progress=False, log=lines.append)
+    assert [c.seed for c in calls] == [1, 1, 1, 1]
+    assert any("7 runs reused" in line for line in lines)
+    saved = json.loads((tmp_path / "b.json").read_text())["records"]
+    assert sum(r.get("reused_from") == "a.json" for r in saved) == 7
+    calls.clear()
+    st.run_study(st.parse_study(spec(name="c", seeds=1)), tmp_path / "c.json", progress=False, reuse=False,
+                 log=lambda *_: None)
+    assert len(calls) == 7
