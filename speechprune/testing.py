@@ -105,3 +105,27 @@ def tiny_processor(family: str = "hubert"):
     extractor = transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                                       do_normalize=True, return_attention_mask=True)
     return transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
+
+
+@torch.no_grad()
+def plant_duplicate_channels(model: torch.nn.Module) -> torch.nn.Module:
+    """Make the second half of every unit's channels copies of the first half (in place).
+
+    Merging each copy with its original is exact, so a clustering at 50% sparsity must find a
+    cost of zero and leave the outputs unchanged: the test of every merge rule and family.
+    """
+    from speechprune.structure import iter_units
+
+    for unit in iter_units(model):
+        n, g = unit.n_channels, unit.group_size
+        half = n // 2
+        for lin in unit.producers:
+            w = lin.weight.view(n, g, -1)
+            w[half:] = w[:half]
+            if lin.bias is not None:
+                b = lin.bias.view(n, g)
+                b[half:] = b[:half]
+        c = unit.consumer.weight.view(unit.consumer.out_features, n, g)
+        c[:, half:] = c[:, :half]
+    return model
+

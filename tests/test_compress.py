@@ -13,6 +13,7 @@ from speechprune.compress import compress
 from speechprune.errors import SpeechPruneError
 from speechprune.prune import assign, magnitude_scores, merge
 from speechprune.structure import iter_units, model_family, parse_scope, units_in_scope, widths
+from speechprune.testing import plant_duplicate_channels
 
 MAKERS = {"hubert": make_tiny_hubert, "wav2vec2": make_tiny_wav2vec2, "whisper": make_tiny_whisper}
 
@@ -77,18 +78,7 @@ def test_zero_sparsity_leaves_outputs_unchanged(family, method):
 def test_duplicate_channels_and_heads_merge_exactly(family, recipe):
     model = MAKERS[family]()
     x = _input(family)
-    with torch.no_grad():
-        for unit in iter_units(model):
-            n, g = unit.n_channels, unit.group_size
-            half = n // 2
-            for lin in unit.producers:
-                w = lin.weight.view(n, g, -1)
-                w[half:] = w[:half]
-                if lin.bias is not None:
-                    b = lin.bias.view(n, g)
-                    b[half:] = b[:half]
-            c = unit.consumer.weight.view(unit.consumer.out_features, n, g)
-            c[:, half:] = c[:, :half]
+    plant_duplicate_channels(model)
     ref = _forward(model, x)
     report = compress(model, method="cluster", sparsity=0.5, scope="all", progress=False, **recipe)
     assert all(u.cost < 1e-6 for u in report.units)

@@ -12,7 +12,7 @@ from speechprune import compress, load_checkpoint, save_pruned
 from speechprune.errors import SpeechPruneError
 from speechprune.hub import plain_loadable
 from speechprune.structure import FAMILIES, FAMILY_SPECS, iter_units, model_family, widths
-from speechprune.testing import TINY_FAMILIES, tiny_input, tiny_model
+from speechprune.testing import TINY_FAMILIES, plant_duplicate_channels, tiny_input, tiny_model
 
 NEW = ("wavlm", "data2vec_audio", "wav2vec2_conformer", "unispeech_sat", "sew")
 ARCH = {family: cls for cls, family in FAMILIES.items()}
@@ -72,18 +72,7 @@ def test_new_families_shrink_run_save_and_load_strictly(tmp_path, family, method
 
 @pytest.mark.parametrize("family", NEW)
 def test_new_families_merge_duplicate_channels_exactly(family):
-    model = tiny_model(family)
-    with torch.no_grad():
-        for unit in iter_units(model):
-            n, g = unit.n_channels, unit.group_size
-            half = n // 2
-            for lin in unit.producers:
-                w = lin.weight.view(n, g, -1)
-                w[half:] = w[:half]
-                b = lin.bias.view(n, g)
-                b[half:] = b[:half]
-            c = unit.consumer.weight.view(unit.consumer.out_features, n, g)
-            c[:, half:] = c[:, :half]
+    model = plant_duplicate_channels(tiny_model(family))
     ref = _logits(model, family)
     report = compress(model, sparsity=0.5, scope=_scopes(family)[-1], progress=False)
     assert all(u.cost < 1e-6 for u in report.units)
