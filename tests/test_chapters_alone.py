@@ -61,6 +61,8 @@ def test_chapter_runs_alone_in_an_empty_folder(source, alone):
     text = "\n".join(str(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "SCALE = 'smoke'" in text, "the chapter says which scale it ran"
     assert "Executed in build (interactive run)" in text
+    # library warnings name their own files; in CI the environment lives inside the checkout (.venv)
+    text = text.replace(sys.prefix, "<environment>")
     assert str(ROOT) not in text, "no output mentions the checkout"
     if "CACHE_DIR" in declared:  # relative defaults resolve in the working folder
         assert any((alone / "speechprune-cache").iterdir())
