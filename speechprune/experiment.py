@@ -12,7 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from speechprune.allocation import ALLOCATIONS
 from speechprune.compress import check_sparsity
