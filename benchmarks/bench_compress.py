@@ -101,7 +101,7 @@ def main() -> None:
         big = build("large-v3", args.device)
         r = measure(big, args.device, 0.1, "ffn", "cluster", repeats=0)
         print(f"\nWhisper-large-v3-sized (64 feed-forward layers of 5120 channels), cluster at 10%: "
-              f"{r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB (target < 60 s on one H100)")
+              f"{r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB (target < 10 s on one H100/H200)")
 
 
 if __name__ == "__main__":

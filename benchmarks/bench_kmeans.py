@@ -1,6 +1,6 @@
 """Benchmark speechprune.kmeans against scikit-learn's KMeans on feed-forward channel features.
 
-    python benchmarks/bench_kmeans.py [--quick] [--device cuda] [--threads N] [--repeats R]
+    python benchmarks/bench_kmeans.py [--quick] [--device cuda [--large-only]] [--threads N] [--repeats R]
 
 Builds the channel features of a Whisper-base-sized feed-forward stack with random weights
 (d_model 512, width 2048, 12 layers; channel i = fc1 row i, fc1 bias i, fc2 column i: n = 2048,
@@ -319,6 +319,8 @@ def benchmark_large(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 layers, as a smoke check")
+    parser.add_argument("--large-only", action="store_true",
+                        help="only the Whisper-large-v3-sized stack (needs --device cuda); no scikit-learn")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (ours only; sklearn runs on the CPU)")
     parser.add_argument("--threads", type=int, default=None,
                         help="limit both sides to this many threads (default: all cores)")
@@ -329,6 +331,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
+    if args.large_only and args.device != "cuda":
+        parser.error("--large-only needs --device cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
     with threadpool_limits(args.threads):
@@ -336,7 +340,8 @@ def main() -> None:
             memory_probe(args)
             return
         print_environment(args.device)
-        benchmark_base(args)
+        if not args.large_only:
+            benchmark_base(args)
         if args.device == "cuda":
             benchmark_large(args)
         print(f"load average at the end {os.getloadavg()}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +85,25 @@ def test_kmeans_on_cuda_matches_cpu():
     assert abs(cuda.inertia - cpu.inertia) <= 0.01 * cpu.inertia
     _record("kmeans_2048x1025_k1843", dict(cpu_s=results["cpu"][1], cuda_s=results["cuda"][1],
                                            inertia_cpu=cpu.inertia, inertia_cuda=cuda.inertia))
+
+
+def test_graphed_seeding_matches_eager_on_cuda(monkeypatch):
+    """k-means++ steps replayed from CUDA graphs pick the seeds the eager loop picks, faster."""
+    module = sys.modules["speechprune.kmeans"]
+    x = (0.02 * torch.randn(5120, 2561, generator=torch.Generator().manual_seed(2))).cuda()
+    results, seconds = {}, {}
+    for name, wanted in (("eager", False), ("graphed", True)):
+        monkeypatch.setattr(module, "_stepper_wanted", lambda x, k, wanted=wanted: wanted)
+        kmeans(x[:1024], 900)  # warm-up
+        _sync()
+        t = time.perf_counter()
+        results[name] = kmeans(x, 4608, seed=0)
+        _sync()
+        seconds[name] = time.perf_counter() - t
+    assert torch.equal(results["eager"].labels, results["graphed"].labels)
+    assert results["eager"].inertia == results["graphed"].inertia
+    _record("kmeans_large_v3_layer_k4608", dict(eager_s=seconds["eager"], graphed_s=seconds["graphed"],
+                                                speedup=seconds["eager"] / seconds["graphed"]))
 
 
 @pytest.mark.parametrize("method", ["cluster", "magnitude"])

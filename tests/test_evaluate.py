@@ -23,6 +23,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from conftest import make_tiny_hubert
 from speechprune.cli import main
 from speechprune.data import SpeechSet, Utterance, load_speech
+from speechprune.device import default_device
 from speechprune.errors import SpeechPruneError
 from speechprune.evaluate import english_normalizer, evaluate, summary, transcribe, wer_details
 from speechprune.models import load_model
@@ -191,7 +192,7 @@ def test_cli_evaluate_writes_json(tmp_path, fake_models, capsys):
     out = tmp_path / "result.json"
     code = main(["evaluate", "tiny", "--data", "embedded", "--max-samples", "2", "--batch-size", "2",
                  "--json", str(out)])
-    assert code == 0 and fake_models == [("tiny", "cpu")]
+    assert code == 0 and fake_models == [("tiny", default_device())]  # cuda where there is a GPU
     text = capsys.readouterr().out
     assert "WER" in text and "S " in text and "RTF" in text and "embedded" in text
     record = json.loads(out.read_text())

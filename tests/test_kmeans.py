@@ -261,3 +261,24 @@ def test_weights_on_duplicate_rows_add_up() -> None:
 def test_bad_sample_weight_raises(weight: torch.Tensor, k: int) -> None:
     with pytest.raises(SpeechPruneError, match="sample_weight"):
         kmeans(torch.randn(4, 2), k, sample_weight=weight)  # k = n too: checked before the shortcut
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("small_matrix", [False, True])
+def test_device_counted_seeding_steps_give_the_plain_loops_seeds(
+    monkeypatch: pytest.MonkeyPatch, weighted: bool, small_matrix: bool
+) -> None:
+    """The k-means++ step that a GPU captures in a CUDA graph, run eagerly here, picks the same seeds."""
+    module = importlib.import_module("speechprune.kmeans")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 17, generator=g)
+    weights = torch.rand(300, generator=g) + 0.5 if weighted else None
+    if small_matrix:  # candidate rows from small matmuls instead of the pairwise matrix
+        monkeypatch.setattr(module, "MAX_DISTANCE_ELEMENTS", 100)
+    plain = kmeans(x, 200, seed=5, sample_weight=weights)
+    calls = []
+    monkeypatch.setattr(module, "_stepper_wanted", lambda x, k: calls.append(k) or True)
+    stepped = kmeans(x, 200, seed=5, sample_weight=weights)
+    assert calls == [200]
+    assert torch.equal(plain.labels, stepped.labels) and plain.inertia == stepped.inertia
+    assert plain.matmuls == stepped.matmuls  # the shapes a benchmark times are recorded alike

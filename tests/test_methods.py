@@ -251,7 +251,7 @@ def test_cli_runs_a_method_installed_through_an_entry_point(tmp_path):
     model = tmp_path / "tiny"
     make_tiny_hubert().save_pretrained(model)
     out = tmp_path / "pruned"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), str(ROOT), os.environ.get("PYTHONPATH")])))
     run = subprocess.run(
         [sys.executable, "-m", "speechprune", "compress", str(model), "--method", "plugin-keep-last",
          "--sparsity", "0.25", "--out", str(out), "--device", "cpu"],
