@@ -58,19 +58,21 @@ def matrix(records: list[dict]) -> Matrix:
 
 
 def _pair(a: Matrix, b: Matrix) -> tuple[np.ndarray, np.ndarray, list]:
-    """Row-aligned error matrices of A and B: by seed when both have several, else broadcast."""
+    """Row-aligned error matrices of A and B: by seed when both depend on a seed, else the seedless
+    side (magnitude pruning, closest pairs) broadcast against every seed of the other."""
     if a.ids != b.ids:
         raise ValueError("A and B were not measured on the same utterances")
-    if len(a.seeds) > 1 and len(b.seeds) > 1:
+    a_seeded, b_seeded = any(s is not None for s in a.seeds), any(s is not None for s in b.seeds)
+    if a_seeded and b_seeded:  # only seeds both have: a seed that one side lacks pairs with nothing
         common = [s for s in a.seeds if s in b.seeds]
         if not common:
             raise ValueError("A and B share no seed to pair")
         ea = a.errors[[a.seeds.index(s) for s in common]]
         eb = b.errors[[b.seeds.index(s) for s in common]]
         return ea, eb, common
-    if len(b.seeds) == 1:
-        return a.errors, np.broadcast_to(b.errors, a.errors.shape), a.seeds
-    return np.broadcast_to(a.errors, b.errors.shape), b.errors, b.seeds
+    if not b_seeded:
+        return a.errors, np.broadcast_to(b.errors[:1], a.errors.shape), a.seeds
+    return np.broadcast_to(a.errors[:1], b.errors.shape), b.errors, b.seeds
 
 
 def _indices(n_seeds: int, n_utts: int, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -232,6 +234,28 @@ def comparisons(records: list[dict], baseline: str = "magnitude", *, n_boot: int
             row["dense"] = d[0]["wer"]
         rows.append(row)
     return rows
+
+
+def versus(records: list[dict], a: str, b: str, *, n_boot: int = N_BOOT, **where) -> tuple[Difference, str] | None:
+    """Option ``a`` against option ``b`` (labels, as :func:`option_label` gives them) in the one
+    setting of ``records`` that has both: the paired difference and its sentence.
+
+    ``where`` narrows the records first (``scope="ffn"``, ``sparsity=0.1``, ``decoding="greedy"``
+    ...); None when no setting has both options, and an error when several do.
+    """
+    chosen = [r for r in records if all(r.get(k) == v for k, v in where.items())]
+    found: dict[tuple, dict[str, list[dict]]] = {}
+    for rs in groups(chosen).values():
+        label = option_label(rs[0])
+        if label in (a, b):
+            found.setdefault(setting_key(rs[0]), {})[label] = rs
+    both = [v for v in found.values() if len(v) == 2]
+    if not both:
+        return None
+    if len(both) > 1:
+        raise ValueError(f"{len(both)} settings have both {a!r} and {b!r}: narrow them with scope=, sparsity= ...")
+    d = paired_difference(both[0][a], both[0][b], n_boot=n_boot)
+    return d, sentence(d, a, b)
 
 
 def study_summary(records: list[dict], n_boot: int = N_BOOT) -> str:

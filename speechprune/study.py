@@ -561,6 +561,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default=None, help="replace every cluster option by this recipe (paper, recommended)")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--dry-run", action="store_true", help="check the file and list the runs; measure nothing")
+    p.add_argument("--summary", action="store_true",
+                   help="print the saved runs' statistics as Markdown tables (what the README quotes); measure nothing")
     p.set_defaults(func=_run_cli)
 
 
@@ -569,6 +571,15 @@ def _run_cli(args: argparse.Namespace) -> int:
     if args.recipe is not None:
         study = _with_recipe(study, args.recipe)
     out = Path(args.out) if args.out else Path("results") / "studies" / f"{study.name}.json"
+    if args.summary:
+        if not out.is_file():
+            raise SpeechPruneError(f"no saved runs: {out} does not exist (run `speechprune study {args.study}` first)")
+        saved = load_records(out)
+        for line in saved["problems"]:
+            print(f"warning: unusable record left out: {line}")
+        print(study_status(saved) + "\n")
+        print(markdown_summary(records_of(study, saved["records"])))
+        return 0
     if args.dry_run:
         saved, problems = read_results(out) if out.is_file() else ({}, [])
         for line in problems:
@@ -607,6 +618,54 @@ def _with_recipe(study: Study, recipe: str) -> Study:
 
 
 # --- figures and summaries for the book -----------------------------------------------------------
+
+#: Saved studies that ship with the package (``results/studies`` in the repository links here), so
+#: that a chapter opened alone, on Colab, finds them.
+PACKAGE_STUDIES = Path(__file__).resolve().parent / "data" / "results" / "studies"
+
+
+def saved_study(name: str, results_dir: str | Path | None = None) -> dict | None:
+    """The saved study ``name`` (:func:`load_records`), or None when there is none.
+
+    Looks in ``results_dir/studies/name.json`` first, then in the copy shipped with the package.
+
+    Examples
+    --------
+    >>> saved = saved_study("whisper-base-full")
+    >>> saved["study"], {r["data"] for r in saved["records"]}
+    ('whisper-base-full', {'embedded-full'})
+    >>> saved_study("no-such-study") is None
+    True
+    """
+    for folder in ([Path(results_dir) / "studies"] if results_dir else []) + [PACKAGE_STUDIES]:
+        path = folder / f"{name}.json"
+        if path.is_file():
+            return load_records(path)
+    return None
+
+
+def saved_comparison(name: str, results_dir: str | Path | None = None, *, pairs: list[tuple[str, str]],
+                     n_boot: int = 2000, **where) -> tuple[str, list[dict], dict[tuple[str, str], str]]:
+    """What a chapter shows of saved study ``name``: its provenance line, the records of one setting
+    (``where``: scope=, sparsity=, decoding= ...; the dense runs are kept), and one generated
+    sentence per pair of option labels (:func:`speechprune.stats.versus`).
+
+    A study that is absent, or has no runs of a pair yet, gives sentences that say so.
+    """
+    from speechprune.stats import versus
+
+    saved = saved_study(name, results_dir)
+    if saved is None or not saved["records"]:
+        missing = f"not measured yet (no saved study {name!r})"
+        return missing, [], {pair: missing for pair in pairs}
+    records = [r for r in saved["records"]
+               if r["method"] == "dense" or all(r.get(k) == v for k, v in where.items())]
+    sentences = {}
+    for a, b in pairs:
+        found = versus(records, a, b, n_boot=n_boot)
+        sentences[(a, b)] = found[1] if found else f"not measured yet (no saved runs of both {a} and {b})"
+    return study_status(saved), records, sentences
+
 
 def study_status(saved: dict) -> str:
     """One line of provenance: what the file is, how complete, when and with which versions."""
@@ -668,6 +727,41 @@ def plot_records(records: list[dict], *, title: str | None = None):
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def markdown_summary(records: list[dict], n_boot: int = 2000) -> str:
+    """Markdown tables of a study, one per model, data and decoding: a row per setting, a column per
+    option (median WER, range and number of seeds), and each option's comparison with magnitude."""
+    from speechprune.stats import comparisons
+
+    rows = comparisons(records, n_boot=n_boot)
+    tables: dict[tuple, dict[tuple, dict[str, dict]]] = {}
+    for r in rows:
+        tables.setdefault((r["model"], r["data"], r["decoding"]), {}).setdefault((r["scope"], r["sparsity"]), {})[
+            r["option"]] = r
+    out = []
+    for (model, data, decoding), settings in tables.items():
+        options = sorted({o for by in settings.values() for o in by}, key=lambda o: (o != "magnitude", o))
+        dense = next((r["dense"] for by in settings.values() for r in by.values() if "dense" in r), None)
+        n_utts = next(iter(next(iter(settings.values())).values()))["summary"].n_utterances
+        out.append(f"{model}, {data} ({n_utts} utterances), {decoding} decoding"
+                   + (f"; uncompressed {dense:.2f}%" if dense is not None else "") + ":\n")
+        out.append("| setting | " + " | ".join(options) + " | " +
+                   " | ".join(f"{o} against magnitude" for o in options if o != "magnitude") + " |")
+        out.append("|---" * (1 + 2 * len(options) - ("magnitude" in options)) + "|")
+        for (scope, sparsity), by in sorted(settings.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            cells = []
+            for o in options:
+                if o not in by:
+                    cells.append("")
+                    continue
+                sm = by[o]["summary"]
+                cells.append(f"{sm.median:.2f} (single run)" if sm.n_seeds == 1 else
+                             f"{sm.median:.2f} ({sm.low:.2f}-{sm.high:.2f}), {sm.n_seeds} seeds")
+            cells += [by[o].get("sentence", "") if o in by else "" for o in options if o != "magnitude"]
+            out.append(f"| {scope} {sparsity:.0%} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def comparison_table(records: list[dict], n_boot: int = 2000):

@@ -135,3 +135,40 @@ def test_comparisons_group_a_study_and_pair_with_magnitude():
     assert row["sentence"] == "cluster is lower than magnitude in 5 of 5 seeds, median difference −60.0 points [−60.0, −50.0]" or \
         row["sentence"].startswith("cluster is lower than magnitude in 5 of 5 seeds, median difference −60.0 points")
     assert "cluster" in stats.study_summary([dense, mag] + clus, n_boot=100)
+
+
+def _study_records():
+    base = dict(model="m", data="d", max_samples=None, decoding="greedy", features="both", merge="mean",
+                weighting="none", method="cluster")
+    out = []
+    for sparsity, (uniform_rate, variance_rate) in {0.2: (4, 2), 0.5: (6, 6)}.items():
+        for s in range(5):
+            out.append(record([uniform_rate] * 40, [10] * 40, seed=s, label="uniform", scope="encoder.ffn",
+                              sparsity=sparsity, allocation="uniform", **base))
+            out.append(record([variance_rate + (s == 0)] * 40, [10] * 40, seed=s, label="variance",
+                              scope="encoder.ffn", sparsity=sparsity, allocation="variance", **base))
+    return out
+
+
+def test_versus_compares_any_two_options_in_the_setting_that_has_both():
+    recs = _study_records()
+    d, said = stats.versus(recs, "variance", "uniform", sparsity=0.2)
+    assert d.median == -20.0 and d.lower == 5 and d.n_seeds == 5
+    assert said.startswith("variance is lower than uniform in 5 of 5 seeds, median difference −20.0 points")
+    d, said = stats.versus(recs, "variance", "uniform", sparsity=0.5)
+    assert d.median == 0.0 and said.startswith("the data cannot decide between variance and uniform")
+    assert stats.versus(recs, "variance", "magnitude") is None  # no setting has both
+    with pytest.raises(ValueError, match="2 settings have both"):
+        stats.versus(recs, "variance", "uniform")  # two settings: it must be told which
+
+
+def test_a_seeded_option_with_one_seed_pairs_one_seed_not_five():
+    """One saved seed of a k-means option is not a seedless baseline: it pairs with seed 0 only."""
+    five = seeded([0.5] * 5)
+    one = [record([2] * 100, [10] * 100, seed=0)]
+    d = stats.paired_difference(one, five, n_boot=100)
+    assert d.n_seeds == 1 and d.seeded and d.median == -30.0
+    assert stats.sentence(d, "new", "old").startswith("the data cannot decide between new and old: only 1 seed")
+    later = [record([2] * 100, [10] * 100, seed=7)]
+    with pytest.raises(ValueError, match="share no seed"):
+        stats.paired_difference(later, five, n_boot=100)

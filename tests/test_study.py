@@ -290,3 +290,41 @@ def test_runs_with_the_same_settings_are_reused_from_other_studies(fake, tmp_pat
     st.run_study(st.parse_study(spec(name="c", seeds=1)), tmp_path / "c.json", progress=False, reuse=False,
                  log=lambda *_: None)
     assert len(calls) == 7
+
+
+def test_saved_study_reads_results_dir_first_then_the_package(tmp_path):
+    from speechprune.study import PACKAGE_STUDIES, saved_comparison, saved_study
+
+    shipped = saved_study("whisper-base-full")
+    assert shipped is not None and (PACKAGE_STUDIES / "whisper-base-full.json").is_file()
+    local = dict(json.loads((PACKAGE_STUDIES / "whisper-base-full.json").read_text()))
+    local["records"] = local["records"][:3]
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "whisper-base-full.json").write_text(json.dumps(local))
+    assert len(saved_study("whisper-base-full", tmp_path)["records"]) == 3
+    assert saved_study("no-such-study", tmp_path) is None
+
+    pairs = [("cluster (paper)", "magnitude"), ("cluster (paper)", "no such option")]
+    status, records, said = saved_comparison("whisper-base-full", None, scope="ffn", sparsity=0.1, pairs=pairs)
+    assert status.startswith("whisper-base-full")
+    assert {(r["scope"], r["sparsity"]) for r in records if r["method"] != "dense"} == {("ffn", 0.1)}
+    assert any(r["method"] == "dense" for r in records)
+    assert "cluster (paper)" in said[pairs[0]] and "magnitude" in said[pairs[0]]
+    assert said[pairs[1]].startswith("not measured yet")
+    status, records, said = saved_comparison("no-such-study", tmp_path, pairs=pairs)
+    assert records == [] and all(v.startswith("not measured yet") for v in said.values())
+
+
+def test_summary_prints_the_saved_statistics_as_markdown(tmp_path, capsys):
+    from speechprune.cli import main
+    from speechprune.study import PACKAGE_STUDIES
+
+    root = Path(__file__).resolve().parents[1]
+    study_file = str(root / "studies" / "whisper-base-full.toml")
+    assert main(["study", study_file, "--out", str(PACKAGE_STUDIES / "whisper-base-full.json"), "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("whisper-base-full (")
+    assert "| setting | magnitude | cluster (paper) | cluster producer |" in out
+    assert "| ffn 10% | " in out and "(single run)" in out and "against magnitude" in out
+    assert main(["study", study_file, "--out", str(tmp_path / "absent.json"), "--summary"]) == 2
+    assert "does not exist" in capsys.readouterr().err
