@@ -667,6 +667,13 @@ def saved_comparison(name: str, results_dir: str | Path | None = None, *, pairs:
     return study_status(saved), records, sentences
 
 
+def status_headline(status: str) -> str:
+    """The head of a :func:`study_status` line: ``"NAME (complete)"`` or ``"NAME (PARTIAL: 22 of 34 runs
+    saved so far)"``, for a sentence in the book."""
+    head, paren, _ = status.partition(")")
+    return head + paren if paren else status
+
+
 def study_status(saved: dict) -> str:
     """One line of provenance: what the file is, how complete, when and with which versions."""
     records = saved["records"]

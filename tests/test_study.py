@@ -328,3 +328,12 @@ def test_summary_prints_the_saved_statistics_as_markdown(tmp_path, capsys):
     assert "| ffn 10% | " in out and "(single run)" in out and "against magnitude" in out
     assert main(["study", study_file, "--out", str(tmp_path / "absent.json"), "--summary"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_status_headline_keeps_the_name_and_the_progress():
+    from speechprune.study import status_headline
+
+    assert status_headline("x (PARTIAL: 2 of 9 runs saved so far): a study (8 clips). Measured") == \
+        "x (PARTIAL: 2 of 9 runs saved so far)"
+    assert status_headline("x (complete): desc") == "x (complete)"
+    assert status_headline("x: no runs saved yet.") == "x: no runs saved yet."
