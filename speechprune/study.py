@@ -503,6 +503,12 @@ def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool
             log(f"{len(found)} runs reused from other studies in {out.parent}")
             saved.update(found)
             write_results(out, study, list(saved.values()))
+    relabel = {r.key: (r.label, r.recipe) for r in study.runs}
+    stale = [k for k, r in saved.items() if k in relabel and (r.get("label"), r.get("recipe")) != relabel[k]]
+    for k in stale:  # a run copied from another study, or saved under an older label, shows this study's name
+        saved[k] = dict(saved[k], label=relabel[k][0], recipe=relabel[k][1])
+    if stale:
+        write_results(out, study, list(saved.values()))
     records = list(saved.values())
     todo = [r for r in study.runs if r.key not in saved]
     if limit is not None:

@@ -286,6 +286,12 @@ def test_runs_with_the_same_settings_are_reused_from_other_studies(fake, tmp_pat
     assert any("7 runs reused" in line for line in lines)
     saved = json.loads((tmp_path / "b.json").read_text())["records"]
     assert sum(r.get("reused_from") == "a.json" for r in saved) == 7
+    relabelled = st.parse_study(spec(name="d", seeds=1, options=[
+        dict(method="magnitude", label="baseline"), dict(method="cluster", features="both", label="A"),
+        dict(method="cluster", features="producer", label="B")]))
+    st.run_study(relabelled, tmp_path / "d.json", progress=False, log=lambda *_: None)
+    labels = {r["label"] for r in json.loads((tmp_path / "d.json").read_text())["records"] if r["method"] != "dense"}
+    assert labels == {"baseline", "A", "B"}  # copied runs carry this study's names, not the other's
     calls.clear()
     st.run_study(st.parse_study(spec(name="c", seeds=1)), tmp_path / "c.json", progress=False, reuse=False,
                  log=lambda *_: None)
