@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import sys
 import time
 import tomllib
@@ -775,6 +776,46 @@ def markdown_summary(records: list[dict], n_boot: int = 2000) -> str:
             out.append(f"| {scope} {sparsity:.0%} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def screening_scores(records: list[dict]) -> list[dict]:
+    """Step 1 of the selection rule in ``studies/README.md``, from a screening's records.
+
+    Per option: the median WER over seeds in each cell (model and setting; a single run for an
+    option without a seed), averaged over the cells (``score``); the largest WER over seeds,
+    averaged the same way (``worst``); and how many cells it covers. Sorted by score.
+    """
+    from speechprune.stats import groups, option_label
+
+    cells: dict[str, dict[tuple, list[float]]] = {}
+    for rs in groups(records).values():
+        r0 = rs[0]
+        if r0["method"] == "dense":
+            continue
+        cell = (r0["model"], r0["data"], r0.get("max_samples"), r0["decoding"], r0["scope"], r0["sparsity"])
+        cells.setdefault(option_label(r0), {})[cell] = [r["wer"] for r in rs]
+    every = set().union(*cells.values()) if cells else set()
+    rows = []
+    for option, by in cells.items():
+        rows.append(dict(option=option, score=statistics.fmean(statistics.median(v) for v in by.values()),
+                         worst=statistics.fmean(max(v) for v in by.values()), cells=len(by), of_cells=len(every),
+                         seeds=min(len(v) for v in by.values()), seeded=any(len(v) > 1 for v in by.values())))
+    return sorted(rows, key=lambda r: (r["score"], r["worst"]))
+
+
+def select_options(scores: list[dict], n: int = 2, *, tie: float = 1.0, exclude: tuple[str, ...] = ("magnitude",)
+                   ) -> list[str]:
+    """The ``n`` options with the lowest score among those that cover every cell; a score within
+    ``tie`` points of the best left goes to the lower worst case (the rule in ``studies/README.md``)."""
+    left = [r for r in scores if r["option"] not in exclude and r["cells"] == r["of_cells"]]
+    kept = []
+    while left and len(kept) < n:
+        best = min(left, key=lambda r: r["score"])
+        close = [r for r in left if r["score"] - best["score"] <= tie]
+        pick = min(close, key=lambda r: (r["worst"], r["score"]))
+        kept.append(pick["option"])
+        left.remove(pick)
+    return kept
 
 
 def comparison_table(records: list[dict], n_boot: int = 2000):

@@ -343,3 +343,26 @@ def test_status_headline_keeps_the_name_and_the_progress():
         "x (PARTIAL: 2 of 9 runs saved so far)"
     assert status_headline("x (complete): desc") == "x (complete)"
     assert status_headline("x: no runs saved yet.") == "x: no runs saved yet."
+
+
+def test_screening_scores_and_the_selection_rule():
+    def rec(model, sparsity, label, seed, wer, method="cluster"):
+        return dict(model=model, data="d", max_samples=None, decoding="greedy", scope="ffn", sparsity=sparsity,
+                    method=method, features=label, allocation="uniform", merge="mean", weighting="none",
+                    seed=seed, label=label, wer=wer)
+
+    records = [rec(m, s, "magnitude", None, 90.0, "magnitude") for m in ("a", "b") for s in (0.1, 0.2)]
+    for m in ("a", "b"):
+        for s in (0.1, 0.2):
+            records += [rec(m, s, "steady", seed, w) for seed, w in enumerate((20.0, 21.0, 22.0))]
+            records += [rec(m, s, "lucky", seed, w) for seed, w in enumerate((19.5, 20.5, 60.0))]
+            records += [rec(m, s, "bad", seed, w) for seed, w in enumerate((40.0, 41.0, 42.0))]
+    records += [rec("a", 0.1, "partial", seed, 1.0) for seed in range(3)]
+    scores = {r["option"]: r for r in st.screening_scores(records)}
+    assert scores["steady"]["score"] == 21.0 and scores["steady"]["worst"] == 22.0
+    assert scores["lucky"]["score"] == 20.5 and scores["lucky"]["worst"] == 60.0
+    assert (scores["partial"]["cells"], scores["partial"]["of_cells"]) == (1, 4)
+    # lucky is 0.5 points better, within the 1-point tie: the lower worst case (steady) goes first;
+    # the option that covers one cell of four is never picked, nor is magnitude pruning
+    assert st.select_options(list(scores.values())) == ["steady", "lucky"]
+    assert st.select_options(list(scores.values()), tie=0.0) == ["lucky", "steady"]
