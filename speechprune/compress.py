@@ -25,9 +25,17 @@ from speechprune.errors import SpeechPruneError, check_choice, check_device
 from speechprune.checkpoint import save_pruned
 from speechprune.outputs import check_output_dir, output_state
 from speechprune.hub import command_line
-from speechprune.methods import Method, assign, available_methods, entry_point_errors, get_method, load_entry_points
+from speechprune.methods import (
+    Method,
+    assign,
+    available_methods,
+    check_labels,
+    entry_point_errors,
+    get_method,
+    load_entry_points,
+)
 from speechprune.models import load_model
-from speechprune.prune import FEATURES, MERGES, WEIGHTINGS, assign_cluster, merge
+from speechprune.prune import FEATURES, MERGES, WEIGHTINGS, assign_cluster, cluster_many, merge
 from speechprune.structure import (PARTS, Unit, count_parameters, iter_units, model_family, parse_scope,
                                    record_widths, units_in_scope)
 from speechprune.recipes import RECIPES, resolve
@@ -320,11 +328,24 @@ def compress(
                         progress=(lambda name: bar.set_postfix_str(f"allocating: {name}")) if progress else None)
     # every assignment first, so that a failing or invalid method leaves the model untouched
     assignments = []
-    for unit in units:
-        bar.set_postfix_str(f"assigning: {unit.name}")
+    if chosen.fn is assign_cluster and len(units) > 1:  # k-means: on a GPU, same-shaped layers seeded together
+        bar.set_postfix_str(f"clustering {len(units)} units")
         t0 = time.perf_counter()
-        assignments.append((assign(unit, keep[unit.name], chosen, **options), time.perf_counter() - t0))
-        bar.update(1)
+        try:
+            batch = cluster_many(units, [keep[u.name] for u in units], **options)
+        except SpeechPruneError as err:
+            raise SpeechPruneError(f"method {chosen.name!r} failed: {err}") from err
+        each = (time.perf_counter() - t0) / len(units)
+        for unit, a in zip(units, batch):
+            check_labels(a.labels, unit, a.k, chosen.name)
+            assignments.append((a, each))
+            bar.update(1)
+    else:
+        for unit in units:
+            bar.set_postfix_str(f"assigning: {unit.name}")
+            t0 = time.perf_counter()
+            assignments.append((assign(unit, keep[unit.name], chosen, **options), time.perf_counter() - t0))
+            bar.update(1)
     reports = []
     for unit, (a, seconds) in zip(units, assignments):
         bar.set_postfix_str(f"merging: {unit.name}")

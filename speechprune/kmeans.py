@@ -113,6 +113,36 @@ def kmeans(
     ...
     speechprune.errors.SpeechPruneError: k must be an integer with 1 <= k <= n = 4, got 5
     """
+    problem = _prepare(x, k, n_init, max_iter, tol, seed, init, sample_weight)
+    return problem if isinstance(problem, KMeansResult) else _finish(problem)
+
+
+@dataclass
+class _Problem:
+    """One k-means call, prepared up to the seeding: what `_finish` needs."""
+
+    x: Tensor
+    k: int
+    n_init: int
+    max_iter: int
+    init: str
+    distinct: Tensor
+    inverse: Tensor
+    weights: Tensor | None
+    tol_abs: float
+    generator: torch.Generator
+    sq_norms: Tensor
+    pairwise: Tensor | None
+    matmuls: list[tuple[int, int, int]]
+
+
+def _prepare(x: Tensor, k: int, n_init: int, max_iter: int, tol: float, seed: int, init: str,
+             sample_weight: Tensor | None, *, defer_pairwise: bool = False) -> KMeansResult | _Problem:
+    """Check the arguments and set a call up to its seeding (or solve it, when no search is needed).
+
+    With `defer_pairwise`, the n x n distance matrix is left for the caller to fill (`kmeans_many`
+    computes it into one buffer for a batch of problems).
+    """
     _check_arguments(x, k, n_init, max_iter, tol, init)
     n = x.shape[0]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -130,23 +160,40 @@ def kmeans(
         weights = torch.zeros(distinct.shape[0], dtype=work.dtype, device=x.device).index_add_(0, inverse, given)
     if k >= distinct.shape[0]:
         result = _split_duplicates(work, inverse, distinct.shape[0], k)
-    else:
-        tol_abs = tol * work.var(dim=0, unbiased=False).mean().item()
-        generator = torch.Generator().manual_seed(seed)
-        m, d = distinct.shape
-        sq_norms = (distinct * distinct).sum(1)
-        pairwise, matmuls = None, []
-        if init == "k-means++" and m * m <= MAX_DISTANCE_ELEMENTS:  # shared by all n_init runs
-            pairwise = _sq_distances(distinct, sq_norms, distinct, sq_norms).fill_diagonal_(0.0)
-            matmuls.append((m, d, m))
-        runs = [
-            _lloyd(distinct, sq_norms, weights, k, max_iter, tol_abs, init, generator, pairwise)
-            for _ in range(n_init)
-        ]
-        result = min(runs, key=lambda r: r.inertia)
-        result.labels = result.labels[inverse]
-        result.matmuls = matmuls + [shape for run in runs for shape in run.matmuls]
-    result.centers = result.centers.to(x.dtype)
+        result.centers = result.centers.to(x.dtype)
+        return result
+    tol_abs = tol * work.var(dim=0, unbiased=False).mean().item()
+    m = distinct.shape[0]
+    sq_norms = (distinct * distinct).sum(1)
+    problem = _Problem(x, k, n_init, max_iter, init, distinct, inverse, weights, tol_abs,
+                       torch.Generator().manual_seed(seed), sq_norms, None, [])
+    if init == "k-means++" and m * m <= MAX_DISTANCE_ELEMENTS and not defer_pairwise:  # shared by all n_init runs
+        _fill_pairwise(problem, None)
+    return problem
+
+
+def _fill_pairwise(problem: _Problem, out: Tensor | None) -> None:
+    """The problem's n x n squared-distance matrix (into `out` when given), diagonal zero."""
+    x, sq = problem.distinct, problem.sq_norms
+    pairwise = _sq_distances(x, sq, x, sq).fill_diagonal_(0.0)
+    if out is not None:
+        pairwise = out.copy_(pairwise)
+    problem.pairwise = pairwise
+    problem.matmuls.append((x.shape[0], x.shape[1], x.shape[0]))
+
+
+def _finish(problem: _Problem, seeds: Tensor | None = None) -> KMeansResult:
+    """The `n_init` Lloyd runs of a prepared problem; `seeds`, when given, are the first run's."""
+    p = problem
+    runs = [
+        _lloyd(p.distinct, p.sq_norms, p.weights, p.k, p.max_iter, p.tol_abs, p.init, p.generator, p.pairwise,
+               seeds if i == 0 else None)
+        for i in range(p.n_init)
+    ]
+    result = min(runs, key=lambda r: r.inertia)
+    result.labels = result.labels[p.inverse]
+    result.matmuls = p.matmuls + [shape for run in runs for shape in run.matmuls]
+    result.centers = result.centers.to(p.x.dtype)
     return result
 
 
@@ -204,14 +251,18 @@ def _lloyd(
     init: str,
     generator: torch.Generator,
     pairwise: Tensor | None,
+    seeds: Tensor | None = None,
 ) -> KMeansResult:
     """One k-means run on distinct points `x` (weighted by their multiplicity), 1 <= k < n.
 
-    `pairwise`, when given, is the n x n squared-distance matrix of `x` (for k-means++).
+    `pairwise`, when given, is the n x n squared-distance matrix of `x` (for k-means++); `seeds`,
+    when given, were chosen already (by `kmeans_many`'s batched k-means++).
     """
     n = x.shape[0]
     matmuls: list[tuple[int, int, int]] = []
-    if init == "random":
+    if seeds is not None:
+        pass
+    elif init == "random":
         seeds = torch.randperm(n, generator=generator)[:k].to(x.device)
     else:
         seeds = _kmeans_plus_plus(x, sq_norms, weights, k, generator, pairwise, matmuls)
@@ -276,14 +327,7 @@ def _kmeans_plus_plus(
     never waits for the device.
     """
     n = x.shape[0]
-    trials = 2 + int(math.log(k))
-    if weights is None:
-        first = torch.randint(n, (1,), generator=generator)
-    else:
-        first = torch.multinomial(weights.cpu().double(), 1, generator=generator)
-    uniforms = torch.rand(k - 1, trials, generator=generator, dtype=torch.float64)
-    uniforms = uniforms.to(device=x.device, dtype=x.dtype)
-    first = first.to(x.device)
+    first, uniforms = _draws(n, k, weights, generator, x)
 
     def rows(ids: Tensor) -> Tensor:
         if pairwise is not None:
@@ -296,12 +340,14 @@ def _kmeans_plus_plus(
     closest = rows(first).squeeze(0)
     if _stepper_wanted(x, k):
         if pairwise is None:  # record the shapes the captured steps will run
-            matmuls.extend([(trials, x.shape[1], n)] * (k - 1))
-            pairwise_or_rows = lambda ids: _sq_distances(  # noqa: E731
-                x.index_select(0, ids), sq_norms.index_select(0, ids), x, sq_norms)
+            matmuls.extend([(uniforms.shape[1], x.shape[1], n)] * (k - 1))
+            rows_of = lambda ids: _sq_distances(  # noqa: E731
+                x.index_select(0, ids[0]), sq_norms.index_select(0, ids[0]), x, sq_norms).unsqueeze(0)
         else:
-            pairwise_or_rows = lambda ids: pairwise.index_select(0, ids)  # noqa: E731
-        _run_steps(_SeedSteps(closest, seeds, uniforms, weights, pairwise_or_rows), k - 1)
+            rows_of = lambda ids: pairwise.index_select(0, ids[0]).unsqueeze(0)  # noqa: E731
+        steps = _SeedSteps(closest.unsqueeze(0), seeds.unsqueeze(0), uniforms.unsqueeze(0),
+                           None if weights is None else weights.unsqueeze(0), rows_of)
+        _run_steps(steps, k - 1)
         return seeds
     for step in range(1, k):
         cumulative = torch.cumsum(closest if weights is None else closest * weights, 0)
@@ -316,6 +362,18 @@ def _kmeans_plus_plus(
     return seeds
 
 
+def _draws(n: int, k: int, weights: Tensor | None, generator: torch.Generator, like: Tensor) -> tuple[Tensor, Tensor]:
+    """k-means++'s random numbers, drawn on the CPU generator: the first seed [1] and the uniforms
+    [k - 1, 2 + log(k)] of the candidate draws, on `like`'s device and dtype."""
+    trials = 2 + int(math.log(k))
+    if weights is None:
+        first = torch.randint(n, (1,), generator=generator)
+    else:
+        first = torch.multinomial(weights.cpu().double(), 1, generator=generator)
+    uniforms = torch.rand(k - 1, trials, generator=generator, dtype=torch.float64)
+    return first.to(like.device), uniforms.to(device=like.device, dtype=like.dtype)
+
+
 #: On a GPU, the k-means++ steps are captured in CUDA graphs of this many steps and replayed.
 #: Each step is a dozen tiny kernels on n numbers, so eager launching (about 10 us of Python and
 #: dispatch per kernel) dominates: Whisper-large-v3-sized layers (k = 4608) spent 0.6 s each in it.
@@ -328,31 +386,38 @@ def _stepper_wanted(x: Tensor, k: int) -> bool:
 
 
 class _SeedSteps:
-    """One k-means++ step with its step number held on the device.
+    """One k-means++ step for a batch of B problems of the same shape, its step number on the device.
 
     Nothing in a call reads a value back to the host or depends on a Python counter, so a run of
-    calls can be captured in a CUDA graph once and replayed; called eagerly, it gives the seeds of
-    the plain loop in `_kmeans_plus_plus` exactly (the same operations in the same order).
+    calls can be captured in a CUDA graph once and replayed. With B = 1 it gives the seeds of the
+    plain loop in `_kmeans_plus_plus` exactly (the same operations in the same order); a batch
+    shares each step's kernels among all its problems. `rows(candidates [B, T])` returns the
+    candidates' squared distances to every point, [B, T, n].
     """
 
     def __init__(self, closest: Tensor, seeds: Tensor, uniforms: Tensor, weights: Tensor | None, rows) -> None:
-        self.closest = closest.clone()
-        self.seeds, self.uniforms, self.weights, self.rows = seeds, uniforms, weights, rows
-        self.last = closest.shape[0] - 1
+        self.closest = closest.clone()  # [B, n]
+        self.seeds, self.uniforms, self.weights, self.rows = seeds, uniforms, weights, rows  # [B, k], [B, k-1, T]
+        self.last = closest.shape[1] - 1
         self.step = torch.ones(1, dtype=torch.long, device=seeds.device)  # the seed chosen next
 
     def __call__(self) -> None:
         closest, weights = self.closest, self.weights
-        cumulative = torch.cumsum(closest if weights is None else closest * weights, 0)
-        uniform = self.uniforms.index_select(0, self.step - 1).squeeze(0)
-        candidates = torch.searchsorted(cumulative, uniform * cumulative[-1])
+        cumulative = torch.cumsum(closest if weights is None else closest * weights, 1)
+        uniform = self.uniforms.index_select(1, self.step - 1).squeeze(1)
+        candidates = torch.searchsorted(cumulative, uniform * cumulative[:, -1:])
         candidates.clamp_(max=self.last)
         trial = self.rows(candidates)
-        torch.minimum(trial, closest, out=trial)
-        potentials = trial.sum(1) if weights is None else trial @ weights
-        best = potentials.argmin().unsqueeze(0)
-        self.seeds.index_copy_(0, self.step, candidates.index_select(0, best))
-        closest.copy_(trial.index_select(0, best).squeeze(0))
+        torch.minimum(trial, closest.unsqueeze(1), out=trial)
+        if weights is None:
+            potentials = trial.sum(2)
+        elif trial.shape[0] == 1:  # the plain loop's own product, so that B = 1 matches it exactly
+            potentials = (trial[0] @ weights[0]).unsqueeze(0)
+        else:
+            potentials = torch.bmm(trial, weights.unsqueeze(2)).squeeze(2)
+        best = potentials.argmin(1, keepdim=True)
+        self.seeds.index_copy_(1, self.step, candidates.gather(1, best))
+        closest.copy_(trial.gather(1, best.unsqueeze(2).expand(-1, 1, trial.shape[2])).squeeze(1))
         self.step.add_(1)
 
 
@@ -380,6 +445,113 @@ def _run_steps(step: _SeedSteps, count: int) -> None:
     for _ in range(count - warm_up - replays * GRAPH_STEPS):
         step()
     del graph
+
+
+#: Largest batch of distance matrices `kmeans_many` holds at once (elements): 2**29 is 2 GiB in float32.
+MAX_BATCH_ELEMENTS = 2**29
+
+
+def kmeans_many(
+    xs: list[Tensor],
+    ks: int | list[int],
+    *,
+    n_init: int = 1,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    init: str = "k-means++",
+    sample_weights: list[Tensor | None] | None = None,
+) -> list[KMeansResult]:
+    """:func:`kmeans` on many inputs at once; on a GPU, same-shaped inputs share their k-means++ steps.
+
+    Each result is what ``kmeans(xs[i], ks[i], ...)`` returns, with one difference on a GPU:
+    problems of the same shape, k and weighting (a model's layers) run their k − 1 sequential
+    k-means++ steps as one batch, so 64 layers cost about what one does. The batch's kernels may
+    round differently from one problem's, so on a GPU a layer's partition can differ from a lone
+    ``kmeans`` call's (it is the same from run to run). On the CPU every problem runs alone.
+
+    Parameters
+    ----------
+    xs : list of Tensor
+        The inputs, each [n_i, d_i].
+    ks : int or list of int
+        The number of clusters of every input, or of each.
+    n_init, max_iter, tol, seed, init
+        As for :func:`kmeans`; batching needs ``n_init = 1`` and k-means++.
+    sample_weights : list of Tensor or None, optional
+        Each input's ``sample_weight``.
+
+    Returns
+    -------
+    list of KMeansResult
+        One per input, in order.
+
+    Raises
+    ------
+    SpeechPruneError
+        As :func:`kmeans`, naming the first bad input.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from speechprune.kmeans import kmeans, kmeans_many
+    >>> xs = [torch.randn(40, 3, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    >>> [r.labels.unique().numel() for r in kmeans_many(xs, 30)]
+    [30, 30, 30]
+    >>> all(torch.equal(a.labels, kmeans(x, 30).labels) for a, x in zip(kmeans_many(xs, 30), xs))  # on the CPU
+    True
+    """
+    ks = [ks] * len(xs) if isinstance(ks, int) else list(ks)
+    weights = list(sample_weights) if sample_weights is not None else [None] * len(xs)
+    if not len(ks) == len(weights) == len(xs):
+        raise SpeechPruneError(f"kmeans_many: {len(xs)} inputs, {len(ks)} values of k, {len(weights)} weights")
+    results: list[KMeansResult | None] = [None] * len(xs)
+    batches: dict[tuple, list[int]] = {}
+    for i, (x, k, w) in enumerate(zip(xs, ks, weights)):
+        batchable = (init == "k-means++" and n_init == 1 and isinstance(x, Tensor) and x.dim() == 2
+                     and isinstance(k, int) and _stepper_wanted(x, k))
+        problem = _prepare(x, k, n_init, max_iter, tol, seed, init, w, defer_pairwise=batchable)
+        if isinstance(problem, KMeansResult):
+            results[i] = problem
+        elif not batchable or problem.pairwise is not None or problem.distinct.shape[0] != x.shape[0] \
+                or x.shape[0] ** 2 > MAX_DISTANCE_ELEMENTS:
+            if problem.pairwise is None and init == "k-means++" and problem.distinct.shape[0] ** 2 <= MAX_DISTANCE_ELEMENTS:
+                _fill_pairwise(problem, None)
+            results[i] = _finish(problem)
+        else:
+            batches.setdefault((tuple(x.shape), k, problem.distinct.dtype, x.device, w is None), []).append(i)
+            results[i] = problem  # type: ignore[assignment]
+    for (shape, k, dtype, device, _), members in batches.items():
+        n = shape[0]
+        size = max(1, MAX_BATCH_ELEMENTS // (n * n))
+        for start in range(0, len(members), size):
+            part = members[start:start + size]
+            problems = [results[i] for i in part]
+            buffer = torch.empty(len(part), n, n, dtype=dtype, device=device)
+            for b, problem in enumerate(problems):
+                _fill_pairwise(problem, buffer[b])
+            seeds = _seed_batch(problems, buffer)
+            for b, (i, problem) in enumerate(zip(part, problems)):
+                results[i] = _finish(problem, seeds[b])
+            del buffer
+    return results  # type: ignore[return-value]
+
+
+def _seed_batch(problems: list[_Problem], pairwise: Tensor) -> Tensor:
+    """k-means++ seeds [B, k] of same-shaped problems whose distance matrices are `pairwise` [B, n, n]."""
+    k = problems[0].k
+    draws = [_draws(p.distinct.shape[0], k, p.weights, p.generator, p.distinct) for p in problems]
+    first = torch.cat([f for f, _ in draws])  # [B]
+    uniforms = torch.stack([u for _, u in draws])  # [B, k - 1, T]
+    weights = None if problems[0].weights is None else torch.stack([p.weights for p in problems])
+    seeds = torch.empty(len(problems), k, dtype=torch.long, device=pairwise.device)
+    seeds[:, 0] = first
+    closest = pairwise.gather(1, first.view(-1, 1, 1).expand(-1, 1, pairwise.shape[2])).squeeze(1)
+    n = pairwise.shape[2]
+    steps = _SeedSteps(closest, seeds, uniforms, weights,
+                       lambda ids: pairwise.gather(1, ids.unsqueeze(2).expand(-1, -1, n)))
+    _run_steps(steps, k - 1)
+    return seeds
 
 
 class _Distances:

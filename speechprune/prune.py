@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from speechprune.errors import SpeechPruneError, check_choice
-from speechprune.kmeans import closest_pairs, kmeans
+from speechprune.kmeans import closest_pairs, kmeans, kmeans_many
 from speechprune.structure import Unit
 
 METHODS = ("cluster", "magnitude", "pairs")  # pairs: closest pairs first, no seed (kmeans.closest_pairs)
@@ -165,6 +165,42 @@ def assign_cluster(unit: Unit, k: int, *, seed: int = 0, max_iter: int = 100, n_
     result = kmeans(x, k, seed=seed, max_iter=max_iter, n_init=n_init,
                     sample_weight=channel_weights(unit, weighting))
     return Assignment(_canonical(result.labels, k), k, float(result.inertia))
+
+
+#: Channel features `cluster_many` holds at once (elements; 2**29 is 2 GiB in float32).
+MAX_FEATURE_ELEMENTS = 2**29
+
+
+@torch.no_grad()
+def cluster_many(units: list[Unit], ks: list[int], *, seed: int = 0, max_iter: int = 100, n_init: int = 1,
+                 features: str = "both", weighting: str = "none") -> list[Assignment]:
+    """:func:`assign_cluster` for many units at once, through :func:`speechprune.kmeans.kmeans_many`.
+
+    On a GPU, units of the same shape (a model's layers) share their k-means++ steps, in groups
+    whose features fit in ``MAX_FEATURE_ELEMENTS``; on the CPU each unit is clustered alone, exactly
+    as :func:`assign_cluster` does.
+    """
+    out: list[Assignment] = []
+    group: list[tuple[Unit, int]] = []
+    size = 0
+
+    def flush() -> None:
+        xs = [channel_features(u, features) for u, _ in group]
+        results = kmeans_many(xs, [k for _, k in group], seed=seed, max_iter=max_iter, n_init=n_init,
+                              sample_weights=[channel_weights(u, weighting) for u, _ in group])
+        out.extend(Assignment(_canonical(r.labels, k), k, float(r.inertia)) for r, (_, k) in zip(results, group))
+        group.clear()
+
+    for unit, k in zip(units, ks):
+        elements = 2 * sum(lin.weight.numel() for lin in unit.producers)  # producer rows and consumer columns
+        if group and size + elements > MAX_FEATURE_ELEMENTS:
+            flush()
+            size = 0
+        group.append((unit, k))
+        size += elements
+    if group:
+        flush()
+    return out
 
 
 def assign(unit: Unit, k: int, method: str, **cluster_options) -> Assignment:

@@ -106,6 +106,29 @@ def test_graphed_seeding_matches_eager_on_cuda(monkeypatch):
                                                 speedup=seconds["eager"] / seconds["graphed"]))
 
 
+def test_batched_seeding_on_cuda_agrees_with_lone_calls():
+    """kmeans_many: eight Whisper-large-v3-sized layers share their k-means++ steps; costs as alone."""
+    module = sys.modules["speechprune.kmeans"]
+    xs = [(0.02 * torch.randn(5120, 2561, generator=torch.Generator().manual_seed(i))).cuda() for i in range(8)]
+    module.kmeans_many(xs[:2], 4608)  # warm-up
+    _sync()
+    t = time.perf_counter()
+    alone = [kmeans(x, 4608, seed=0) for x in xs]
+    _sync()
+    alone_s = time.perf_counter() - t
+    t = time.perf_counter()
+    together = module.kmeans_many(xs, 4608, seed=0)
+    _sync()
+    together_s = time.perf_counter() - t
+    for a, b in zip(alone, together):
+        assert b.labels.unique().numel() == 4608
+        assert abs(b.inertia - a.inertia) <= 0.01 * a.inertia
+    _record("kmeans_many_8_large_v3_layers", dict(
+        alone_s=alone_s, together_s=together_s, speedup=alone_s / together_s,
+        same_labels=sum(bool(torch.equal(a.labels, b.labels)) for a, b in zip(alone, together)),
+        inertia_ratio=sum(b.inertia for b in together) / sum(a.inertia for a in alone)))
+
+
 @pytest.mark.parametrize("method", ["cluster", "magnitude"])
 def test_whisper_base_sized_compresses_alike_on_cuda_and_cpu(method):
     dense = _whisper("base")

@@ -282,3 +282,32 @@ def test_device_counted_seeding_steps_give_the_plain_loops_seeds(
     assert calls == [200]
     assert torch.equal(plain.labels, stepped.labels) and plain.inertia == stepped.inertia
     assert plain.matmuls == stepped.matmuls  # the shapes a benchmark times are recorded alike
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_batched_seeding_of_same_shaped_problems(monkeypatch: pytest.MonkeyPatch, weighted: bool) -> None:
+    """kmeans_many seeds a batch of layers in shared steps (a GPU's path, forced here on the CPU)."""
+    module = importlib.import_module("speechprune.kmeans")
+    g = torch.Generator().manual_seed(4)
+    xs = [torch.randn(300, 17, generator=g) for _ in range(4)] + [torch.randn(200, 17, generator=g)]
+    ws = [torch.rand(x.shape[0], generator=g) + 0.5 for x in xs] if weighted else None
+    alone = [kmeans(x, 250 if x.shape[0] == 300 else 150, seed=2,
+                    sample_weight=None if ws is None else ws[i]) for i, x in enumerate(xs)]
+    monkeypatch.setattr(module, "_stepper_wanted", lambda x, k: True)
+    monkeypatch.setattr(module, "MAX_BATCH_ELEMENTS", 300 * 300 * 3)  # batches of 3, then 1: chunking too
+    seeded = []
+    real = module._seed_batch
+    monkeypatch.setattr(module, "_seed_batch", lambda ps, pw: seeded.append(len(ps)) or real(ps, pw))
+    together = module.kmeans_many(xs, [250, 250, 250, 250, 150], seed=2, sample_weights=ws)
+    assert seeded == [3, 1, 1]  # four same-shaped problems in two batches, the odd one alone
+    for a, b in zip(alone, together):
+        assert b.labels.unique().numel() == a.labels.unique().numel()
+        if weighted:  # a batch's weighted product rounds differently from one problem's
+            assert b.inertia == pytest.approx(a.inertia, rel=0.05)
+        else:
+            assert torch.equal(a.labels, b.labels) and a.inertia == b.inertia
+
+
+def test_kmeans_many_checks_its_lists() -> None:
+    with pytest.raises(SpeechPruneError, match="2 inputs, 1 values of k"):
+        importlib.import_module("speechprune.kmeans").kmeans_many([torch.randn(5, 2)] * 2, [2])
