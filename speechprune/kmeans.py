@@ -451,6 +451,16 @@ def _run_steps(step: _SeedSteps, count: int) -> None:
 MAX_BATCH_ELEMENTS = 2**29
 
 
+def memory_budget(device: torch.device | str, cap: int, itemsize: int = 4) -> int:
+    """Elements a working buffer may take: `cap`, or an eighth of the GPU's free memory when that is less
+    (a free Colab T4 holding Whisper-large-v3 has far less room than the H200 these caps were measured on)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return cap
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(cap, free // (8 * itemsize)))
+
+
 def kmeans_many(
     xs: list[Tensor],
     ks: int | list[int],
@@ -523,7 +533,7 @@ def kmeans_many(
             results[i] = problem  # type: ignore[assignment]
     for (shape, k, dtype, device, _), members in batches.items():
         n = shape[0]
-        size = max(1, MAX_BATCH_ELEMENTS // (n * n))
+        size = max(1, memory_budget(device, MAX_BATCH_ELEMENTS, dtype.itemsize) // (n * n))
         for start in range(0, len(members), size):
             part = members[start:start + size]
             problems = [results[i] for i in part]

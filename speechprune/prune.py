@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from speechprune.errors import SpeechPruneError, check_choice
-from speechprune.kmeans import closest_pairs, kmeans, kmeans_many
+from speechprune.kmeans import closest_pairs, kmeans, kmeans_many, memory_budget
 from speechprune.structure import Unit
 
 METHODS = ("cluster", "magnitude", "pairs")  # pairs: closest pairs first, no seed (kmeans.closest_pairs)
@@ -183,6 +183,7 @@ def cluster_many(units: list[Unit], ks: list[int], *, seed: int = 0, max_iter: i
     out: list[Assignment] = []
     group: list[tuple[Unit, int]] = []
     size = 0
+    budget = memory_budget(units[0].producers[0].weight.device, MAX_FEATURE_ELEMENTS) if units else 0
 
     def flush() -> None:
         xs = [channel_features(u, features) for u, _ in group]
@@ -193,7 +194,7 @@ def cluster_many(units: list[Unit], ks: list[int], *, seed: int = 0, max_iter: i
 
     for unit, k in zip(units, ks):
         elements = 2 * sum(lin.weight.numel() for lin in unit.producers)  # producer rows and consumer columns
-        if group and size + elements > MAX_FEATURE_ELEMENTS:
+        if group and size + elements > budget:
             flush()
             size = 0
         group.append((unit, k))

@@ -311,3 +311,8 @@ def test_batched_seeding_of_same_shaped_problems(monkeypatch: pytest.MonkeyPatch
 def test_kmeans_many_checks_its_lists() -> None:
     with pytest.raises(SpeechPruneError, match="2 inputs, 1 values of k"):
         importlib.import_module("speechprune.kmeans").kmeans_many([torch.randn(5, 2)] * 2, [2])
+
+
+def test_memory_budget_is_the_cap_on_the_cpu() -> None:
+    module = importlib.import_module("speechprune.kmeans")
+    assert module.memory_budget("cpu", 1234) == 1234
