@@ -756,13 +756,15 @@ def markdown_summary(records: list[dict], n_boot: int = 2000) -> str:
     out = []
     for (model, data, decoding), settings in tables.items():
         options = sorted({o for by in settings.values() for o in by}, key=lambda o: (o != "magnitude", o))
+        baselines = {o for by in settings.values() for o, r in by.items() if r["method"] == "magnitude"}
+        compared = [o for o in options if o not in baselines]
         dense = next((r["dense"] for by in settings.values() for r in by.values() if "dense" in r), None)
         n_utts = next(iter(next(iter(settings.values())).values()))["summary"].n_utterances
         out.append(f"{model}, {data} ({n_utts} utterances), {decoding} decoding"
                    + (f"; uncompressed {dense:.2f}%" if dense is not None else "") + ":\n")
         out.append("| setting | " + " | ".join(options) + " | " +
-                   " | ".join(f"{o} against magnitude" for o in options if o != "magnitude") + " |")
-        out.append("|---" * (1 + 2 * len(options) - ("magnitude" in options)) + "|")
+                   " | ".join(f"{o} against magnitude" for o in compared) + " |")
+        out.append("|---" * (1 + len(options) + len(compared)) + "|")
         for (scope, sparsity), by in sorted(settings.items(), key=lambda kv: (kv[0][0], kv[0][1])):
             cells = []
             for o in options:
@@ -772,7 +774,7 @@ def markdown_summary(records: list[dict], n_boot: int = 2000) -> str:
                 sm = by[o]["summary"]
                 cells.append(f"{sm.median:.2f} (single run)" if sm.n_seeds == 1 else
                              f"{sm.median:.2f} ({sm.low:.2f}-{sm.high:.2f}), {sm.n_seeds} seeds")
-            cells += [by[o].get("sentence", "") if o in by else "" for o in options if o != "magnitude"]
+            cells += [by[o].get("sentence", "") if o in by else "" for o in compared]
             out.append(f"| {scope} {sparsity:.0%} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)

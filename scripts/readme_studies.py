@@ -1,0 +1,62 @@
+"""Write (or check) the README's study tables from the saved studies.
+
+Every table in the README that summarises a saved study sits between two markers:
+
+    <!-- speechprune study studies/NAME.toml --summary -->
+    ...what that command prints...
+    <!-- end of study summary -->
+
+    python scripts/readme_studies.py           # rewrite every block from results/studies/NAME.json
+    python scripts/readme_studies.py --check   # exit 1 when a block differs (tests/test_readme.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- speechprune study (studies/[\w.-]+\.toml) --summary -->\n)(.*?)(<!-- end of study summary -->)",
+                   re.S)
+
+
+def summary(study_file: str) -> str:
+    """What ``speechprune study STUDY --summary`` prints, run from the repository root."""
+    from speechprune.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.chdir(ROOT):
+        code = main(["study", study_file, "--summary"])
+    if code != 0:
+        raise SystemExit(f"speechprune study {study_file} --summary failed with exit code {code}")
+    return out.getvalue().rstrip("\n") + "\n"
+
+
+def render(text: str) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + "\n" + summary(m.group(2)) + "\n" + m.group(4), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only check that the README is up to date")
+    args = parser.parse_args(argv)
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    new = render(text)
+    if args.check:
+        if new != text:
+            print("README.md: a study table differs from its saved study; run python scripts/readme_studies.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(new, encoding="utf-8")
+    print(f"README.md: {len(BLOCK.findall(text))} study tables written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
