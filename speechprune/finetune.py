@@ -16,7 +16,6 @@ listing all of it (see :mod:`speechprune.outputs`), so that ``--overwrite`` neve
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import importlib.metadata
@@ -663,66 +662,3 @@ def finetune(
         _install(staging, out)
     state.wait_for_everyone()
     return record
-
-
-# ---------------------------------------------------------------- command line
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """Add ``speechprune finetune``."""
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune a (pruned) model, keeping its shapes (CTC or Whisper seq2seq)",
-        description="Fine-tune MODEL on speech with the Hugging Face Trainer and save it to --out in its "
-                    "pruned shapes. Runs unchanged under torchrun / accelerate launch on several GPUs.",
-    )
-    p.add_argument("model", metavar="MODEL", help="a folder from `speechprune compress`, any supported model folder, "
-                                                 "a hub id or embedded:whisper-tiny.en / embedded:whisper-base")
-    p.add_argument("--data", required=True, help="train speech: an audiofolder, embedded:train, "
-                                                 "librispeech:train-clean-100 / train-960, ...")
-    p.add_argument("--split", default=None, help="rows of this split of an audiofolder with a split column")
-    p.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N train utterances only")
-    p.add_argument("--eval-data", default=None, help="evaluation speech (must not overlap the train set)")
-    p.add_argument("--eval-split", default=None, help="split of the evaluation audiofolder")
-    p.add_argument("--eval-max-samples", type=int, default=None, metavar="N")
-    p.add_argument("--out", required=True,
-                   help="folder for the model and checkpoints (new or empty; or a run with --resume)")
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-5 CTC, 1e-5 Whisper)")
-    p.add_argument("--batch-size", type=int, default=8, help="per device")
-    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--warmup", type=float, default=0.1, help="warm-up: a fraction of the steps, or steps if >= 1")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16/fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--freeze", choices=FREEZE, default="front-end",
-                   help="what is not trained: the convolutional front end (default), Whisper's whole encoder, "
-                        "or nothing")
-    p.add_argument("--language", default="en", help="Whisper language token for multilingual checkpoints")
-    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: each epoch)")
-    p.add_argument("--logging-steps", type=int, default=10)
-    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an --out that speechprune wrote (refused if it holds anything else)")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    check_learning_rate(args.lr)
-    plan_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, inputs=[args.model])
-    train = load_training_speech(args.data, max_samples=args.max_samples, split=args.split)
-    eval_set = (load_training_speech(args.eval_data, max_samples=args.eval_max_samples, split=args.eval_split)
-                if args.eval_data else None)
-    record = finetune(args.model, train, eval=eval_set, out_dir=args.out, epochs=args.epochs, max_steps=args.max_steps,
-                      learning_rate=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
-                      precision=args.precision, freeze=args.freeze, language=args.language,
-                      save_steps=args.save_steps, logging_steps=args.logging_steps, num_workers=args.num_workers,
-                      seed=args.seed, resume=args.resume, overwrite=args.overwrite)
-    if int(os.environ.get("RANK", "0")) == 0:
-        r = record["results"]
-        per_epoch = f", {r['seconds_per_epoch']:.1f} s per epoch" if r["seconds_per_epoch"] else ""
-        print(f"fine-tuned {record['model']['model']} for {r['global_step']} steps "
-              f"({r['epoch']:.2f} epochs{per_epoch}); train loss {r['train_loss']:.4f}; saved to {record['out']} "
-              f"(evaluate it with: speechprune evaluate {record['out']} --data ...)")
-    return 0
