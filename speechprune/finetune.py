@@ -50,6 +50,7 @@ from speechprune.data import (  # noqa: F401  (LIBRISPEECH_TRAIN*, load_training
     load_training_speech,
 )
 from speechprune.errors import SpeechPruneError, check_choice, warn
+from speechprune.hub import FINETUNE_FILE, write_card
 from speechprune.models import english_generate_kwargs, load_model
 from speechprune.outputs import (
     check_place,
@@ -63,7 +64,7 @@ from speechprune.outputs import (
 from speechprune.structure import count_parameters, model_family, widths
 
 RUN_FILE = "finetune_run.json"
-REPORT_FILE = "finetune.json"
+REPORT_FILE = FINETUNE_FILE  # "finetune.json": the model card looks for it
 CHECKPOINTS = "checkpoints"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 FREEZE = ("front-end", "encoder", "none")
@@ -603,6 +604,7 @@ def finetune(
         staging.mkdir()
         write_pruned(model, staging, processor=processor)
         (staging / REPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_card(staging)  # again, now that the record is there: the card says the weights were fine-tuned
         installed = sorted(p.name for p in staging.iterdir())
         # listed before they move in: a kill during the move leaves nothing unlisted
         write_marker(out, "finetune", files=sorted(set(read_marker(out) or []) | {RUN_FILE, *installed}),
