@@ -19,10 +19,10 @@ from speechprune import study
 from speechprune.allocation import ALLOCATIONS
 from speechprune.checkpoint import save_pruned
 from speechprune.compress import check_sparsity, compress
+from speechprune.data import load_speech, load_training_speech
 from speechprune.errors import SpeechPruneError, check_choice, check_device
 from speechprune.evaluate import DECODINGS, evaluate, summary
 from speechprune.experiment import DEFAULT_DATA, DEFAULT_MODEL, format_table, plot_comparison, run_comparison
-from speechprune.data import load_speech, load_training_speech
 from speechprune.finetune import FREEZE, PRECISIONS, check_learning_rate, finetune, plan_out_dir
 from speechprune.hub import add_evaluation, command_line
 from speechprune.methods import available_methods, entry_point_errors, load_entry_points
@@ -30,6 +30,7 @@ from speechprune.models import load_model
 from speechprune.outputs import check_output_dir, check_writable, output_state, staged_output
 from speechprune.prune import FEATURES, MERGES, WEIGHTINGS
 from speechprune.recipes import RECIPES, resolve
+
 
 # ---------------------------------------------------------------- compress
 
