@@ -1,28 +1,21 @@
 """The `speechprune` command line: one sub-command per task.
 
-Each sub-command lives beside the code it drives: a module listed in ``_COMMAND_MODULES``
-defines ``register_cli(subparsers)``, which adds its parser and sets ``func`` to a callable
-taking the parsed namespace and returning an exit code.
+The sub-commands live in :mod:`speechprune.commands` (``speechprune study`` in
+:mod:`speechprune.study`): each adds its parser and sets ``func`` to a callable taking the
+parsed namespace and returning an exit code. This module runs one and turns a user's mistake
+into one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import os
 import sys
 import traceback
 import warnings
 
-_COMMAND_MODULES = (
-    "speechprune.compress",
-    "speechprune.evaluate",
-    "speechprune.finetune",
-    "speechprune.experiment",
-    "speechprune.study",
-)
-
+from speechprune.commands import register_all
 from speechprune.errors import SpeechPruneError, SpeechPruneWarning
 
 
@@ -32,14 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data-free, training-free compression of speech foundation models.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:  # a module not written yet
-            if err.name == name:
-                continue
-            raise
-        module.register_cli(sub)
+    register_all(sub)
     return parser
 
 

@@ -7,12 +7,9 @@ command line and saves a folder that :func:`speechprune.checkpoint.load_checkpoi
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -20,25 +17,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from speechprune.allocation import ALLOCATIONS, allocate
-from speechprune.errors import SpeechPruneError, check_choice, check_device
-from speechprune.checkpoint import save_pruned
-from speechprune.outputs import check_output_dir, output_state
-from speechprune.hub import command_line
-from speechprune.methods import (
-    Method,
-    assign,
-    available_methods,
-    check_labels,
-    entry_point_errors,
-    get_method,
-    load_entry_points,
-)
-from speechprune.models import load_model
+from speechprune.allocation import allocate
+from speechprune.errors import SpeechPruneError, check_choice
+from speechprune.methods import Method, assign, check_labels, get_method
 from speechprune.prune import FEATURES, MERGES, WEIGHTINGS, assign_cluster, cluster_many, merge
 from speechprune.structure import (PARTS, Unit, count_parameters, iter_units, model_family, parse_scope,
                                    record_widths, units_in_scope)
-from speechprune.recipes import RECIPES, resolve
+from speechprune.recipes import resolve
 
 
 @dataclass
@@ -373,65 +358,3 @@ def _recipe(method: Method, options: dict, merge_rule: str) -> tuple[str, str, s
         return "producer", "none", "none"  # one member per new channel: merging changes nothing
     accepted = method.accepted(options)
     return accepted.get("features", "none"), merge_rule, accepted.get("weighting", "none")
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """Add ``speechprune compress``; its ``--method`` choices are the registered methods and plug-ins."""
-    p = sub.add_parser("compress", help="prune a model's channels and save it as a folder",
-                       description="Compress MODEL by channel clustering or magnitude pruning and save it to --out.")
-    p.add_argument("model", help="local Hugging Face folder, embedded:whisper-base / embedded:whisper-tiny.en, or a hub id")
-    with warnings.catch_warnings():  # reported once, below, in the command line's own words
-        warnings.simplefilter("ignore", RuntimeWarning)
-        load_entry_points()
-    for name, why in entry_point_errors.items():  # a broken plug-in is named; the others stay usable
-        print(f"speechprune: method plug-in {name!r} was not loaded: {why}", file=sys.stderr)
-    p.add_argument("--method", choices=available_methods(), default=None,
-                   help="assignment method: cluster (k-means, the paper), magnitude (the baseline), pairs (closest "
-                        "pairs first, no seed), or one a plug-in registered (entry point group speechprune.methods); "
-                        "default: the recipe's (paper: cluster)")
-    p.add_argument("--sparsity", type=float, required=True, help="fraction of channels removed in the scope, in [0, 1)")
-    p.add_argument("--scope", default="ffn",
-                   help="comma-separated parts: encoder.ffn, encoder.attention, decoder.ffn, decoder.attention, "
-                        "or encoder, decoder, ffn, attention, all (default: ffn)")
-    p.add_argument("--recipe", choices=RECIPES, default=None,
-                   help="a named set of the options below (default: paper); options given explicitly override it")
-    p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
-                   help="how the budget is spread over layers (paper recipe: uniform)")
-    p.add_argument("--features", choices=FEATURES, default=None,
-                   help="what k-means compares: both = producer rows + consumer columns (the paper), producer, "
-                        "or normalized = producer rows as they act on the LayerNorm-normalised input")
-    p.add_argument("--weighting", choices=WEIGHTINGS, default=None,
-                   help="k-means weight of a channel: none, or consumer = its consumer column's squared norm")
-    p.add_argument("--merge", choices=MERGES, default=None, dest="merge_rule",
-                   help="how a cluster's producers combine: mean (the paper), weighted (by consumer norm) "
-                        "or projection (first-order optimal)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-iter", type=int, default=100, help="k-means iterations at most")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--out", required=True, help="folder to write the pruned model to (must be empty or absent)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an --out that speechprune wrote (refused if it holds anything else)")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    # everything that can be checked without the model, before any work
-    check_sparsity(args.sparsity)
-    if args.max_iter < 1:
-        raise SpeechPruneError(f"--max-iter must be at least 1, got {args.max_iter}")
-    device = check_device(args.device)
-    target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
-    expect = output_state(target)
-    model, processor = load_model(args.model, device=device)
-    report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
-                      allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
-                      features=args.features, weighting=args.weighting, merge_rule=args.merge_rule,
-                      recipe=args.recipe)
-    command = command_line(report.to_dict(), model=args.model, out=args.out)
-    if command and args.max_iter != 100:
-        command += f" --max-iter {args.max_iter}"
-    save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite,
-                command=command, inputs=[args.model], expect=expect, caller="compress")
-    print(report.table())
-    print(f"saved to {args.out}")
-    return 0

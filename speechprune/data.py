@@ -11,16 +11,21 @@
 - a local OpenSLR LibriSpeech folder (``.../LibriSpeech/test-clean`` with ``*.trans.txt``);
 - ``librispeech:test-clean``, ``librispeech:test-other``, ``librispeech:train-clean-100``, ... from
   the Hugging Face hub (needs a network and ``pip install datasets``).
+
+``load_training_speech(spec)`` (fine-tuning's data) adds ``librispeech:train-clean-100`` /
+``train-clean-360`` / ``train-other-500`` / ``train-960``, streamed from the hub as a
+:class:`StreamedSpeech` whose audio is decoded item by item.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -318,3 +323,64 @@ def _load_librispeech_hub(subset: str, max_samples: int | None) -> SpeechSet:
     provenance = dict(name=f"librispeech:{subset}", source=f"{repo} (config {config}, split {hub_split})",
                       licence=LIBRISPEECH_LICENCE, path=f"hf://datasets/{repo}", max_samples=max_samples)
     return SpeechSet(f"librispeech:{subset}", utterances, _with_totals(provenance, utterances))
+
+
+# ---------------------------------------------------------------- training speech
+
+#: LibriSpeech training subsets, read lazily from the hub (``datasets`` and a network needed).
+LIBRISPEECH_TRAIN = {
+    "train-clean-100": (("clean", "train.100"),),
+    "train-clean-360": (("clean", "train.360"),),
+    "train-other-500": (("other", "train.500"),),
+    "train-960": (("clean", "train.100"), ("clean", "train.360"), ("other", "train.500")),
+}
+LIBRISPEECH_TRAIN_REPO = "openslr/librispeech_asr"
+
+
+class StreamedSpeech(Sequence):
+    """A speech set too large for memory: transcripts held, audio decoded when an item is read.
+
+    ``rows`` is indexable and yields dicts with ``audio`` (``{"bytes": ..., "path": ...}``),
+    ``text`` and ``id``, as a Hugging Face dataset with ``Audio(decode=False)`` does.
+    """
+
+    def __init__(self, name: str, rows: Any, ids: list[str], texts: list[str], provenance: dict):
+        self.name, self.rows, self.ids, self.texts, self.provenance = name, rows, ids, texts, provenance
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Utterance:
+        audio = self.rows[index]["audio"]
+        data = audio.get("bytes")
+        source = io.BytesIO(data) if data else Path(audio["path"])
+        return Utterance(self.ids[index], read_audio(source, self.ids[index]), self.texts[index])
+
+
+def load_training_speech(spec: str, *, max_samples: int | None = None,
+                         split: str | None = None) -> SpeechSet | StreamedSpeech:
+    """Like :func:`speechprune.data.load_speech`, plus ``librispeech:train-clean-100`` / ``-360`` /
+    ``train-other-500`` / ``train-960`` read lazily from the hub (audio decoded batch by batch)."""
+    name = spec.partition(":")[2] if spec.startswith("librispeech:") else None
+    if name not in LIBRISPEECH_TRAIN:
+        return load_speech(spec, max_samples=max_samples, split=split)
+    if split is not None:
+        raise SpeechPruneError("split= does not apply to librispeech:*; name the subset instead")
+    try:
+        import datasets
+    except ImportError as err:
+        raise SpeechPruneError(
+            f"{spec} needs the `datasets` package and a network: pip install 'speechprune[hub]'") from err
+    try:
+        parts = [datasets.load_dataset(LIBRISPEECH_TRAIN_REPO, config, split=hub_split)
+                 for config, hub_split in LIBRISPEECH_TRAIN[name]]
+    except Exception as err:  # network, authentication, hub layout: all reported the same way
+        raise SpeechPruneError(f"cannot load {spec} from {LIBRISPEECH_TRAIN_REPO}: {err}") from err
+    rows = datasets.concatenate_datasets(parts).cast_column("audio", datasets.Audio(decode=False))
+    if max_samples is not None:
+        rows = rows.select(range(min(max_samples, len(rows))))
+    subsets = ", ".join("/".join(p) for p in LIBRISPEECH_TRAIN[name])
+    provenance = dict(name=spec, source=f"{LIBRISPEECH_TRAIN_REPO} ({subsets})",
+                      licence=LIBRISPEECH_LICENCE, path=f"hf://datasets/{LIBRISPEECH_TRAIN_REPO}",
+                      max_samples=max_samples, count=len(rows), streamed=True)
+    return StreamedSpeech(spec, rows, [str(i) for i in rows["id"]], list(rows["text"]), provenance)

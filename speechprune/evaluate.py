@@ -9,15 +9,12 @@ timestamps). References and hypotheses are normalised with transformers' Whisper
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
-import json
 import math
 import platform
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Sequence
 
 import jiwer
@@ -28,11 +25,9 @@ from tqdm.auto import tqdm
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 import speechprune
-from speechprune.data import SAMPLE_RATE, SpeechSet, load_speech
-from speechprune.errors import SpeechPruneError, check_choice, check_device, warn
-from speechprune.hub import add_evaluation
-from speechprune.models import english_generate_kwargs, english_spelling_map, load_model
-from speechprune.outputs import check_writable
+from speechprune.data import SAMPLE_RATE, SpeechSet
+from speechprune.errors import SpeechPruneError, check_choice, warn
+from speechprune.models import english_generate_kwargs, english_spelling_map
 from speechprune.structure import model_family
 
 WHISPER_SECONDS = 30.0
@@ -385,66 +380,3 @@ def summary(record: dict) -> str:
         f"{record['decode_seconds']:.1f} s ({record['seconds_per_utterance']:.2f} s per utterance, "
         f"RTF {record['rtf']:.3f}); normaliser: {record['normalizer']}."
     )
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.json is not None:  # checked before the work, so that its results cannot be lost
-        if args.json.is_dir():
-            raise SpeechPruneError(f"--json {args.json} is a folder; name a file, e.g. {args.json / 'result.json'}")
-        if not args.json.parent.is_dir():
-            raise SpeechPruneError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
-        check_writable(args.json, "--json")
-    if args.batch_size < 1:
-        raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
-    card = _card_folder(args.model) if args.card else None  # checked before loading anything
-    device = check_device(args.device)  # the package-wide default when not given
-    speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
-    model, processor = load_model(args.model, device=device)
-    record = evaluate(model, processor, speech, batch_size=args.batch_size, device=device,
-                      label=args.model, long_form=args.long_form, decoding=args.decoding)
-    print(summary(record))
-    if args.json is not None:
-        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
-    if card is not None:
-        print(f"recorded the WER in {add_evaluation(card, record)}")
-    return 0
-
-
-def _card_folder(spec: str) -> Path:
-    """The folder whose model card ``--card`` updates: a local folder saved by speechprune."""
-    folder = Path(spec).expanduser()
-    config = folder / "config.json"
-    if not config.is_file() or '"speechprune"' not in config.read_text(encoding="utf-8"):
-        raise SpeechPruneError(f"--card needs MODEL to be a folder saved by speechprune; {spec} is not one")
-    return folder
-
-
-def register_cli(subparsers) -> None:
-    """Add ``speechprune evaluate``."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="word error rate of a model on speech (greedy decoding)",
-        description="Transcribe speech greedily and report the corpus WER with the Whisper English "
-                    "normaliser; optionally write the full record as JSON.",
-    )
-    parser.add_argument("model", metavar="MODEL",
-                        help="embedded:whisper-tiny.en, embedded:whisper-base, a local folder or a hub id")
-    parser.add_argument("--data", default="embedded",
-                        help="embedded (default), embedded-full, embedded:train, an audiofolder, "
-                             "a LibriSpeech folder or librispeech:test-clean / test-other")
-    parser.add_argument("--split", default=None, help="keep rows of this split (audiofolders with a split column)")
-    parser.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N utterances only")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B")
-    parser.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--card", action="store_true",
-                        help="also record the WER in MODEL's model card (README.md of a folder saved by speechprune)")
-    parser.add_argument("--decoding", choices=DECODINGS, default="greedy",
-                        help="greedy (default, the paper's protocol) or fallback: Whisper's temperature fallback "
-                             "(compression ratio 2.4, log-probability -1.0)")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT",
-                        help="write the record here (an existing file is replaced)")
-    parser.add_argument("--long-form", action="store_true",
-                        help="transcribe Whisper clips longer than 30 s whole, with transformers' sequential "
-                             "long-form generation (default: cut them to 30 s, with a warning)")
-    parser.set_defaults(func=_run)

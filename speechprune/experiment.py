@@ -7,18 +7,17 @@ results file (every WER with its model, data and settings) and a figure.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
-
 from speechprune.allocation import ALLOCATIONS
 from speechprune.compress import check_sparsity
+from speechprune.data import load_speech
 from speechprune.errors import check_choice, check_device
 from speechprune.evaluate import DECODINGS
+from speechprune.models import load_model
 from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS
-from speechprune.recipes import RECIPES, resolve
+from speechprune.study import execute, make_run
 
 DEFAULT_MODEL = "embedded:whisper-base"
 DEFAULT_DATA = "embedded"
@@ -49,10 +48,6 @@ def run_comparison(
     only (magnitude keeps single channels, ranked by producer norm). Returns the records of
     :func:`speechprune.evaluate.evaluate`, each with its compression report.
     """
-    from speechprune.data import load_speech
-    from speechprune.models import load_model
-    from speechprune.study import execute, make_run
-
     check_sparsity(sparsity)
     check_choice("decoding", decoding, DECODINGS)
     for kind, values, choices in (("allocation", allocations, ALLOCATIONS), ("method", methods, METHODS),
@@ -142,95 +137,9 @@ def plot_comparison(result: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="cluster vs magnitude at the same budget: compress, evaluate, plot",
-                       description="The main job: compress MODEL with each method at the same sparsity and scope, "
-                                   "evaluate the dense and pruned models, print the table and save a plot.")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--data", default=DEFAULT_DATA, help="embedded, embedded-full, an audiofolder, librispeech:test-clean ...")
-    p.add_argument("--sparsity", type=float, default=0.2)
-    p.add_argument("--scope", default="encoder.ffn")
-    p.add_argument("--recipe", choices=RECIPES, default=None,
-                   help="compare this recipe's clustering with magnitude; the options below, when given, override it "
-                        "(default: no recipe, the paper's features and producer features side by side)")
-    p.add_argument("--allocations", default=None, help=f"comma-separated, from {', '.join(ALLOCATIONS)} (default: uniform)")
-    p.add_argument("--merges", default=None,
-                   help=f"comma-separated merge rules for cluster, from {', '.join(MERGES)} (default: mean)")
-    p.add_argument("--features", default=None,
-                   help=f"comma-separated feature sets for cluster, from {', '.join(FEATURES)} "
-                        "(default: the paper's reading, both, and the producer rows alone)")
-    p.add_argument("--weighting", default=None, choices=WEIGHTINGS,
-                   help="k-means weight of each channel (cluster; default: none)")
-    p.add_argument("--decoding", default="greedy", choices=DECODINGS,
-                   help="greedy (default, the paper's protocol) or fallback (Whisper's temperature fallback)")
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/main", help="folder for results.json and wer.png")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace results speechprune wrote in --out (refused if it holds anything else)")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    from speechprune.errors import SpeechPruneError, check_choice, check_device
-    from speechprune.outputs import check_output_dir, output_state, staged_output
-
-    # everything that can be checked before loading data or a model
-    _apply_recipe(args)
-    check_sparsity(args.sparsity)
-    lists = {}
-    for flag, kind, choices in (("allocations", "allocation", ALLOCATIONS), ("merges", "merge rule", MERGES),
-                                ("features", "feature set", FEATURES)):
-        lists[flag] = _names(getattr(args, flag))
-        if not lists[flag]:
-            raise SpeechPruneError(f"--{flag} names nothing: use one or more of {', '.join(choices)}")
-        for name in lists[flag]:
-            check_choice(kind, name, choices)
-    if args.max_samples is not None and args.max_samples < 1:
-        raise SpeechPruneError(f"--max-samples must be at least 1, got {args.max_samples}")
-    if args.batch_size < 1:
-        raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = check_device(args.device)
-    target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
-    expect = output_state(target)
-    result = run_comparison(args.model, args.data, sparsity=args.sparsity, scope=args.scope,
-                            allocations=lists["allocations"], merge_rules=lists["merges"],
-                            feature_sets=lists["features"], weighting=args.weighting,
-                            max_samples=args.max_samples, decoding=args.decoding, methods=args.methods,
-                            batch_size=args.batch_size, device=device, seed=args.seed)
-    with staged_output(args.out, overwrite=args.overwrite, expect=expect, command="compare") as staging:
-        (staging / "results.json").write_text(json.dumps(result, indent=2))
-        plot_comparison(result, staging / "wer.png")
-    print(format_table(result))
-    out = Path(args.out)
-    print(f"results: {out / 'results.json'}  figure: {out / 'wer.png'}")
-    return 0
-
-
-def _apply_recipe(args: argparse.Namespace) -> None:
-    """Fill the options left unset: from ``--recipe`` when given, else the defaults (both feature sets)."""
-    if args.recipe is None:
-        defaults = dict(allocations="uniform", merges="mean", features="both,producer", weighting="none")
-        args.methods = ("cluster", "magnitude")
-    else:
-        r = resolve(args.recipe)
-        defaults = dict(allocations=r["allocation"], merges=r["merge"], features=r["features"],
-                        weighting=r["weighting"])
-        args.methods = (r["method"], "magnitude")
-    for name, value in defaults.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
-
-
 def _label(method: str, allocation: str, features: str, rule: str) -> str:
     """``cluster``, ``magnitude variance``, ``cluster producer projection``: what differs from the defaults."""
     parts = [method] + ([allocation] if allocation != "uniform" else [])
     if method != "magnitude":
         parts += [x for x, default in ((features, "both"), (rule, "mean")) if x != default]
     return " ".join(parts)
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(a.strip() for a in text.split(",") if a.strip())

@@ -16,11 +16,9 @@ listing all of it (see :mod:`speechprune.outputs`), so that ``--overwrite`` neve
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import importlib.metadata
-import io
 import json
 import math
 import os
@@ -30,7 +28,6 @@ import shlex
 import shutil
 import time
 import unicodedata
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,8 +41,16 @@ from torch import nn
 
 import speechprune
 from speechprune.checkpoint import write_pruned
-from speechprune.data import SAMPLE_RATE, LIBRISPEECH_LICENCE, SpeechSet, Utterance, load_speech, read_audio
+from speechprune.data import (  # noqa: F401  (LIBRISPEECH_TRAIN*, load_training_speech: re-exported, they lived here)
+    LIBRISPEECH_TRAIN,
+    LIBRISPEECH_TRAIN_REPO,
+    SAMPLE_RATE,
+    SpeechSet,
+    StreamedSpeech,
+    load_training_speech,
+)
 from speechprune.errors import SpeechPruneError, check_choice, warn
+from speechprune.hub import FINETUNE_FILE, write_card
 from speechprune.models import english_generate_kwargs, load_model
 from speechprune.outputs import (
     check_place,
@@ -59,70 +64,13 @@ from speechprune.outputs import (
 from speechprune.structure import count_parameters, model_family, widths
 
 RUN_FILE = "finetune_run.json"
-REPORT_FILE = "finetune.json"
+REPORT_FILE = FINETUNE_FILE  # "finetune.json": the model card looks for it
 CHECKPOINTS = "checkpoints"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 FREEZE = ("front-end", "encoder", "none")
 DEFAULT_LEARNING_RATE = {"ctc": 5e-5, "whisper": 1e-5}
 
-#: LibriSpeech training subsets, read lazily from the hub (``datasets`` and a network needed).
-LIBRISPEECH_TRAIN = {
-    "train-clean-100": (("clean", "train.100"),),
-    "train-clean-360": (("clean", "train.360"),),
-    "train-other-500": (("other", "train.500"),),
-    "train-960": (("clean", "train.100"), ("clean", "train.360"), ("other", "train.500")),
-}
-LIBRISPEECH_TRAIN_REPO = "openslr/librispeech_asr"
 _DASHES = re.compile(r"[-\u2010-\u2015]")
-
-
-class StreamedSpeech(Sequence):
-    """A speech set too large for memory: transcripts held, audio decoded when an item is read.
-
-    ``rows`` is indexable and yields dicts with ``audio`` (``{"bytes": ..., "path": ...}``),
-    ``text`` and ``id``, as a Hugging Face dataset with ``Audio(decode=False)`` does.
-    """
-
-    def __init__(self, name: str, rows: Any, ids: list[str], texts: list[str], provenance: dict):
-        self.name, self.rows, self.ids, self.texts, self.provenance = name, rows, ids, texts, provenance
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> Utterance:
-        audio = self.rows[index]["audio"]
-        data = audio.get("bytes")
-        source = io.BytesIO(data) if data else Path(audio["path"])
-        return Utterance(self.ids[index], read_audio(source, self.ids[index]), self.texts[index])
-
-
-def load_training_speech(spec: str, *, max_samples: int | None = None,
-                         split: str | None = None) -> SpeechSet | StreamedSpeech:
-    """Like :func:`speechprune.data.load_speech`, plus ``librispeech:train-clean-100`` / ``-360`` /
-    ``train-other-500`` / ``train-960`` read lazily from the hub (audio decoded batch by batch)."""
-    name = spec.partition(":")[2] if spec.startswith("librispeech:") else None
-    if name not in LIBRISPEECH_TRAIN:
-        return load_speech(spec, max_samples=max_samples, split=split)
-    if split is not None:
-        raise SpeechPruneError("split= does not apply to librispeech:*; name the subset instead")
-    try:
-        import datasets
-    except ImportError as err:
-        raise SpeechPruneError(
-            f"{spec} needs the `datasets` package and a network: pip install 'speechprune[hub]'") from err
-    try:
-        parts = [datasets.load_dataset(LIBRISPEECH_TRAIN_REPO, config, split=hub_split)
-                 for config, hub_split in LIBRISPEECH_TRAIN[name]]
-    except Exception as err:  # network, authentication, hub layout: all reported the same way
-        raise SpeechPruneError(f"cannot load {spec} from {LIBRISPEECH_TRAIN_REPO}: {err}") from err
-    rows = datasets.concatenate_datasets(parts).cast_column("audio", datasets.Audio(decode=False))
-    if max_samples is not None:
-        rows = rows.select(range(min(max_samples, len(rows))))
-    subsets = ", ".join("/".join(p) for p in LIBRISPEECH_TRAIN[name])
-    provenance = dict(name=spec, source=f"{LIBRISPEECH_TRAIN_REPO} ({subsets})",
-                      licence=LIBRISPEECH_LICENCE, path=f"hf://datasets/{LIBRISPEECH_TRAIN_REPO}",
-                      max_samples=max_samples, count=len(rows), streamed=True)
-    return StreamedSpeech(spec, rows, [str(i) for i in rows["id"]], list(rows["text"]), provenance)
 
 
 def _ids_and_texts(speech: SpeechSet | StreamedSpeech) -> tuple[list[str], list[str]]:
@@ -656,6 +604,7 @@ def finetune(
         staging.mkdir()
         write_pruned(model, staging, processor=processor)
         (staging / REPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_card(staging)  # again, now that the record is there: the card says the weights were fine-tuned
         installed = sorted(p.name for p in staging.iterdir())
         # listed before they move in: a kill during the move leaves nothing unlisted
         write_marker(out, "finetune", files=sorted(set(read_marker(out) or []) | {RUN_FILE, *installed}),
@@ -663,66 +612,3 @@ def finetune(
         _install(staging, out)
     state.wait_for_everyone()
     return record
-
-
-# ---------------------------------------------------------------- command line
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """Add ``speechprune finetune``."""
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune a (pruned) model, keeping its shapes (CTC or Whisper seq2seq)",
-        description="Fine-tune MODEL on speech with the Hugging Face Trainer and save it to --out in its "
-                    "pruned shapes. Runs unchanged under torchrun / accelerate launch on several GPUs.",
-    )
-    p.add_argument("model", metavar="MODEL", help="a folder from `speechprune compress`, any supported model folder, "
-                                                 "a hub id or embedded:whisper-tiny.en / embedded:whisper-base")
-    p.add_argument("--data", required=True, help="train speech: an audiofolder, embedded:train, "
-                                                 "librispeech:train-clean-100 / train-960, ...")
-    p.add_argument("--split", default=None, help="rows of this split of an audiofolder with a split column")
-    p.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N train utterances only")
-    p.add_argument("--eval-data", default=None, help="evaluation speech (must not overlap the train set)")
-    p.add_argument("--eval-split", default=None, help="split of the evaluation audiofolder")
-    p.add_argument("--eval-max-samples", type=int, default=None, metavar="N")
-    p.add_argument("--out", required=True,
-                   help="folder for the model and checkpoints (new or empty; or a run with --resume)")
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-5 CTC, 1e-5 Whisper)")
-    p.add_argument("--batch-size", type=int, default=8, help="per device")
-    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--warmup", type=float, default=0.1, help="warm-up: a fraction of the steps, or steps if >= 1")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16/fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--freeze", choices=FREEZE, default="front-end",
-                   help="what is not trained: the convolutional front end (default), Whisper's whole encoder, "
-                        "or nothing")
-    p.add_argument("--language", default="en", help="Whisper language token for multilingual checkpoints")
-    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: each epoch)")
-    p.add_argument("--logging-steps", type=int, default=10)
-    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an --out that speechprune wrote (refused if it holds anything else)")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    check_learning_rate(args.lr)
-    plan_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, inputs=[args.model])
-    train = load_training_speech(args.data, max_samples=args.max_samples, split=args.split)
-    eval_set = (load_training_speech(args.eval_data, max_samples=args.eval_max_samples, split=args.eval_split)
-                if args.eval_data else None)
-    record = finetune(args.model, train, eval=eval_set, out_dir=args.out, epochs=args.epochs, max_steps=args.max_steps,
-                      learning_rate=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
-                      precision=args.precision, freeze=args.freeze, language=args.language,
-                      save_steps=args.save_steps, logging_steps=args.logging_steps, num_workers=args.num_workers,
-                      seed=args.seed, resume=args.resume, overwrite=args.overwrite)
-    if int(os.environ.get("RANK", "0")) == 0:
-        r = record["results"]
-        per_epoch = f", {r['seconds_per_epoch']:.1f} s per epoch" if r["seconds_per_epoch"] else ""
-        print(f"fine-tuned {record['model']['model']} for {r['global_step']} steps "
-              f"({r['epoch']:.2f} epochs{per_epoch}); train loss {r['train_loss']:.4f}; saved to {record['out']} "
-              f"(evaluate it with: speechprune evaluate {record['out']} --data ...)")
-    return 0

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
+import speechprune  # the package's __init__ has run (and set __version__) before any submodule
 from speechprune.errors import SpeechPruneError, warn
 
 MARKER = ".speechprune-output.json"
@@ -66,8 +67,6 @@ def write_marker(folder: Path, command: str, *, files: Sequence[str] | None = No
                  folders: Sequence[str] = ()) -> None:
     """Record in ``folder`` what speechprune wrote there: ``files`` (default: everything in it now)
     and ``folders`` whose whole content is its own (a fine-tuning run's checkpoints)."""
-    import speechprune
-
     marker = dict(written_by=f"speechprune {speechprune.__version__}", command=command,
                   written=f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} {uuid.uuid4().hex[:12]}",
                   files=sorted(written_files(folder) if files is None else files), folders=sorted(folders))

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from speechprune.errors import check_choice
+from speechprune.structure import iter_units
 
 #: family -> (config class, model class, extra config fields)
 _CTC = {
@@ -114,8 +115,6 @@ def plant_duplicate_channels(model: torch.nn.Module) -> torch.nn.Module:
     Merging each copy with its original is exact, so a clustering at 50% sparsity must find a
     cost of zero and leave the outputs unchanged: the test of every merge rule and family.
     """
-    from speechprune.structure import iter_units
-
     for unit in iter_units(model):
         n, g = unit.n_channels, unit.group_size
         half = n // 2

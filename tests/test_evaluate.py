@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import types
 
 import numpy as np
@@ -184,7 +183,7 @@ def fake_models(monkeypatch, tmp_path):
         calls.append((spec, device))
         return make_tiny_hubert(), ctc_processor(tmp_path)
 
-    monkeypatch.setattr(sys.modules["speechprune.evaluate"], "load_model", load_model)  # speechprune.evaluate is the function
+    monkeypatch.setattr("speechprune.commands.load_model", load_model)  # what `speechprune evaluate` loads with
     return calls
 
 

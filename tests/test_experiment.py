@@ -57,7 +57,7 @@ def test_recipe_sets_compress_options_and_explicit_options_override(tiny_whisper
 def test_compare_cli_fills_options_from_the_recipe_unless_given():
     import argparse
 
-    from speechprune.experiment import _apply_recipe
+    from speechprune.commands import _apply_recipe
     from speechprune.recipes import recipe_options
 
     args = argparse.Namespace(recipe=None, allocations=None, merges=None, features=None, weighting=None)

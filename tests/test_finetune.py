@@ -182,6 +182,16 @@ def test_resume_refuses_another_model(tmp_path):
         finetune(other, _speech(8), out_dir=tmp_path / "run", resume=True, **options)
 
 
+def test_the_card_of_a_fine_tuned_folder_says_so(tmp_path):
+    model = _tiny_whisper()
+    compress(model, method="magnitude", sparsity=0.5, scope="ffn", progress=False)
+    finetune(model, _speech(8), processor=_whisper_processor(), out_dir=tmp_path / "run", batch_size=4, max_steps=1,
+             save_steps=1, progress=False)
+    card = (tmp_path / "run" / "README.md").read_text(encoding="utf-8")
+    assert "fine-tuned with `speechprune finetune`: `finetune.json`" in card
+    assert "magnitude pruning" in card  # still the card of the pruned model
+
+
 @pytest.mark.slow
 def test_two_processes_on_cpu_with_torchrun(tmp_path):
     model_dir, data_dir, out = tmp_path / "model", tmp_path / "speech", tmp_path / "out"

@@ -290,7 +290,7 @@ def test_compress_evaluate_and_compare_default_to_cuda_when_available(monkeypatc
         seen.append(device)
         raise SpeechPruneError("stop here")
 
-    for module in ("speechprune.compress", "speechprune.evaluate", "speechprune.models"):
+    for module in ("speechprune.commands", "speechprune.experiment"):
         monkeypatch.setattr(sys.modules[module], "load_model", load_model)
     assert main(["compress", "some-model", "--sparsity", "0.2", "--out", str(tmp_path / "o")]) == 2
     assert main(["evaluate", "some-model", "--max-samples", "1"]) == 2

@@ -44,8 +44,8 @@ def no_compression(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the work started before the refusal")
 
-    monkeypatch.setattr(sys.modules["speechprune.compress"], "compress", boom)
-    monkeypatch.setattr("speechprune.models.load_model", boom)
+    monkeypatch.setattr("speechprune.commands.compress", boom)
+    monkeypatch.setattr("speechprune.commands.load_model", boom)
 
 
 def _siblings(folder: Path) -> list[str]:
@@ -252,7 +252,7 @@ def test_read_only_out_is_refused_before_any_compression(tmp_path, tiny_folder, 
 def test_out_under_a_file_is_refused_and_a_missing_parent_is_created(tmp_path, tiny_folder, capsys, monkeypatch):
     (tmp_path / "afile").write_text("x")
     with monkeypatch.context() as m:
-        m.setattr(sys.modules["speechprune.compress"], "compress", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+        m.setattr(sys.modules["speechprune.commands"], "compress", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
         assert main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(tmp_path / "afile" / "o")]) == 2
     assert "is a file" in capsys.readouterr().err
     out = tmp_path / "new" / "deeper" / "pruned"
@@ -296,7 +296,7 @@ class _FailFirstStep(transformers.TrainerCallback):
 
 @pytest.mark.parametrize("lr", ["-1", "nan", "inf", "0"])
 def test_bad_learning_rate_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, lr):
-    monkeypatch.setattr("speechprune.finetune.load_training_speech",
+    monkeypatch.setattr("speechprune.commands.load_training_speech",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("data loaded")))
     out = tmp_path / "tuned"
     assert main(["finetune", "embedded:whisper-tiny.en", "--data", "embedded:train", "--lr", lr, "--out", str(out)]) == 2
@@ -419,7 +419,7 @@ def test_long_form_without_timestamp_tokens_is_a_clear_refusal():
 
 
 def test_the_console_shows_the_warning_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys.modules["speechprune.evaluate"], "load_model", lambda spec, device="cpu": (make_tiny_whisper(),
+    monkeypatch.setattr(sys.modules["speechprune.commands"], "load_model", lambda spec, device="cpu": (make_tiny_whisper(),
                                                                                      _whisper_30s_processor()))
     folder = tmp_path / "speech"
     folder.mkdir()
@@ -462,7 +462,7 @@ def test_stereo_channels_that_cancel_in_the_downmix_warn(tmp_path):
 
 
 def test_latin1_metadata_is_one_line_naming_the_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys.modules["speechprune.evaluate"], "load_model",
+    monkeypatch.setattr(sys.modules["speechprune.commands"], "load_model",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
     audio = np.zeros(16_000, np.float32)
     metadata = "file_name,text\na.wav,hello\na.wav,caf\u00e9 cr\u00e8me\n".encode("latin-1")
@@ -476,7 +476,7 @@ def test_latin1_metadata_is_one_line_naming_the_line(tmp_path, monkeypatch, caps
 
 
 def test_json_naming_a_folder_is_refused_before_the_evaluation(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys.modules["speechprune.evaluate"], "load_speech",
+    monkeypatch.setattr(sys.modules["speechprune.commands"], "load_speech",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("data loaded")))
     assert main(["evaluate", "tiny", "--json", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -545,7 +545,7 @@ def no_comparison(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("data or a model was loaded before the refusal")
 
-    monkeypatch.setattr("speechprune.experiment.run_comparison", boom)
+    monkeypatch.setattr("speechprune.commands.run_comparison", boom)
     monkeypatch.setattr("speechprune.data.load_speech", boom)
 
 
@@ -574,7 +574,7 @@ def _fake_result(wer: float) -> dict:
 def test_compare_results_are_published_with_the_marker_and_overwrite_keeps_foreign_files(tmp_path, monkeypatch,
                                                                                          capsys):
     results = iter([_fake_result(10.0), _fake_result(20.0), _fake_result(30.0)])
-    monkeypatch.setattr("speechprune.experiment.run_comparison", lambda *a, **k: next(results))
+    monkeypatch.setattr("speechprune.commands.run_comparison", lambda *a, **k: next(results))
     out = tmp_path / "runs" / "main"
     assert main(["compare", "--out", str(out)]) == 0
     assert json.loads((out / MARKER).read_text())["files"] == ["results.json", "wer.png"]
@@ -614,7 +614,7 @@ def test_an_oserror_is_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_pa
 
 
 def test_a_real_bug_keeps_its_traceback(tmp_path, tiny_folder, monkeypatch):
-    monkeypatch.setattr(sys.modules["speechprune.compress"], "compress", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(sys.modules["speechprune.commands"], "compress", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["compress", str(tiny_folder), "--sparsity", "0.5", "--out", str(tmp_path / "o")])
 
@@ -623,7 +623,7 @@ def test_undecodable_text_elsewhere_is_one_line(tmp_path, monkeypatch, capsys):
     def bad_text(*args, **kwargs):
         return b"caf\xe9".decode("utf-8")
 
-    monkeypatch.setattr(sys.modules["speechprune.evaluate"], "load_speech", bad_text)
+    monkeypatch.setattr(sys.modules["speechprune.commands"], "load_speech", bad_text)
     assert main(["evaluate", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "cannot read a text file as UTF-8" in err and len(err.splitlines()) == 1
@@ -650,7 +650,7 @@ def test_long_form_transcribes_a_35_s_clip_of_real_speech_whole():
 
 
 def test_finetune_out_that_cannot_be_written_is_refused_before_loading(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("speechprune.finetune.load_training_speech",
+    monkeypatch.setattr("speechprune.commands.load_training_speech",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("data loaded")))
     assert main(["finetune", "embedded:whisper-tiny.en", "--data", "embedded:train", "--out", "/proc/tuned"]) == 2
     assert "not writable" in capsys.readouterr().err

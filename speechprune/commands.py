@@ -1,0 +1,319 @@
+"""The sub-commands of ``speechprune``: each one's options and the code that runs it.
+
+The library modules hold the work (:mod:`speechprune.compress`, :mod:`speechprune.evaluate`,
+:mod:`speechprune.finetune`, :mod:`speechprune.experiment`); this module turns their functions
+into commands, so that none of them needs ``argparse``. ``speechprune study`` is still added by
+:func:`speechprune.study.register_cli`. :mod:`speechprune.cli` runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from speechprune import study
+from speechprune.allocation import ALLOCATIONS
+from speechprune.checkpoint import save_pruned
+from speechprune.compress import check_sparsity, compress
+from speechprune.data import load_speech, load_training_speech
+from speechprune.errors import SpeechPruneError, check_choice, check_device
+from speechprune.evaluate import DECODINGS, evaluate, summary
+from speechprune.experiment import DEFAULT_DATA, DEFAULT_MODEL, format_table, plot_comparison, run_comparison
+from speechprune.finetune import FREEZE, PRECISIONS, check_learning_rate, finetune, plan_out_dir
+from speechprune.hub import add_evaluation, command_line
+from speechprune.methods import available_methods, entry_point_errors, load_entry_points
+from speechprune.models import load_model
+from speechprune.outputs import check_output_dir, check_writable, output_state, staged_output
+from speechprune.prune import FEATURES, MERGES, WEIGHTINGS
+from speechprune.recipes import RECIPES, resolve
+
+
+# ---------------------------------------------------------------- compress
+
+
+def _add_compress(sub: argparse._SubParsersAction) -> None:
+    """Add ``speechprune compress``; its ``--method`` choices are the registered methods and plug-ins."""
+    p = sub.add_parser("compress", help="prune a model's channels and save it as a folder",
+                       description="Compress MODEL by channel clustering or magnitude pruning and save it to --out.")
+    p.add_argument("model", help="local Hugging Face folder, embedded:whisper-base / embedded:whisper-tiny.en, or a hub id")
+    with warnings.catch_warnings():  # reported once, below, in the command line's own words
+        warnings.simplefilter("ignore", RuntimeWarning)
+        load_entry_points()
+    for name, why in entry_point_errors.items():  # a broken plug-in is named; the others stay usable
+        print(f"speechprune: method plug-in {name!r} was not loaded: {why}", file=sys.stderr)
+    p.add_argument("--method", choices=available_methods(), default=None,
+                   help="assignment method: cluster (k-means, the paper), magnitude (the baseline), pairs (closest "
+                        "pairs first, no seed), or one a plug-in registered (entry point group speechprune.methods); "
+                        "default: the recipe's (paper: cluster)")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction of channels removed in the scope, in [0, 1)")
+    p.add_argument("--scope", default="ffn",
+                   help="comma-separated parts: encoder.ffn, encoder.attention, decoder.ffn, decoder.attention, "
+                        "or encoder, decoder, ffn, attention, all (default: ffn)")
+    p.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="a named set of the options below (default: paper); options given explicitly override it")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
+                   help="how the budget is spread over layers (paper recipe: uniform)")
+    p.add_argument("--features", choices=FEATURES, default=None,
+                   help="what k-means compares: both = producer rows + consumer columns (the paper), producer, "
+                        "or normalized = producer rows as they act on the LayerNorm-normalised input")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default=None,
+                   help="k-means weight of a channel: none, or consumer = its consumer column's squared norm")
+    p.add_argument("--merge", choices=MERGES, default=None, dest="merge_rule",
+                   help="how a cluster's producers combine: mean (the paper), weighted (by consumer norm) "
+                        "or projection (first-order optimal)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-iter", type=int, default=100, help="k-means iterations at most")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--out", required=True, help="folder to write the pruned model to (must be empty or absent)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out that speechprune wrote (refused if it holds anything else)")
+    p.set_defaults(func=_run_compress)
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    # everything that can be checked without the model, before any work
+    check_sparsity(args.sparsity)
+    if args.max_iter < 1:
+        raise SpeechPruneError(f"--max-iter must be at least 1, got {args.max_iter}")
+    device = check_device(args.device)
+    target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
+    expect = output_state(target)
+    model, processor = load_model(args.model, device=device)
+    report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
+                      allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
+                      features=args.features, weighting=args.weighting, merge_rule=args.merge_rule,
+                      recipe=args.recipe)
+    command = command_line(report.to_dict(), model=args.model, out=args.out)
+    if command and args.max_iter != 100:
+        command += f" --max-iter {args.max_iter}"
+    save_pruned(model, args.out, processor=processor, report=report, overwrite=args.overwrite,
+                command=command, inputs=[args.model], expect=expect, caller="compress")
+    print(report.table())
+    print(f"saved to {args.out}")
+    return 0
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    if args.json is not None:  # checked before the work, so that its results cannot be lost
+        if args.json.is_dir():
+            raise SpeechPruneError(f"--json {args.json} is a folder; name a file, e.g. {args.json / 'result.json'}")
+        if not args.json.parent.is_dir():
+            raise SpeechPruneError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
+        check_writable(args.json, "--json")
+    if args.batch_size < 1:
+        raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
+    card = _card_folder(args.model) if args.card else None  # checked before loading anything
+    device = check_device(args.device)  # the package-wide default when not given
+    speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
+    model, processor = load_model(args.model, device=device)
+    record = evaluate(model, processor, speech, batch_size=args.batch_size, device=device,
+                      label=args.model, long_form=args.long_form, decoding=args.decoding)
+    print(summary(record))
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    if card is not None:
+        print(f"recorded the WER in {add_evaluation(card, record)}")
+    return 0
+
+
+def _card_folder(spec: str) -> Path:
+    """The folder whose model card ``--card`` updates: a local folder saved by speechprune."""
+    folder = Path(spec).expanduser()
+    config = folder / "config.json"
+    if not config.is_file() or '"speechprune"' not in config.read_text(encoding="utf-8"):
+        raise SpeechPruneError(f"--card needs MODEL to be a folder saved by speechprune; {spec} is not one")
+    return folder
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``speechprune evaluate``."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="word error rate of a model on speech (greedy decoding)",
+        description="Transcribe speech greedily and report the corpus WER with the Whisper English "
+                    "normaliser; optionally write the full record as JSON.",
+    )
+    parser.add_argument("model", metavar="MODEL",
+                        help="embedded:whisper-tiny.en, embedded:whisper-base, a local folder or a hub id")
+    parser.add_argument("--data", default="embedded",
+                        help="embedded (default), embedded-full, embedded:train, an audiofolder, "
+                             "a LibriSpeech folder or librispeech:test-clean / test-other")
+    parser.add_argument("--split", default=None, help="keep rows of this split (audiofolders with a split column)")
+    parser.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N utterances only")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B")
+    parser.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--card", action="store_true",
+                        help="also record the WER in MODEL's model card (README.md of a folder saved by speechprune)")
+    parser.add_argument("--decoding", choices=DECODINGS, default="greedy",
+                        help="greedy (default, the paper's protocol) or fallback: Whisper's temperature fallback "
+                             "(compression ratio 2.4, log-probability -1.0)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT",
+                        help="write the record here (an existing file is replaced)")
+    parser.add_argument("--long-form", action="store_true",
+                        help="transcribe Whisper clips longer than 30 s whole, with transformers' sequential "
+                             "long-form generation (default: cut them to 30 s, with a warning)")
+    parser.set_defaults(func=_run_evaluate)
+
+# ---------------------------------------------------------------- finetune
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    """Add ``speechprune finetune``."""
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a (pruned) model, keeping its shapes (CTC or Whisper seq2seq)",
+        description="Fine-tune MODEL on speech with the Hugging Face Trainer and save it to --out in its "
+                    "pruned shapes. Runs unchanged under torchrun / accelerate launch on several GPUs.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a folder from `speechprune compress`, any supported model folder, "
+                                                 "a hub id or embedded:whisper-tiny.en / embedded:whisper-base")
+    p.add_argument("--data", required=True, help="train speech: an audiofolder, embedded:train, "
+                                                 "librispeech:train-clean-100 / train-960, ...")
+    p.add_argument("--split", default=None, help="rows of this split of an audiofolder with a split column")
+    p.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N train utterances only")
+    p.add_argument("--eval-data", default=None, help="evaluation speech (must not overlap the train set)")
+    p.add_argument("--eval-split", default=None, help="split of the evaluation audiofolder")
+    p.add_argument("--eval-max-samples", type=int, default=None, metavar="N")
+    p.add_argument("--out", required=True,
+                   help="folder for the model and checkpoints (new or empty; or a run with --resume)")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-5 CTC, 1e-5 Whisper)")
+    p.add_argument("--batch-size", type=int, default=8, help="per device")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--warmup", type=float, default=0.1, help="warm-up: a fraction of the steps, or steps if >= 1")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--freeze", choices=FREEZE, default="front-end",
+                   help="what is not trained: the convolutional front end (default), Whisper's whole encoder, "
+                        "or nothing")
+    p.add_argument("--language", default="en", help="Whisper language token for multilingual checkpoints")
+    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: each epoch)")
+    p.add_argument("--logging-steps", type=int, default=10)
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out that speechprune wrote (refused if it holds anything else)")
+    p.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    check_learning_rate(args.lr)
+    plan_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, inputs=[args.model])
+    train = load_training_speech(args.data, max_samples=args.max_samples, split=args.split)
+    eval_set = (load_training_speech(args.eval_data, max_samples=args.eval_max_samples, split=args.eval_split)
+                if args.eval_data else None)
+    record = finetune(args.model, train, eval=eval_set, out_dir=args.out, epochs=args.epochs, max_steps=args.max_steps,
+                      learning_rate=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
+                      precision=args.precision, freeze=args.freeze, language=args.language,
+                      save_steps=args.save_steps, logging_steps=args.logging_steps, num_workers=args.num_workers,
+                      seed=args.seed, resume=args.resume, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:
+        r = record["results"]
+        per_epoch = f", {r['seconds_per_epoch']:.1f} s per epoch" if r["seconds_per_epoch"] else ""
+        print(f"fine-tuned {record['model']['model']} for {r['global_step']} steps "
+              f"({r['epoch']:.2f} epochs{per_epoch}); train loss {r['train_loss']:.4f}; saved to {record['out']} "
+              f"(evaluate it with: speechprune evaluate {record['out']} --data ...)")
+    return 0
+
+# ---------------------------------------------------------------- compare
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="cluster vs magnitude at the same budget: compress, evaluate, plot",
+                       description="The main job: compress MODEL with each method at the same sparsity and scope, "
+                                   "evaluate the dense and pruned models, print the table and save a plot.")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--data", default=DEFAULT_DATA, help="embedded, embedded-full, an audiofolder, librispeech:test-clean ...")
+    p.add_argument("--sparsity", type=float, default=0.2)
+    p.add_argument("--scope", default="encoder.ffn")
+    p.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="compare this recipe's clustering with magnitude; the options below, when given, override it "
+                        "(default: no recipe, the paper's features and producer features side by side)")
+    p.add_argument("--allocations", default=None, help=f"comma-separated, from {', '.join(ALLOCATIONS)} (default: uniform)")
+    p.add_argument("--merges", default=None,
+                   help=f"comma-separated merge rules for cluster, from {', '.join(MERGES)} (default: mean)")
+    p.add_argument("--features", default=None,
+                   help=f"comma-separated feature sets for cluster, from {', '.join(FEATURES)} "
+                        "(default: the paper's reading, both, and the producer rows alone)")
+    p.add_argument("--weighting", default=None, choices=WEIGHTINGS,
+                   help="k-means weight of each channel (cluster; default: none)")
+    p.add_argument("--decoding", default="greedy", choices=DECODINGS,
+                   help="greedy (default, the paper's protocol) or fallback (Whisper's temperature fallback)")
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/main", help="folder for results.json and wer.png")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results speechprune wrote in --out (refused if it holds anything else)")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    # everything that can be checked before loading data or a model
+    _apply_recipe(args)
+    check_sparsity(args.sparsity)
+    lists = {}
+    for flag, kind, choices in (("allocations", "allocation", ALLOCATIONS), ("merges", "merge rule", MERGES),
+                                ("features", "feature set", FEATURES)):
+        lists[flag] = _names(getattr(args, flag))
+        if not lists[flag]:
+            raise SpeechPruneError(f"--{flag} names nothing: use one or more of {', '.join(choices)}")
+        for name in lists[flag]:
+            check_choice(kind, name, choices)
+    if args.max_samples is not None and args.max_samples < 1:
+        raise SpeechPruneError(f"--max-samples must be at least 1, got {args.max_samples}")
+    if args.batch_size < 1:
+        raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = check_device(args.device)
+    target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
+    expect = output_state(target)
+    result = run_comparison(args.model, args.data, sparsity=args.sparsity, scope=args.scope,
+                            allocations=lists["allocations"], merge_rules=lists["merges"],
+                            feature_sets=lists["features"], weighting=args.weighting,
+                            max_samples=args.max_samples, decoding=args.decoding, methods=args.methods,
+                            batch_size=args.batch_size, device=device, seed=args.seed)
+    with staged_output(args.out, overwrite=args.overwrite, expect=expect, command="compare") as staging:
+        (staging / "results.json").write_text(json.dumps(result, indent=2))
+        plot_comparison(result, staging / "wer.png")
+    print(format_table(result))
+    out = Path(args.out)
+    print(f"results: {out / 'results.json'}  figure: {out / 'wer.png'}")
+    return 0
+
+
+def _apply_recipe(args: argparse.Namespace) -> None:
+    """Fill the options left unset: from ``--recipe`` when given, else the defaults (both feature sets)."""
+    if args.recipe is None:
+        defaults = dict(allocations="uniform", merges="mean", features="both,producer", weighting="none")
+        args.methods = ("cluster", "magnitude")
+    else:
+        r = resolve(args.recipe)
+        defaults = dict(allocations=r["allocation"], merges=r["merge"], features=r["features"],
+                        weighting=r["weighting"])
+        args.methods = (r["method"], "magnitude")
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in text.split(",") if a.strip())
+
+
+#: What ``speechprune --help`` lists, in this order: each adds its sub-parser and sets ``func``.
+COMMANDS = (_add_compress, _add_evaluate, _add_finetune, _add_compare, study.register_cli)
+
+
+def register_all(sub: argparse._SubParsersAction) -> None:
+    """Add every sub-command to ``sub``."""
+    for add in COMMANDS:
+        add(sub)

@@ -1,0 +1,112 @@
+"""Cached measurements for the book: presets of the study runner, and the spread of their WERs.
+
+:func:`measure` evaluates one (model, data, method, sparsity, scope, allocation) setting through
+:func:`speechprune.study.execute` and caches the record as JSON keyed by its settings, so that
+the chapters and the results page share runs instead of repeating them. :func:`wer_interval` and
+:func:`wer_difference` hand such records to :mod:`speechprune.stats` (per-utterance bootstrap).
+``speechprune compare`` (:func:`speechprune.experiment.run_comparison`) is the study runner's other preset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import speechprune
+from speechprune.data import load_speech
+from speechprune.models import load_model
+from speechprune.stats import paired_difference, summarize
+from speechprune.study import execute, make_run
+
+_loaded: dict[str, Any] = {}
+
+
+def dense_model(spec: str, device: str = "cpu"):
+    """``load_model(spec)``, loaded once per process and shared by every :func:`measure` call."""
+    key = f"model:{spec}:{device}"
+    if key not in _loaded:
+        for old in [k for k in _loaded if k.startswith("model:")]:  # hold one model at a time
+            del _loaded[old]
+        _loaded[key] = load_model(spec, device=device)
+    return _loaded[key]
+
+
+def _speech(spec: str, max_samples: int | None):
+    key = f"speech:{spec}:{max_samples}"
+    if key not in _loaded:
+        _loaded[key] = load_speech(spec, max_samples=max_samples)
+    return _loaded[key]
+
+
+def measure(model: str, data: str, *, method: str | None = None, sparsity: float = 0.0, scope: str = "ffn",
+            allocation: str = "uniform", seed: int = 0, features: str = "both", max_samples: int | None = None,
+            batch_size: int = 8, device: str | None = None, cache_dir: str | Path | None = None,
+            build_id: str | None = None) -> dict:
+    """WER record of ``model`` on ``data``: dense when ``method`` is None, else compressed first.
+
+    The record is :func:`speechprune.evaluate.evaluate`'s, plus ``compression`` (the
+    :class:`~speechprune.compress.CompressionReport` as a dict, or None), ``settings`` and
+    ``build_id``. ``features`` is the cluster feature set (see
+    :func:`speechprune.prune.channel_features`). With ``cache_dir``, a record saved for the same
+    settings is loaded instead of measured again; delete the folder to measure afresh.
+    """
+    settings = dict(model=model, data=data, max_samples=max_samples, method=method,
+                    sparsity=sparsity if method else 0.0, scope=scope if method else None,
+                    allocation=allocation if method else None, seed=seed if method else None,
+                    features=features if method == "cluster" else None, speechprune=speechprune.__version__)
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache_dir) / f"{method or 'dense'}-{digest}.json" if cache_dir else None
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dense, processor = dense_model(model, device)
+    label = "dense" if not method else method if allocation == "uniform" else f"{method} ({allocation})"
+    run = make_run(model, data, method=method or "dense", scope=scope, sparsity=sparsity, allocation=allocation,
+                   features=features, seed=seed, batch_size=batch_size, max_samples=max_samples, label=label)
+    record = execute(run, dense, processor, _speech(data, max_samples), device=device)
+    record.update(settings=settings, build_id=build_id)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def measure_comparison(model: str, data_sets: list[str], *, sparsity: float, scope: str, seed: int = 0,
+                       **run) -> dict[str, dict[str, dict]]:
+    """Dense, magnitude and cluster records on each data set, by column title ("ours: DATA (N utt.)").
+
+    ``run`` goes to :func:`measure` (``max_samples``, ``batch_size``, ``device``, ``cache_dir``, ``build_id``).
+    """
+    ours = {}
+    for data in data_sets:
+        recs = {"dense": measure(model, data, **run)}
+        for method in ("magnitude", "cluster"):
+            recs[method] = measure(model, data, method=method, sparsity=sparsity, scope=scope, seed=seed, **run)
+        ours[f"ours: {data} ({recs['dense']['n_utterances']} utt.)"] = recs
+    return ours
+
+
+# --- spread ----------------------------------------------------------------------------------
+
+def _as_study_record(record: dict) -> dict:
+    """An evaluate record in the per-utterance form :mod:`speechprune.stats` reads."""
+    rows = [u for u in record["utterances"] if u["errors"] is not None]
+    seed = (record.get("compression") or {}).get("seed")
+    return dict(utterance_ids=[u["id"] for u in rows], utterance_errors=[u["errors"] for u in rows],
+                utterance_words=[len(u["reference_normalized"].split()) for u in rows], seed=seed)
+
+
+def wer_interval(record: dict, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval (over utterances) of one run's corpus WER, in percent."""
+    return summarize([_as_study_record(record)], n_boot=n_boot, seed=seed).interval
+
+
+def wer_difference(a: dict, b: dict, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """WER(a) - WER(b) in points with its 95% paired bootstrap interval; same utterances required."""
+    d = paired_difference([_as_study_record(a)], [_as_study_record(b)], n_boot=n_boot, seed=seed)
+    return d.median, d.interval[0], d.interval[1]
