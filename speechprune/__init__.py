@@ -17,7 +17,7 @@ from speechprune.checkpoint import load_checkpoint, save_pruned
 from speechprune.compress import CompressionReport, compress
 from speechprune.errors import SpeechPruneError
 from speechprune.evaluate import evaluate
-from speechprune.kmeans import kmeans
+from speechprune.kmeans import kmeans, kmeans_many
 from speechprune.methods import available_methods, register_method
 from speechprune.models import load_model
 
@@ -31,6 +31,7 @@ __all__ = [
     "save_pruned",
     "evaluate",
     "kmeans",
+    "kmeans_many",
     "allocate",
     "SpeechPruneError",
 ]
