@@ -9,6 +9,7 @@ timestamps). References and hypotheses are normalised with transformers' Whisper
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import math
 import platform
@@ -171,11 +172,29 @@ def _transcribe_long(model, processor, audios: list[np.ndarray], device: torch.d
     features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, truncation=False, padding="longest",
                                            return_attention_mask=True, return_tensors="pt")
     kwargs = dict(english_generate_kwargs(model), return_timestamps=True)
-    ids = model.generate(features.input_features.to(device=device, dtype=_model_dtype(model)),
-                         attention_mask=features.attention_mask.to(device), num_beams=1, do_sample=False,
-                         condition_on_prev_tokens=False, max_new_tokens=_token_budget(model, whisper_window(processor)),
-                         **kwargs)
+    with _quiet_transformers():
+        ids = model.generate(features.input_features.to(device=device, dtype=_model_dtype(model)),
+                             attention_mask=features.attention_mask.to(device), num_beams=1, do_sample=False,
+                             condition_on_prev_tokens=False,
+                             max_new_tokens=_token_budget(model, whisper_window(processor)), **kwargs)
     return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' generation notices at error level only, for the length of a generate call.
+
+    It warns on every batch that Whisper's fixed 30 s features have no attention mask (none is
+    needed), that the English kwargs accompany the generation config, and that max_new_tokens
+    wins over the config's max_length; on a book page these lines are noise. Nothing else changes.
+    """
+    logging = transformers.utils.logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 @torch.inference_mode()
@@ -191,8 +210,9 @@ def _transcribe_whisper(model, processor, audios: list[np.ndarray], device: torc
     if decoding == "fallback":
         torch.manual_seed(0)  # the sampled retries are reproducible
         extra = dict(FALLBACK, attention_mask=features.attention_mask.to(device))
-    ids = model.generate(input_features, num_beams=1, do_sample=False, max_new_tokens=_token_budget(model, longest),
-                         **english_generate_kwargs(model), **extra)
+    with _quiet_transformers():
+        ids = model.generate(input_features, num_beams=1, do_sample=False,
+                             max_new_tokens=_token_budget(model, longest), **english_generate_kwargs(model), **extra)
     return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 

@@ -229,3 +229,19 @@ def test_token_budget_bounds_runaway_decoding_but_not_real_speech():
     assert max_new_tokens(11.0) >= 3 * 11 * 2  # twice the ~3 tokens/s of read English
     assert max_new_tokens(30.0) < MAX_WHISPER_NEW_TOKENS
     assert max_new_tokens(1000.0) == MAX_WHISPER_NEW_TOKENS
+
+
+def test_generation_notices_are_silenced_only_during_generate():
+    import importlib
+
+    import transformers
+
+    logging = transformers.utils.logging
+    quiet = importlib.import_module("speechprune.evaluate")._quiet_transformers
+    before = logging.get_verbosity()
+    with quiet():
+        assert logging.get_verbosity() == logging.ERROR
+    assert logging.get_verbosity() == before
+    with pytest.raises(RuntimeError), quiet():
+        raise RuntimeError("a failing generate")
+    assert logging.get_verbosity() == before
