@@ -18,7 +18,7 @@ from speechprune import paper
 from speechprune.errors import SpeechPruneError
 
 ROOT = Path(__file__).resolve().parents[1]
-RELEASE = "0.2.0"
+RELEASE = "0.3.0"
 
 
 def _load_script(name: str):
