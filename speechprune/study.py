@@ -736,7 +736,8 @@ def plot_records(records: list[dict], *, title: str | None = None):
         ax.set_title(f"{setting[0].removeprefix('embedded:')}, {setting[4]} {setting[5]:.0%}\n"
                      f"{setting[1]}, {setting[3]}, {n_seeds} seed{'s' if n_seeds > 1 else ''}", fontsize=8)
         ax.set_ylabel("WER (%)")
-        ax.set_ylim(bottom=0)
+        top = max(r["wer"] for v in options.values() for r in v)
+        ax.set_ylim(0, top * 1.15 + 1)  # room for the "single run" labels above the points
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -820,8 +821,10 @@ def select_options(scores: list[dict], n: int = 2, *, tie: float = 1.0, exclude:
     return kept
 
 
-def comparison_table(records: list[dict], n_boot: int = 2000):
-    """A pandas table: per setting and option, WER over seeds, the interval and the comparison sentence."""
+def comparison_table(records: list[dict], n_boot: int = 2000, *, sentences: bool = True):
+    """A pandas table: per setting and option, WER over seeds, the interval and (with ``sentences``)
+    the comparison with magnitude pruning in words; a page that lists the sentences below its
+    table leaves them out, so that the table fits a phone."""
     import pandas as pd
 
     from speechprune.stats import comparisons
@@ -838,6 +841,6 @@ def comparison_table(records: list[dict], n_boot: int = 2000):
             "median WER (%)": round(s.median, 2),
             "range": f"{s.low:.2f}-{s.high:.2f}" if s.n_seeds > 1 else "single run",
             "95% interval": f"[{s.interval[0]:.1f}, {s.interval[1]:.1f}]",
-            "versus magnitude": r.get("sentence", ""),
+            **({"versus magnitude": r.get("sentence", "")} if sentences else {}),
         })
     return pd.DataFrame(rows).set_index(["setting", "option"]) if rows else pd.DataFrame()

@@ -366,3 +366,12 @@ def test_screening_scores_and_the_selection_rule():
     # the option that covers one cell of four is never picked, nor is magnitude pruning
     assert st.select_options(list(scores.values())) == ["steady", "lucky"]
     assert st.select_options(list(scores.values()), tie=0.0) == ["lucky", "steady"]
+
+
+def test_comparison_table_can_leave_the_sentences_to_the_page():
+    from speechprune.study import comparison_table, saved_study
+
+    records = saved_study("allocations-encoder-ffn20")["records"]
+    full, short = comparison_table(records, n_boot=100), comparison_table(records, n_boot=100, sentences=False)
+    assert "versus magnitude" in full.columns and "versus magnitude" not in short.columns
+    assert list(short.index) == list(full.index) and len(short) >= 4
