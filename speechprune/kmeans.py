@@ -167,9 +167,14 @@ def _prepare(x: Tensor, k: int, n_init: int, max_iter: int, tol: float, seed: in
     sq_norms = (distinct * distinct).sum(1)
     problem = _Problem(x, k, n_init, max_iter, init, distinct, inverse, weights, tol_abs,
                        torch.Generator().manual_seed(seed), sq_norms, None, [])
-    if init == "k-means++" and m * m <= MAX_DISTANCE_ELEMENTS and not defer_pairwise:  # shared by all n_init runs
+    if _uses_pairwise(problem) and not defer_pairwise:  # shared by all n_init runs
         _fill_pairwise(problem, None)
     return problem
+
+
+def _uses_pairwise(problem: _Problem) -> bool:
+    """Whether k-means++ reads the n x n distance matrix (else candidate rows come from small matmuls)."""
+    return problem.init == "k-means++" and problem.distinct.shape[0] ** 2 <= MAX_DISTANCE_ELEMENTS
 
 
 def _fill_pairwise(problem: _Problem, out: Tensor | None) -> None:
@@ -260,11 +265,9 @@ def _lloyd(
     """
     n = x.shape[0]
     matmuls: list[tuple[int, int, int]] = []
-    if seeds is not None:
-        pass
-    elif init == "random":
+    if seeds is None and init == "random":
         seeds = torch.randperm(n, generator=generator)[:k].to(x.device)
-    else:
+    elif seeds is None:
         seeds = _kmeans_plus_plus(x, sq_norms, weights, k, generator, pairwise, matmuls)
     # Seeds are points: their distance columns are already in the pairwise matrix.
     initial = None if pairwise is None else pairwise.index_select(1, seeds)
@@ -523,14 +526,13 @@ def kmeans_many(
         problem = _prepare(x, k, n_init, max_iter, tol, seed, init, w, defer_pairwise=batchable)
         if isinstance(problem, KMeansResult):
             results[i] = problem
-        elif not batchable or problem.pairwise is not None or problem.distinct.shape[0] != x.shape[0] \
-                or x.shape[0] ** 2 > MAX_DISTANCE_ELEMENTS:
-            if problem.pairwise is None and init == "k-means++" and problem.distinct.shape[0] ** 2 <= MAX_DISTANCE_ELEMENTS:
-                _fill_pairwise(problem, None)
-            results[i] = _finish(problem)
-        else:
+        elif batchable and _uses_pairwise(problem) and problem.distinct.shape[0] == x.shape[0]:  # no duplicate rows
             batches.setdefault((tuple(x.shape), k, problem.distinct.dtype, x.device, w is None), []).append(i)
             results[i] = problem  # type: ignore[assignment]
+        else:  # alone, as kmeans() would run it
+            if problem.pairwise is None and _uses_pairwise(problem):
+                _fill_pairwise(problem, None)
+            results[i] = _finish(problem)
     for (shape, k, dtype, device, _), members in batches.items():
         n = shape[0]
         size = max(1, memory_budget(device, MAX_BATCH_ELEMENTS, dtype.itemsize) // (n * n))
