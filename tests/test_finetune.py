@@ -21,7 +21,6 @@ from transformers import (
     Wav2Vec2CTCTokenizer,
     Wav2Vec2FeatureExtractor,
     Wav2Vec2Processor,
-    WhisperConfig,
     WhisperFeatureExtractor,
     WhisperForConditionalGeneration,
     WhisperProcessor,
@@ -44,6 +43,7 @@ from speechprune.finetune import (
 )
 from speechprune.models import load_processor
 from speechprune.structure import widths
+from speechprune.testing import tiny_model
 
 PHRASES = ["yes.", "no!", "Hello, world.", "Good day", "please hold", "thank you", "good-bye", "one more time"]
 
@@ -83,15 +83,9 @@ def _whisper_processor() -> WhisperProcessor:
 
 
 def _tiny_whisper() -> WhisperForConditionalGeneration:
-    torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=262, num_mel_bins=8, d_model=32, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_source_positions=20, max_target_positions=64, decoder_start_token_id=257, pad_token_id=256,
-        bos_token_id=256, eos_token_id=256, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-        begin_suppress_tokens=None, suppress_tokens=None,
-    )
-    return WhisperForConditionalGeneration(config).eval()
+    # speechprune.testing's tiny Whisper, with a vocabulary that covers _processor()'s byte tokenizer
+    return tiny_model("whisper", vocab_size=262, max_target_positions=64, decoder_start_token_id=257,
+                      pad_token_id=256, bos_token_id=256, eos_token_id=256)
 
 
 def _pruned(family: str, tmp_path: Path):
