@@ -5,7 +5,9 @@ allocation, merge, weighting, or a ``recipe``) × k-means seeds × data × decod
 a small TOML file under ``studies/``. Every run's record is written to the study's JSON file as
 soon as the run finishes (the whole file is rewritten atomically), keyed by a hash of the run's
 settings. Running the same study again resumes it: finished runs are kept, a corrupt record is
-reported and run again, and ``rerun=True`` measures everything afresh.
+reported and run again, and ``rerun=True`` measures everything afresh. Several workers may run
+the same study at once (two terminals, or one per GPU): each claims the next run that nobody has
+saved or claimed, under a lock beside the results file, and merges its record into the file.
 
 The grid is ordered seed-major (the dense models, every magnitude run and seed 0 of every
 clustering option first, then seed 1, ...) so that a study cut short still covers every
@@ -16,11 +18,13 @@ setting. ``speechprune compare`` and :func:`speechprune.paper.measure` are prese
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
+import socket
 import statistics
 import sys
 import time
@@ -31,6 +35,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from speechprune.errors import SpeechPruneError
+
+try:  # POSIX; elsewhere a study has one worker at a time
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 DECODINGS = ("greedy", "fallback")
 SEEDLESS = ("magnitude", "pairs")  # methods without a k-means seed: one run per setting
@@ -459,13 +468,110 @@ def reusable_records(out: Path, keys: set[str]) -> dict[str, dict]:
     return found
 
 
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Hold an exclusive lock on the lock file beside ``out`` (``.NAME.json.lock``) while the block runs."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f".{out.name}.lock"), "a+") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+#: a claim made on another machine (shared folder) counts as abandoned after this many seconds
+CLAIM_TIMEOUT_S = 12 * 3600
+
+
+def _claims_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.claims")
+
+
+def _claim_alive(claim: dict) -> bool:
+    """True while the worker that made ``claim`` may still be measuring it."""
+    if claim.get("host") != socket.gethostname():
+        return time.time() - float(claim.get("since", 0)) < CLAIM_TIMEOUT_S
+    try:
+        os.kill(int(claim.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _read_claims(out: Path) -> dict[str, dict]:
+    """The live claims of other workers on ``out``'s runs (key -> claim); call under :func:`_locked`."""
+    try:
+        claims = json.loads(_claims_path(out).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    if not isinstance(claims, dict):
+        return {}
+    return {k: c for k, c in claims.items() if isinstance(c, dict) and _claim_alive(c)}
+
+
+def _write_claims(out: Path, claims: dict[str, dict]) -> None:
+    path = _claims_path(out)
+    if not claims:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(claims), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _claim_next(out: Path, todo: list[Run]) -> tuple[Run | None, int]:
+    """Claim the first run of ``todo`` that is neither saved in ``out`` nor claimed by a live worker.
+
+    Returns the run (None when nothing is left for this worker) and how many runs of ``todo`` are
+    still unsaved (claimed by others included), for the progress bar.
+    """
+    with _locked(out):
+        saved, _ = read_results(out)
+        claims = {k: c for k, c in _read_claims(out).items() if k not in saved}
+        left = [r for r in todo if r.key not in saved]
+        run = next((r for r in left if r.key not in claims), None)
+        if run is not None:
+            claims[run.key] = dict(pid=os.getpid(), host=socket.gethostname(), since=time.time(),
+                                   run=run.describe())
+        _write_claims(out, claims)
+    return run, len(left)
+
+
+def _release(out: Path, keys: Iterable[str]) -> None:
+    """Drop this worker's claims on ``keys``."""
+    keys = set(keys)
+    if not keys:
+        return
+    with _locked(out):
+        claims = _read_claims(out)
+        _write_claims(out, {k: c for k, c in claims.items()
+                            if not (k in keys and c.get("pid") == os.getpid() and c.get("host") == socket.gethostname())})
+
+
+def _save_record(out: Path, study: Study, record: dict) -> list[dict]:
+    """Merge ``record`` into the results file as it is on disk now (other workers' records kept)."""
+    with _locked(out):
+        saved, _ = read_results(out)
+        saved[record["key"]] = record
+        write_results(out, study, list(saved.values()))
+        return list(saved.values())
+
+
 def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool = True, device: str | None = None,
               progress: bool = True, limit: int | None = None, log=print) -> list[dict]:
     """Run every run of ``study`` that ``out`` does not hold yet; returns the study's records.
 
     Records of other runs already in ``out`` are kept. With ``reuse``, a run already measured by
     another study in the same folder (same settings, so the same key) is copied, not measured
-    again. ``limit`` stops after that many new runs.
+    again. ``limit`` stops after that many new runs. Other workers may run the same study into
+    the same ``out`` at the same time: each run is claimed before it starts, so none is measured
+    twice, and each record is merged into the file as it is on disk (give ``rerun`` to one
+    worker only: it clears the study's saved records when it starts).
     """
     import torch
     from tqdm.auto import tqdm
@@ -493,45 +599,63 @@ def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool
     for d, m in sorted({(r.data, r.max_samples) for r in study.runs}, key=str):
         speech(d, m)  # a bad data spec fails here, before any run
 
-    saved, problems = read_results(out)
-    for line in problems:
-        log(f"warning: {line}")
-    if rerun:
-        saved = {k: v for k, v in saved.items() if k not in {r.key for r in study.runs}}
-    elif reuse:
-        found = reusable_records(out, {r.key for r in study.runs} - set(saved))
-        if found:
-            log(f"{len(found)} runs reused from other studies in {out.parent}")
-            saved.update(found)
-            write_results(out, study, list(saved.values()))
+    keys = {r.key for r in study.runs}
     relabel = {r.key: (r.label, r.recipe) for r in study.runs}
-    stale = [k for k, r in saved.items() if k in relabel and (r.get("label"), r.get("recipe")) != relabel[k]]
-    for k in stale:  # a run copied from another study, or saved under an older label, shows this study's name
-        saved[k] = dict(saved[k], label=relabel[k][0], recipe=relabel[k][1])
-    if stale:
-        write_results(out, study, list(saved.values()))
+    with _locked(out):
+        saved, problems = read_results(out)
+        for line in problems:
+            log(f"warning: {line}")
+        changed = bool(problems) and out.is_file()
+        if rerun:
+            changed = changed or bool(keys & set(saved))
+            saved = {k: v for k, v in saved.items() if k not in keys}
+        elif reuse:
+            found = reusable_records(out, keys - set(saved))
+            if found:
+                log(f"{len(found)} runs reused from other studies in {out.parent}")
+                saved.update(found)
+                changed = True
+        for k, r in list(saved.items()):  # a run copied from another study, or saved under an older label,
+            if k in relabel and (r.get("label"), r.get("recipe")) != relabel[k]:  # shows this study's name
+                saved[k] = dict(r, label=relabel[k][0], recipe=relabel[k][1])
+                changed = True
+        if changed:
+            write_results(out, study, list(saved.values()))
+        others = _read_claims(out)
     records = list(saved.values())
     todo = [r for r in study.runs if r.key not in saved]
-    if limit is not None:
-        todo = todo[:limit]
-    log(f"{study.name}: {len(study.runs)} runs, {len(study.runs) - len([r for r in study.runs if r.key not in saved])} "
-        f"saved in {out}, {len(todo)} to measure")
-    bar = tqdm(total=len(todo), desc=study.name, unit="run", disable=not progress, file=sys.stderr, smoothing=0.1)
+    busy = sum(r.key in others for r in todo)
+    log(f"{study.name}: {len(study.runs)} runs, {len(study.runs) - len(todo)} saved in {out}, {len(todo)} to measure"
+        + (f" ({busy} of them being measured by another worker)" if busy else ""))
+    total = len(todo) if limit is None else min(limit, len(todo))
+    bar = tqdm(total=total, desc=study.name, unit="run", disable=not progress, file=sys.stderr, smoothing=0.1)
+    claimed: list[str] = []
     try:
-        for run in todo:
+        while limit is None or bar.n < limit:
+            run, left = _claim_next(out, todo)
+            if run is None:
+                break
+            claimed.append(run.key)
+            bar.total = bar.n + (left if limit is None else min(left, limit - bar.n))
             bar.set_postfix_str(run.describe()[-60:])
             started = time.perf_counter()
             dense, processor = model(run.model)
             full = execute(run, dense, processor, speech(run.data, run.max_samples), device=device)
             record = study_record(run, full, time.perf_counter() - started)
-            records = [r for r in records if r["key"] != run.key] + [record]
-            write_results(out, study, records)
+            records = _save_record(out, study, record)
+            _release(out, [run.key])
+            claimed.remove(run.key)
             bar.update(1)
             log(f"{run.describe()}: WER {record['wer']:.2f}% (S {record['substitutions']} D {record['deletions']} "
                 f"I {record['insertions']}) in {record['seconds']:.0f} s")
     finally:
         bar.close()
-    keys = {r.key for r in study.runs}
+        _release(out, claimed)
+    with _locked(out):
+        records = list(read_results(out)[0].values()) or records
+    waiting = [r for r in todo if r.key not in {x["key"] for x in records}]
+    if waiting and limit is None:
+        log(f"{len(waiting)} runs are still being measured by other workers; their records will join {out}")
     return [r for r in records if r["key"] in keys]
 
 
@@ -591,9 +715,13 @@ def _run_cli(args: argparse.Namespace) -> int:
         saved, problems = read_results(out) if out.is_file() else ({}, [])
         for line in problems:
             print(f"warning: {line}")
+        claims = _read_claims(out)
         for run in study.runs:
-            print(f"{'saved ' if run.key in saved else 'to run'} {run.key} {run.describe()}")
-        print(f"{len(study.runs)} runs, {sum(r.key in saved for r in study.runs)} saved in {out}")
+            state = "saved  " if run.key in saved else "running" if run.key in claims else "to run "
+            print(f"{state} {run.key} {run.describe()}")
+        busy = sum(r.key in claims and r.key not in saved for r in study.runs)
+        print(f"{len(study.runs)} runs, {sum(r.key in saved for r in study.runs)} saved in {out}"
+              + (f", {busy} being measured" if busy else ""))
         return 0
     try:
         records = run_study(study, out, rerun=args.rerun, reuse=not args.no_reuse, device=args.device,

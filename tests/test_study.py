@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -375,3 +377,52 @@ def test_comparison_table_can_leave_the_sentences_to_the_page():
     full, short = comparison_table(records, n_boot=100), comparison_table(records, n_boot=100, sentences=False)
     assert "versus magnitude" in full.columns and "versus magnitude" not in short.columns
     assert list(short.index) == list(full.index) and len(short) >= 4
+
+
+def test_two_workers_share_one_study_without_measuring_a_run_twice(fake, tmp_path):
+    import threading
+
+    execute, calls = fake
+    study = st.parse_study(spec(seeds=3))
+    out = tmp_path / "r.json"
+    fake_execute = st.execute
+
+    def slow(run, *args, **kwargs):  # long enough that both workers are busy at once
+        time.sleep(0.05)
+        return fake_execute(run, *args, **kwargs)
+
+    st.execute = slow
+    try:
+        workers = [threading.Thread(target=st.run_study, args=(study, out),
+                                    kwargs=dict(progress=False, log=lambda *_: None)) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        st.execute = fake_execute
+    assert sorted(r.key for r in calls) == sorted(r.key for r in study.runs)  # each run measured once
+    saved = json.loads(out.read_text())
+    assert saved["n_done"] == len(study.runs) == len(saved["records"])  # no worker's record lost
+    assert not (tmp_path / ".r.json.claims").exists()
+
+
+def test_a_claim_left_by_a_dead_worker_is_taken_over(fake, tmp_path, capsys):
+    from speechprune.cli import main
+
+    execute, calls = fake
+    study = st.parse_study(spec(seeds=1))
+    out = tmp_path / "r.json"
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)
+    first, second = study.runs[0].key, study.runs[1].key
+    claims = {first: dict(pid=dead, host=st.socket.gethostname(), since=time.time()),
+              second: dict(pid=os.getpid(), host=st.socket.gethostname(), since=time.time())}
+    (tmp_path / ".r.json.claims").write_text(json.dumps(claims))
+    lines = []
+    st.run_study(study, out, progress=False, log=lines.append)
+    # the dead worker's run is measured; the live worker's (this process) is left to it
+    assert first in {c.key for c in calls} and second not in {c.key for c in calls}
+    assert any("1 of them being measured by another worker" in line for line in lines)
+    assert any("still being measured by other workers" in line for line in lines)
+    assert json.loads((tmp_path / ".r.json.claims").read_text()).keys() == {second}
