@@ -258,6 +258,34 @@ def versus(records: list[dict], a: str, b: str, *, n_boot: int = N_BOOT, **where
     return d, sentence(d, a, b)
 
 
+def decodings(records: list[dict], a: str = "fallback", b: str = "greedy", *, n_boot: int = N_BOOT) -> list[dict]:
+    """Each setting and option decoded both ways: WER over seeds under decoding ``a`` and ``b``, the
+    share of insertions in the errors (loops are insertions), and the paired difference a − b on the
+    same pruned models (same seeds) and the same utterances, with its sentence."""
+    by_group = groups(records)
+    rows = []
+    for g, ra in by_group.items():
+        if g[3] != a:
+            continue
+        rb = by_group.get(g[:3] + (b,) + g[4:])
+        if not rb:
+            continue
+        seeds = {r["seed"] for r in ra} & {r["seed"] for r in rb}
+        ra, rb = [r for r in ra if r["seed"] in seeds], [r for r in rb if r["seed"] in seeds]
+        d = paired_difference(ra, rb, n_boot=n_boot)
+        label = option_label(ra[0])
+
+        def inserted(rs):
+            errors = sum(r["substitutions"] + r["deletions"] + r["insertions"] for r in rs)
+            return 100.0 * sum(r["insertions"] for r in rs) / errors if errors else 0.0
+
+        rows.append(dict(model=g[0], data=g[1], scope=g[4], sparsity=g[5], option=label, method=g[6],
+                         n_seeds=len(seeds), **{a: summarize(ra, n_boot=n_boot), b: summarize(rb, n_boot=n_boot)},
+                         **{f"insertions_{a}": inserted(ra), f"insertions_{b}": inserted(rb)},
+                         difference=d, sentence=sentence(d, f"{a} decoding", f"{b} decoding")))
+    return rows
+
+
 def study_summary(records: list[dict], n_boot: int = N_BOOT) -> str:
     """A plain-text table of a study: per setting and option, WER over seeds and the comparison."""
     lines = []

@@ -172,3 +172,22 @@ def test_a_seeded_option_with_one_seed_pairs_one_seed_not_five():
     later = [record([2] * 100, [10] * 100, seed=7)]
     with pytest.raises(ValueError, match="share no seed"):
         stats.paired_difference(later, five, n_boot=100)
+
+
+def test_decodings_pair_each_option_with_itself_under_the_other_decoding():
+    base = dict(model="m", data="d", max_samples=None, scope="encoder.ffn", sparsity=0.2, features="both",
+                allocation="uniform", merge="mean", weighting="none", method="cluster", deletions=0)
+    recs = []
+    loops, plain = [12] * 20 + [1] * 20, [2] * 20 + [1] * 20  # half the utterances loop under greedy
+    for s in range(5):  # fallback removes 10 insertions from each looping utterance
+        recs.append(record(loops, [10] * 40, seed=s, decoding="greedy", substitutions=60, insertions=200, **base))
+        recs.append(record(plain, [10] * 40, seed=s, decoding="fallback", substitutions=60, insertions=0, **base))
+    recs.append(record(plain, [10] * 40, seed=5, decoding="fallback", substitutions=60, insertions=0,
+                       **base))  # a seed with no greedy run is left out of the pairing
+    (row,) = stats.decodings(recs, n_boot=100)
+    assert row["n_seeds"] == 5 and row["greedy"].median == 65.0 and row["fallback"].median == 15.0
+    assert row["difference"].median == -50.0 and row["difference"].lower == 5
+    assert row["insertions_greedy"] == pytest.approx(100 * 200 / 260) and row["insertions_fallback"] == 0.0
+    assert row["sentence"].startswith("fallback decoding is lower than greedy decoding in 5 of 5 seeds, "
+                                      "median difference −50.0 points")
+    assert stats.decodings([r for r in recs if r["decoding"] == "greedy"]) == []  # nothing to pair
