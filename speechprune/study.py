@@ -630,13 +630,14 @@ def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool
     total = len(todo) if limit is None else min(limit, len(todo))
     bar = tqdm(total=total, desc=study.name, unit="run", disable=not progress, file=sys.stderr, smoothing=0.1)
     claimed: list[str] = []
+    measured = 0  # by this worker (a disabled tqdm does not count)
     try:
-        while limit is None or bar.n < limit:
+        while limit is None or measured < limit:
             run, left = _claim_next(out, todo)
             if run is None:
                 break
             claimed.append(run.key)
-            bar.total = bar.n + (left if limit is None else min(left, limit - bar.n))
+            bar.total = measured + (left if limit is None else min(left, limit - measured))
             bar.set_postfix_str(run.describe()[-60:])
             started = time.perf_counter()
             dense, processor = model(run.model)
@@ -645,6 +646,7 @@ def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool
             records = _save_record(out, study, record)
             _release(out, [run.key])
             claimed.remove(run.key)
+            measured += 1
             bar.update(1)
             log(f"{run.describe()}: WER {record['wer']:.2f}% (S {record['substitutions']} D {record['deletions']} "
                 f"I {record['insertions']}) in {record['seconds']:.0f} s")
@@ -947,6 +949,50 @@ def select_options(scores: list[dict], n: int = 2, *, tie: float = 1.0, exclude:
         kept.append(pick["option"])
         left.remove(pick)
     return kept
+
+
+def recommend(records: list[dict], *, fallback: str, tie: float = 1.0, need: int = 2, n_boot: int = 2000) -> dict:
+    """Step 3 of the selection rule in ``studies/README.md``, from a final study's records.
+
+    Per option (magnitude pruning aside): the median WER over seeds in each setting averaged over
+    the settings (``score``), the largest WER over seeds averaged the same way (``worst``), and
+    ``wins``, the settings where its paired difference with magnitude pruning is negative with a
+    95% interval that excludes 0. The option with the lowest score among those that cover every
+    setting is chosen (a score within ``tie`` points of the best goes to the lower worst case),
+    provided it has at least ``need`` wins; otherwise the choice is ``fallback`` (the paper's
+    recipe). Returns the choice, the reason in words, and one row per option.
+    """
+    from speechprune.stats import comparisons
+
+    by_option: dict[str, dict[tuple, dict]] = {}
+    for row in comparisons(records, n_boot=n_boot):
+        if row["method"] == "magnitude":
+            continue
+        by_option.setdefault(row["option"], {})[row["setting"]] = row
+    every = set().union(*by_option.values()) if by_option else set()
+    rows = []
+    for option, per in by_option.items():
+        wins = sum(1 for r in per.values() if "difference" in r and r["difference"].interval[1] < 0)
+        rows.append(dict(option=option, score=statistics.fmean(r["summary"].median for r in per.values()),
+                         worst=statistics.fmean(r["summary"].high for r in per.values()), wins=wins,
+                         settings=len(per), of_settings=len(every),
+                         seeds=min(r["summary"].n_seeds for r in per.values())))
+    rows.sort(key=lambda r: (r["score"], r["worst"]))
+    covering = [r for r in rows if r["settings"] == r["of_settings"]]
+    if not covering:
+        return dict(choice=fallback, reason="no option covers every setting: the recipe stays the paper's",
+                    rows=rows)
+    best = min(covering, key=lambda r: r["score"])
+    pick = min((r for r in covering if r["score"] - best["score"] <= tie), key=lambda r: (r["worst"], r["score"]))
+    if pick["wins"] >= need:
+        reason = (f"{pick['option']} has the lowest median WER averaged over the {pick['of_settings']} settings "
+                  f"({pick['score']:.2f}%) and beats magnitude pruning, with an interval that excludes 0, in "
+                  f"{pick['wins']} of them")
+        return dict(choice=pick["option"], reason=reason, rows=rows)
+    reason = (f"{pick['option']} has the lowest median WER averaged over the settings ({pick['score']:.2f}%) but "
+              f"beats magnitude pruning clearly in only {pick['wins']} of {pick['of_settings']} (at least {need} "
+              f"needed): the recipe stays {fallback}")
+    return dict(choice=fallback, reason=reason, rows=rows)
 
 
 def comparison_table(records: list[dict], n_boot: int = 2000, *, sentences: bool = True):

@@ -426,3 +426,95 @@ def test_a_claim_left_by_a_dead_worker_is_taken_over(fake, tmp_path, capsys):
     assert any("1 of them being measured by another worker" in line for line in lines)
     assert any("still being measured by other workers" in line for line in lines)
     assert json.loads((tmp_path / ".r.json.claims").read_text()).keys() == {second}
+
+
+def _final_records(rates: dict[str, dict[float, list[float]]], utts: int = 40) -> list[dict]:
+    """Records of a synthetic final study: per option and sparsity, one WER rate per seed."""
+    base = dict(model="m", data="d", max_samples=None, decoding="greedy", scope="encoder.ffn", features="both",
+                allocation="uniform", merge="mean", weighting="none")
+    out = []
+    for option, by_sparsity in rates.items():
+        for sparsity, per_seed in by_sparsity.items():
+            for s, rate in enumerate(per_seed):
+                errors = [round(rate * 10)] * utts
+                out.append(dict(base, sparsity=sparsity, features=option,  # options differ in their settings
+                                method="magnitude" if option == "magnitude" else "cluster",
+                                seed=None if option == "magnitude" else s, label=option, wer=rate * 100,
+                                utterance_ids=[f"u{i}" for i in range(utts)], utterance_errors=errors,
+                                utterance_words=[10] * utts))
+    return out
+
+
+def test_recommend_applies_step_3_of_the_rule():
+    mag = {0.1: [0.8], 0.2: [0.9], 0.5: [1.0]}
+    good = {0.1: [0.2] * 5, 0.2: [0.3] * 5, 0.5: [1.0] * 5}  # clearly better at two settings of three
+    paper = {0.1: [0.4] * 5, 0.2: [0.6] * 5, 0.5: [1.0] * 5}
+    picked = st.recommend(_final_records(dict(magnitude=mag, good=good, paper=paper)), fallback="paper", n_boot=200)
+    assert picked["choice"] == "good" and "in 2 of them" in picked["reason"]
+    assert [r["option"] for r in picked["rows"]] == ["good", "paper"]
+    # the best option must beat magnitude pruning clearly in two settings, else the paper's recipe stays
+    narrow = {0.1: [0.7] * 5, 0.2: [0.9] * 5, 0.5: [1.0] * 5}
+    picked = st.recommend(_final_records(dict(magnitude={**mag, 0.1: [0.9]}, narrow=narrow)), fallback="paper",
+                          n_boot=200)
+    assert picked["choice"] == "paper" and "only 1 of 3" in picked["reason"]
+    # within 1 point, the lower worst seed wins
+    steady = {0.1: [0.2] * 5, 0.2: [0.3] * 5, 0.5: [1.0] * 5}
+    risky = {0.1: [0.1, 0.1, 0.2, 0.9, 0.9], 0.2: [0.3] * 5, 0.5: [1.0] * 5}  # same medians, worse worst case
+    picked = st.recommend(_final_records(dict(magnitude=mag, risky=risky, steady=steady)), fallback="paper",
+                          n_boot=200)
+    assert picked["choice"] == "steady"
+    # an option missing a setting is not eligible
+    partial = {0.1: [0.05] * 5}
+    picked = st.recommend(_final_records(dict(magnitude=mag, partial=partial, paper=paper)), fallback="paper",
+                          n_boot=200)
+    assert picked["choice"] == "paper" and "only 0 of 3" not in picked["reason"]
+
+
+def test_select_recipe_script_writes_the_final_studies_and_applies_step_3(fake, tmp_path, monkeypatch):
+    """The rule end to end on fake measurements: screening -> final study files -> recommended options."""
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
+    execute, calls = fake
+    rate = {"J producer, cost allocation": 1, "B producer": 2, "E producer consumer-weighted": 3}
+
+    def by_label(run, *args, **kwargs):
+        full = fake_full_record(run)
+        if run.method != "dense":
+            e = rate.get(run.label, 6 if run.method == "magnitude" else 4)
+            full["utterance_errors"] = [e] * 4
+            full["utterances"] = [dict(u, errors=e) for u in full["utterances"]]
+            full["wer"], full["substitutions"] = 100.0 * 4 * e / 40, 4 * e
+        return full
+
+    monkeypatch.setattr(st, "execute", by_label)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "screen-recipes.toml").write_text((ROOT / "studies" / "screen-recipes.toml").read_text())
+    screen = st.load_study(tmp_path / "studies" / "screen-recipes.toml")
+    out = tmp_path / "results" / "studies"
+    with pytest.raises(SystemExit, match="absent"):
+        script["final"](tmp_path)
+    st.run_study(screen, out / "screen-recipes.json", progress=False, log=lambda *_: None, limit=10)
+    with pytest.raises(SystemExit, match="not complete"):
+        script["final"](tmp_path)
+    st.run_study(screen, out / "screen-recipes.json", progress=False, log=lambda *_: None)
+    written = script["final"](tmp_path)
+    assert [p.name for p in written] == ["recipe-final.toml", "recipe-final-heldout.toml"]
+    final = st.load_study(written[0])
+    assert [o.label for o in final.runs if o.seed == 0] == ["A paper (both)", "J producer, cost allocation", "B producer"] * 3
+    assert {r.data for r in final.runs} == {"embedded-full"} and max(r.seed or 0 for r in final.runs) == 4
+    assert st.load_study(written[1]).runs[0].data == "embedded:train"
+    with pytest.raises(SystemExit, match="never overwritten"):
+        script["final"](tmp_path)
+    st.run_study(final, out / "recipe-final.json", progress=False, log=lambda *_: None)
+    picked = script["pick"](tmp_path)
+    assert picked["choice"] == "J producer, cost allocation"
+    assert picked["options"] == dict(method="cluster", features="producer", allocation="cost", merge="mean",
+                                     weighting="none")
+
+
+def test_limit_stops_after_that_many_new_runs(fake, tmp_path):
+    execute, calls = fake
+    study = st.parse_study(spec(seeds=2))
+    st.run_study(study, tmp_path / "r.json", progress=False, limit=3, log=lambda *_: None)
+    assert len(calls) == 3 and len(json.loads((tmp_path / "r.json").read_text())["records"]) == 3

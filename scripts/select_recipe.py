@@ -1,0 +1,131 @@
+"""The selection rule of ``studies/README.md``, step by step, as commands (nothing here is a judgement call).
+
+    python scripts/select_recipe.py final   # step 1 -> step 2: write the final studies from the screening
+    python scripts/select_recipe.py pick    # step 3: the recommended recipe from the final study
+
+``final`` reads ``results/studies/screen-recipes.json``, keeps the two options with the lowest
+screening score (``speechprune.study.select_options``) and writes two study files: the kept
+options, the paper's recipe and magnitude pruning on Whisper base, ``embedded-full`` (208 clips),
+the book's three settings and five seeds (``studies/recipe-final.toml``), and the same on the
+held-out clips of ``embedded:train`` (``studies/recipe-final-heldout.toml``). It refuses while the
+screening is incomplete and never overwrites a study file.
+
+``pick`` reads ``results/studies/recipe-final.json`` and applies step 3
+(``speechprune.study.recommend``): it prints the choice, the reason and the options to write into
+``RECIPES_OPTIONS["recommended"]`` in ``speechprune/recipes.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREEN = "screen-recipes"
+FINAL = "recipe-final"
+PAPER = "A paper (both)"  # the paper's recipe, as the screening labels it
+MODEL = "embedded:whisper-base"
+FINAL_DATA = {FINAL: "embedded-full", f"{FINAL}-heldout": "embedded:train"}
+OPTION_KEYS = ("method", "recipe", "features", "allocation", "merge", "weighting", "label")
+
+
+def _value(v) -> str:
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def final_spec_text(screen_spec: dict, kept: list[str], name: str, data: str, scores: list[dict]) -> str:
+    """The final study's TOML: magnitude, the paper's recipe and the kept options of the screening."""
+    by_label = {o.get("label"): o for o in screen_spec["options"]}
+    missing = [k for k in kept + [PAPER] if k not in by_label]
+    if missing:
+        raise SystemExit(f"the screening file has no option labelled {missing[0]!r}")
+    options = [dict(method="magnitude")] + [by_label[PAPER]] + [by_label[k] for k in kept if k != PAPER]
+    score = {r["option"]: r for r in scores}
+    lines = [
+        f"# Step 2 of the selection rule in studies/README.md, written by scripts/select_recipe.py final from",
+        f"# results/studies/{SCREEN}.json: the screening kept "
+        + " and ".join(f"{k!r} (score {score[k]['score']:.2f}, worst {score[k]['worst']:.2f})" for k in kept) + ".",
+        f'name = "{name}"',
+        f'description = "Final recipe study: magnitude, the paper\'s recipe and the screening\'s two kept options; '
+        f'{MODEL} on {data}, three settings, 5 k-means seeds"',
+        f"models = {_value([MODEL])}",
+        f"data = {_value([data])}",
+        "seeds = 5",
+        'decoding = ["greedy"]',
+    ]
+    for setting in screen_spec["settings"]:
+        lines += ["", "[[settings]]"] + [f"{k} = {_value(v)}" for k, v in setting.items() if k != "models"]
+    for option in options:
+        lines += ["", "[[options]]"] + [f"{k} = {_value(option[k])}" for k in OPTION_KEYS if k in option]
+    return "\n".join(lines) + "\n"
+
+
+def final(root: Path = ROOT) -> list[Path]:
+    from speechprune.study import load_records, screening_scores, select_options
+
+    results = root / "results" / "studies" / f"{SCREEN}.json"
+    if not results.is_file():
+        raise SystemExit(f"{results.relative_to(root)} is absent: run the screening first")
+    saved = load_records(results)
+    n_runs, n_done = saved.get("n_runs"), len(saved["records"])
+    if n_runs is None or n_done < n_runs:
+        raise SystemExit(f"the screening is not complete ({n_done} of {n_runs} runs): step 1 needs all of them")
+    scores = screening_scores(saved["records"])
+    kept = select_options(scores)
+    spec = tomllib.loads((root / "studies" / f"{SCREEN}.toml").read_text(encoding="utf-8"))
+    written = []
+    for name, data in FINAL_DATA.items():
+        path = root / "studies" / f"{name}.toml"
+        if path.exists():
+            raise SystemExit(f"{path.relative_to(root)} exists already: it is never overwritten (remove it by hand)")
+        text = final_spec_text(spec, kept, name, data, scores)
+        tomllib.loads(text)  # the file must parse
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    print(f"the screening kept {kept[0]!r} and {kept[1]!r}; wrote " + ", ".join(p.name for p in written))
+    return written
+
+
+def pick(root: Path = ROOT) -> dict:
+    from speechprune.study import load_records, recommend
+
+    results = root / "results" / "studies" / f"{FINAL}.json"
+    if not results.is_file():
+        raise SystemExit(f"{results.relative_to(root)} is absent: run `speechprune study studies/{FINAL}.toml`")
+    saved = load_records(results)
+    if len(saved["records"]) < saved.get("n_runs", 0):
+        raise SystemExit(f"the final study is not complete ({len(saved['records'])} of {saved['n_runs']} runs)")
+    picked = recommend(saved["records"], fallback=PAPER)
+    print(f"recommended: {picked['choice']}\nwhy: {picked['reason']}")
+    for row in picked["rows"]:
+        print(f"  {row['option']}: score {row['score']:.2f}, worst {row['worst']:.2f}, clear wins over magnitude "
+              f"{row['wins']} of {row['of_settings']}, {row['seeds']} seeds")
+    spec = tomllib.loads((root / "studies" / f"{FINAL}.toml").read_text(encoding="utf-8"))
+    chosen = next(o for o in spec["options"] if o.get("label") == picked["choice"])
+    from speechprune.recipes import resolve
+
+    picked["options"] = resolve(chosen.get("recipe"), **{k: chosen.get(k) for k in
+                                                         ("method", "features", "allocation", "merge", "weighting")})
+    print("options for RECIPES_OPTIONS['recommended']:", picked["options"])
+    return picked
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("step", choices=["final", "pick"])
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    (final if args.step == "final" else pick)()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
