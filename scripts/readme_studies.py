@@ -6,6 +6,8 @@ Every table in the README that summarises a saved study sits between two markers
     ...what that command prints...
     <!-- end of study summary -->
 
+(or ``--scores`` for a screening's score table).
+
     python scripts/readme_studies.py           # rewrite every block from results/studies/NAME.json
     python scripts/readme_studies.py --check   # exit 1 when a block differs (tests/test_readme.py)
 """
@@ -20,24 +22,25 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- speechprune study (studies/[\w.-]+\.toml) --summary -->\n)(.*?)(<!-- end of study summary -->)",
+BLOCK = re.compile(r"(<!-- speechprune study (studies/[\w.-]+\.toml) (--summary|--scores) -->\n)(.*?)"
+                   r"(<!-- end of study summary -->)",
                    re.S)
 
 
-def summary(study_file: str) -> str:
-    """What ``speechprune study STUDY --summary`` prints, run from the repository root."""
+def summary(study_file: str, flag: str = "--summary") -> str:
+    """What ``speechprune study STUDY --summary`` (or ``--scores``) prints, run from the repository root."""
     from speechprune.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.chdir(ROOT):
-        code = main(["study", study_file, "--summary"])
+        code = main(["study", study_file, flag])
     if code != 0:
-        raise SystemExit(f"speechprune study {study_file} --summary failed with exit code {code}")
+        raise SystemExit(f"speechprune study {study_file} {flag} failed with exit code {code}")
     return out.getvalue().rstrip("\n") + "\n"
 
 
 def render(text: str) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + "\n" + summary(m.group(2)) + "\n" + m.group(4), text)
+    return BLOCK.sub(lambda m: m.group(1) + "\n" + summary(m.group(2), m.group(3)) + "\n" + m.group(5), text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -696,6 +696,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="check the file and list the runs; measure nothing")
     p.add_argument("--summary", action="store_true",
                    help="print the saved runs' statistics as Markdown tables (what the README quotes); measure nothing")
+    p.add_argument("--scores", action="store_true",
+                   help="print a screening's scores (the selection rule in studies/README.md) as a Markdown table; "
+                        "measure nothing")
     p.set_defaults(func=_run_cli)
 
 
@@ -704,14 +707,18 @@ def _run_cli(args: argparse.Namespace) -> int:
     if args.recipe is not None:
         study = _with_recipe(study, args.recipe)
     out = Path(args.out) if args.out else Path("results") / "studies" / f"{study.name}.json"
-    if args.summary:
+    if args.summary or args.scores:
         if not out.is_file():
             raise SpeechPruneError(f"no saved runs: {out} does not exist (run `speechprune study {args.study}` first)")
         saved = load_records(out)
         for line in saved["problems"]:
             print(f"warning: unusable record left out: {line}")
         print(study_status(saved) + "\n")
-        print(markdown_summary(records_of(study, saved["records"])))
+        records = records_of(study, saved["records"])
+        if args.scores:
+            print(markdown_scores(records, complete=len(records) >= len(study.runs), n_cells=grid_cells(study)))
+        else:
+            print(markdown_summary(records))
         return 0
     if args.dry_run:
         saved, problems = read_results(out) if out.is_file() else ({}, [])
@@ -934,6 +941,51 @@ def screening_scores(records: list[dict]) -> list[dict]:
                          worst=statistics.fmean(max(v) for v in by.values()), cells=len(by), of_cells=len(every),
                          seeds=min(len(v) for v in by.values()), seeded=any(len(v) > 1 for v in by.values())))
     return sorted(rows, key=lambda r: (r["score"], r["worst"]))
+
+
+def grid_cells(study: Study) -> int:
+    """How many cells (model, data and setting; the options aside) the study's grid has."""
+    return len({(r.model, r.data, r.max_samples, r.decoding, r.scope, r.sparsity)
+                for r in study.runs if r.method != "dense"})
+
+
+def markdown_scores(records: list[dict], complete: bool, n_cells: int | None = None) -> str:
+    """A screening as a Markdown table: per option, its median WER over seeds in each cell (model
+    and setting) with the number of seeds, its score and worst case (step 1 of the rule in
+    ``studies/README.md``), and which options the rule keeps, marked provisional until ``complete``.
+    ``n_cells``: the number of cells in the whole grid (default: the cells with runs so far)."""
+    from speechprune.stats import groups, option_label
+
+    cells: dict[tuple, str] = {}
+    table: dict[str, dict[tuple, str]] = {}
+    for rs in groups(records).values():
+        r0 = rs[0]
+        if r0["method"] == "dense":
+            continue
+        cell = (r0["model"], r0["data"], r0.get("max_samples"), r0["decoding"], r0["scope"], r0["sparsity"])
+        cells[cell] = f"{r0['model'].removeprefix('embedded:')} {r0['scope']} {r0['sparsity']:.0%}"
+        wers = [r["wer"] for r in rs]
+        table.setdefault(option_label(r0), {})[cell] = (f"{statistics.median(wers):.2f} ({len(wers)})"
+                                                        if len(wers) > 1 else f"{wers[0]:.2f}")
+    if not table:
+        return "no runs saved yet"
+    order = sorted(cells, key=str)
+    scores = screening_scores(records)
+    for row in scores:
+        row["of_cells"] = n_cells or row["of_cells"]
+    lines = ["| option | " + " | ".join(cells[c] for c in order) + " | score | worst | cells |",
+             "|---|" + "---|" * (len(order) + 3)]
+    for row in scores:
+        by = table[row["option"]]
+        lines.append(f"| {row['option']} | " + " | ".join(by.get(c, "") for c in order)
+                     + f" | {row['score']:.2f} | {row['worst']:.2f} | {row['cells']} of {row['of_cells']} |")
+    kept = select_options(scores)
+    note = ("Each cell: median WER (%) over k-means seeds, the number of seeds in brackets (a single run for "
+            "magnitude pruning and closest pairs, which have no seed). Score: the medians averaged over the "
+            "cells; worst: the largest WER over seeds, averaged the same way.")
+    verdict = (f"The rule keeps {' and '.join(kept)}" if kept else "No option covers every cell yet")
+    verdict += "." if complete else " (provisional: the screening is not complete, and scores over different cells do not compare)."
+    return "\n".join(lines) + "\n\n" + note + " " + verdict
 
 
 def select_options(scores: list[dict], n: int = 2, *, tie: float = 1.0, exclude: tuple[str, ...] = ("magnitude",)

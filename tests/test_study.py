@@ -518,3 +518,28 @@ def test_limit_stops_after_that_many_new_runs(fake, tmp_path):
     study = st.parse_study(spec(seeds=2))
     st.run_study(study, tmp_path / "r.json", progress=False, limit=3, log=lambda *_: None)
     assert len(calls) == 3 and len(json.loads((tmp_path / "r.json").read_text())["records"]) == 3
+
+
+def test_scores_print_a_screening_cell_by_cell_and_keep_nothing_before_every_cell_is_run(fake, tmp_path, capsys):
+    from speechprune.cli import main
+
+    execute, calls = fake
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\nmodels = ["m"]\ndata = ["d"]\nseeds = 2\n'
+                    '[[settings]]\nscope = "encoder.ffn"\nsparsity = 0.2\n[[settings]]\nscope = "ffn"\nsparsity = 0.1\n'
+                    '[[options]]\nmethod = "magnitude"\n'
+                    '[[options]]\nmethod = "cluster"\nfeatures = "both"\nlabel = "A"\n'
+                    '[[options]]\nmethod = "pairs"\nfeatures = "producer"\nlabel = "G"\n')
+    study = st.load_study(path)
+    out = tmp_path / "s.json"
+    st.run_study(study, out, progress=False, limit=4, log=lambda *_: None)  # dense and the first setting
+    assert main(["study", str(path), "--out", str(out), "--scores"]) == 0
+    printed = capsys.readouterr().out
+    assert "| option | m encoder.ffn 20% | score | worst | cells |" in printed
+    assert "| A | 10.00 |  |" not in printed and "1 of 2 |" in printed
+    assert "No option covers every cell yet (provisional" in printed
+    st.run_study(study, out, progress=False, log=lambda *_: None)
+    assert main(["study", str(path), "--out", str(out), "--scores"]) == 0
+    printed = capsys.readouterr().out
+    assert "| A | 16.25 (2) | 16.25 (2) | 16.25 | 17.50 | 2 of 2 |" in printed  # seeds 0, 1: 6 and 7 errors in 40 words
+    assert "The rule keeps G and A." in printed
