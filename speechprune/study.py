@@ -1047,6 +1047,24 @@ def recommend(records: list[dict], *, fallback: str, tie: float = 1.0, need: int
     return dict(choice=fallback, reason=reason, rows=rows)
 
 
+def target_rows(records: list[dict], ratio: float = 0.5, n_boot: int = 2000) -> list[dict]:
+    """The brief's target, per setting and clustering option: is the median WER over seeds at most
+    ``ratio`` times magnitude pruning's at the same budget, on the same clips?"""
+    from speechprune.stats import comparisons
+
+    rows = comparisons(records, n_boot=n_boot)
+    magnitude = {r["setting"]: r["summary"].median for r in rows if r["method"] == "magnitude"}
+    out = []
+    for r in rows:
+        if r["method"] == "magnitude" or r["setting"] not in magnitude:
+            continue
+        m, base = r["summary"].median, magnitude[r["setting"]]
+        out.append(dict(model=r["model"], data=r["data"], decoding=r["decoding"], scope=r["scope"],
+                        sparsity=r["sparsity"], option=r["option"], seeds=r["summary"].n_seeds, median=m,
+                        magnitude=base, ratio=m / base if base else math.inf, met=m <= ratio * base))
+    return out
+
+
 def comparison_table(records: list[dict], n_boot: int = 2000, *, sentences: bool = True):
     """A pandas table: per setting and option, WER over seeds, the interval and (with ``sentences``)
     the comparison with magnitude pruning in words; a page that lists the sentences below its

@@ -543,3 +543,12 @@ def test_scores_print_a_screening_cell_by_cell_and_keep_nothing_before_every_cel
     printed = capsys.readouterr().out
     assert "| A | 16.25 (2) | 16.25 (2) | 16.25 | 17.50 | 2 of 2 |" in printed  # seeds 0, 1: 6 and 7 errors in 40 words
     assert "The rule keeps G and A." in printed
+
+
+def test_target_rows_compare_the_median_with_half_of_magnitude():
+    recs = _final_records(dict(magnitude={0.2: [0.8]}, good={0.2: [0.3, 0.4, 0.3, 0.9, 0.2]},
+                               close={0.2: [0.5] * 5}))
+    rows = {r["option"]: r for r in st.target_rows(recs)}
+    assert rows["good"]["median"] == 30.0 and rows["good"]["magnitude"] == 80.0 and rows["good"]["met"]
+    assert rows["good"]["ratio"] == pytest.approx(30 / 80) and rows["good"]["seeds"] == 5
+    assert not rows["close"]["met"] and rows["close"]["ratio"] == pytest.approx(0.625)
