@@ -482,7 +482,8 @@ def _locked(out: Path):
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
-#: a claim made on another machine (shared folder) counts as abandoned after this many seconds
+#: a claim counts as abandoned after this many seconds (a run takes minutes; a worker on another
+#: machine sharing the folder cannot be asked whether it is alive, and a process id can be reused)
 CLAIM_TIMEOUT_S = 12 * 3600
 
 
@@ -492,8 +493,13 @@ def _claims_path(out: Path) -> Path:
 
 def _claim_alive(claim: dict) -> bool:
     """True while the worker that made ``claim`` may still be measuring it."""
+    try:
+        if time.time() - float(claim.get("since", 0)) >= CLAIM_TIMEOUT_S:
+            return False
+    except (TypeError, ValueError):
+        return False
     if claim.get("host") != socket.gethostname():
-        return time.time() - float(claim.get("since", 0)) < CLAIM_TIMEOUT_S
+        return True
     try:
         os.kill(int(claim.get("pid", -1)), 0)
     except ProcessLookupError:
