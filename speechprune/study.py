@@ -931,14 +931,14 @@ def screening_scores(records: list[dict]) -> list[dict]:
     option without a seed), averaged over the cells (``score``); the largest WER over seeds,
     averaged the same way (``worst``); and how many cells it covers. Sorted by score.
     """
-    from speechprune.stats import groups, option_label
+    from speechprune.stats import groups, option_label, setting_key
 
     cells: dict[str, dict[tuple, list[float]]] = {}
     for rs in groups(records).values():
         r0 = rs[0]
         if r0["method"] == "dense":
             continue
-        cell = (r0["model"], r0["data"], r0.get("max_samples"), r0["decoding"], r0["scope"], r0["sparsity"])
+        cell = setting_key(r0)
         cells.setdefault(option_label(r0), {})[cell] = [r["wer"] for r in rs]
     every = set().union(*cells.values()) if cells else set()
     rows = []
@@ -951,8 +951,9 @@ def screening_scores(records: list[dict]) -> list[dict]:
 
 def grid_cells(study: Study) -> int:
     """How many cells (model, data and setting; the options aside) the study's grid has."""
-    return len({(r.model, r.data, r.max_samples, r.decoding, r.scope, r.sparsity)
-                for r in study.runs if r.method != "dense"})
+    from speechprune.stats import setting_key
+
+    return len({setting_key(r.settings()) for r in study.runs if r.method != "dense"})
 
 
 def markdown_scores(records: list[dict], complete: bool, n_cells: int | None = None) -> str:
@@ -960,7 +961,7 @@ def markdown_scores(records: list[dict], complete: bool, n_cells: int | None = N
     and setting) with the number of seeds, its score and worst case (step 1 of the rule in
     ``studies/README.md``), and which options the rule keeps, marked provisional until ``complete``.
     ``n_cells``: the number of cells in the whole grid (default: the cells with runs so far)."""
-    from speechprune.stats import groups, option_label
+    from speechprune.stats import groups, option_label, setting_key
 
     cells: dict[tuple, str] = {}
     table: dict[str, dict[tuple, str]] = {}
@@ -968,7 +969,7 @@ def markdown_scores(records: list[dict], complete: bool, n_cells: int | None = N
         r0 = rs[0]
         if r0["method"] == "dense":
             continue
-        cell = (r0["model"], r0["data"], r0.get("max_samples"), r0["decoding"], r0["scope"], r0["sparsity"])
+        cell = setting_key(r0)
         cells[cell] = f"{r0['model'].removeprefix('embedded:')} {r0['scope']} {r0['sparsity']:.0%}"
         wers = [r["wer"] for r in rs]
         table.setdefault(option_label(r0), {})[cell] = (f"{statistics.median(wers):.2f} ({len(wers)})"
@@ -1036,12 +1037,12 @@ def recommend(records: list[dict], *, fallback: str, tie: float = 1.0, need: int
                          settings=len(per), of_settings=len(every),
                          seeds=min(r["summary"].n_seeds for r in per.values())))
     rows.sort(key=lambda r: (r["score"], r["worst"]))
-    covering = [r for r in rows if r["settings"] == r["of_settings"]]
-    if not covering:
+    chosen = select_options([dict(r, cells=r["settings"], of_cells=r["of_settings"]) for r in rows], n=1, tie=tie,
+                            exclude=())  # the same tie rule as the screening's
+    if not chosen:
         return dict(choice=fallback, reason="no option covers every setting: the recipe stays the paper's",
                     rows=rows)
-    best = min(covering, key=lambda r: r["score"])
-    pick = min((r for r in covering if r["score"] - best["score"] <= tie), key=lambda r: (r["worst"], r["score"]))
+    pick = next(r for r in rows if r["option"] == chosen[0])
     if pick["wins"] >= need:
         reason = (f"{pick['option']} has the lowest median WER averaged over the {pick['of_settings']} settings "
                   f"({pick['score']:.2f}%) and beats magnitude pruning, with an interval that excludes 0, in "
