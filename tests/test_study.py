@@ -564,6 +564,9 @@ def test_target_sentences_list_options_lowest_median_first_with_their_comparison
     assert sentences[0].startswith("good, median 30.00% over 5 seeds, 0.38 times magnitude pruning's 80.00% "
                                    "(target met): ")
     assert sentences[1].startswith("close, median 50.00% over 5 seeds, 0.62 times") and "(target not met)" in sentences[1]
+    plain = st.target_sentences(recs, n_boot=200, target=False)[setting]
+    assert plain[0].startswith("good, median 30.00% over 5 seeds, 0.38 times magnitude pruning's 80.00%: ")
+    assert not any("target" in x for x in plain)
     table = st.target_table(recs, n_boot=200)
     assert dict(zip(table.index.get_level_values("option"), table["target (ratio at most 0.5)"])) == \
         {"good": "met", "close": "not met"}
