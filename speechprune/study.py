@@ -754,7 +754,10 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 def _with_recipe(study: Study, recipe: str) -> Study:
     spec = copy.deepcopy(study.spec)
-    spec["options"] = [o if o.get("method") == "magnitude" else {"recipe": recipe, "label": f"cluster ({recipe})"}
+    from speechprune.recipes import resolve
+
+    label = f"{resolve(recipe)['method']} ({recipe})"  # cluster (paper), pairs (recommended)
+    spec["options"] = [o if o.get("method") == "magnitude" else {"recipe": recipe, "label": label}
                        for o in spec["options"]]
     dedup = []
     for o in spec["options"]:

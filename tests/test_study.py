@@ -217,7 +217,11 @@ def test_cli_dry_run_lists_runs(tmp_path, capsys):
     assert "4 runs, 0 saved" in out
     assert main(["study", str(path), "--dry-run", "--recipe", "recommended", "--out", str(tmp_path / "o.json")]) == 0
     out = capsys.readouterr().out
-    assert "cluster (recommended) seed 1" in out and "magnitude" in out
+    from speechprune.recipes import resolve
+
+    method = resolve("recommended")["method"]
+    assert f"{method} (recommended)" in out and "magnitude" in out
+    assert ("3 runs" if method == "pairs" else "4 runs") in out  # closest pairs has no seed: one run
     path.write_text('name = "s"\nmodel = ["m"]\n')
     assert main(["study", str(path)]) == 2
     assert "unknown key 'model'" in capsys.readouterr().err
@@ -570,3 +574,16 @@ def test_target_sentences_list_options_lowest_median_first_with_their_comparison
     table = st.target_table(recs, n_boot=200)
     assert dict(zip(table.index.get_level_values("option"), table["target (ratio at most 0.5)"])) == \
         {"good": "met", "close": "not met"}
+
+
+def test_recommended_recipe_is_what_the_rule_picks_from_the_saved_final_study(capsys):
+    """`--recipe recommended` must be the output of step 3 on the shipped final study, not a hand edit."""
+    import runpy
+
+    from speechprune.recipes import RECIPES_OPTIONS
+
+    assert (ROOT / "results" / "studies" / "recipe-final.json").is_file()
+    script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
+    picked = script["pick"](ROOT)
+    assert picked["options"] == RECIPES_OPTIONS["recommended"]
+    assert "recommended: " in capsys.readouterr().out
