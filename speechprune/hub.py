@@ -209,6 +209,11 @@ def command_line(report: dict | None, *, model: str, out: str | os.PathLike) -> 
     if report["method"] == "cluster":
         args += ["--features", report.get("features", "both"), "--weighting", report.get("weighting", "none"),
                  "--merge", report.get("merge_rule", "mean")]
+    elif report["method"] != "magnitude":  # pairs, a plug-in: the options that shaped it ("none": not taken)
+        for flag, key, default in (("--features", "features", "none"), ("--weighting", "weighting", "none"),
+                                   ("--merge", "merge_rule", "mean")):
+            if report.get(key) not in (None, "none", default):
+                args += [flag, report[key]]
     args += ["--seed", str(report["seed"]), "--out", Path(out).name]
     return shlex.join(args)
 

@@ -96,6 +96,31 @@ def test_card_metadata_and_body(tmp_path):
     assert str(tmp_path) not in card
 
 
+def test_card_command_reproduces_closest_pairs_on_producer_features():
+    """The card's command for a non-k-means method carries the options that shaped the model, so
+    running it gives the same weights (it once left out ``--features producer``)."""
+    import copy
+    import shlex
+
+    from speechprune.cli import build_parser
+    from speechprune.hub import command_line
+
+    dense = tiny_model("whisper")
+    first = copy.deepcopy(dense)
+    report = compress(first, method="pairs", features="producer", sparsity=0.25, scope="ffn", progress=False)
+    command = command_line(report.to_dict(), model="m", out="o")
+    assert "--method pairs" in command and "--features producer" in command
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    again = copy.deepcopy(dense)
+    compress(again, method=args.method, sparsity=args.sparsity, scope=args.scope, allocation=args.allocation,
+             seed=args.seed, features=args.features, weighting=args.weighting, merge_rule=args.merge_rule,
+             recipe=args.recipe, progress=False)
+    a, b = first.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    plain = compress(copy.deepcopy(dense), method="pairs", sparsity=0.25, scope="ffn", progress=False)
+    assert "--features both" in command_line(plain.to_dict(), model="m", out="o")
+
+
 def test_embedded_checkpoint_names_its_hub_origin(tmp_path):
     source = tmp_path / "cache" / "whisper-base"
     tiny_model("whisper").save_pretrained(source)
