@@ -23,9 +23,12 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from speechprune.study import PAPER_OPTION as PAPER  # noqa: E402  the paper's recipe, as the screening labels it
+
 SCREEN = "screen-recipes"
 FINAL = "recipe-final"
-PAPER = "A paper (both)"  # the paper's recipe, as the screening labels it
 MODEL = "embedded:whisper-base"
 FINAL_DATA = {FINAL: "embedded-full", f"{FINAL}-heldout": "embedded:train"}
 OPTION_KEYS = ("method", "recipe", "features", "allocation", "merge", "weighting", "label")
@@ -122,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=["final", "pick"])
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     (final if args.step == "final" else pick)()
     return 0
 

@@ -561,17 +561,18 @@ def test_target_rows_compare_the_median_with_half_of_magnitude():
 def test_target_sentences_list_options_lowest_median_first_with_their_comparison():
     recs = _final_records(dict(magnitude={0.2: [0.8]}, good={0.2: [0.3, 0.4, 0.3, 0.9, 0.2]},
                                close={0.2: [0.5] * 5}))
-    said = st.target_sentences(recs, n_boot=200)
+    rows = st.target_rows(recs, n_boot=200)
+    said = st.target_sentences(rows)
     assert len(said) == 1
     (setting, sentences), = said.items()
     assert setting[1] == 0.2 and len(sentences) == 2
     assert sentences[0].startswith("good, median 30.00% over 5 seeds, 0.38 times magnitude pruning's 80.00% "
                                    "(target met): ")
     assert sentences[1].startswith("close, median 50.00% over 5 seeds, 0.62 times") and "(target not met)" in sentences[1]
-    plain = st.target_sentences(recs, n_boot=200, target=False)[setting]
+    plain = st.target_sentences(rows, target=False)[setting]
     assert plain[0].startswith("good, median 30.00% over 5 seeds, 0.38 times magnitude pruning's 80.00%: ")
     assert not any("target" in x for x in plain)
-    table = st.target_table(recs, n_boot=200)
+    table = st.target_table(rows)
     assert dict(zip(table.index.get_level_values("option"), table["target (ratio at most 0.5)"])) == \
         {"good": "met", "close": "not met"}
 
