@@ -19,8 +19,9 @@
 4. Checks, any of which fails the build: every code cell of every executed notebook carries an
    execution count and a papermill run time, the kernel was this interpreter's environment, every
    notebook's page shows this build's ``BUILD_ID``; no published file shows an absolute path of this
-   machine; every figure has alt text or a caption; and, where Chromium is installed, no page scrolls
-   sideways at phone width (390 px).
+   machine; every figure has alt text or a caption; no page shows an unrendered MyST role (``{glue:text}``,
+   ``{term}``, ``{cite:p}`` ...) or a word about how the project was organised (``INSIDER_WORDS``); and,
+   where Chromium is installed, no page scrolls sideways at phone width (390 px).
 """
 
 from __future__ import annotations
@@ -314,6 +315,70 @@ def check_figures(html: Path) -> list[str]:
     return problems
 
 
+# MyST roles that reach a rendered page as text: the role was not parsed (nested backticks in a markdown
+# cell, a role inside inline code) and the reader sees its markup instead of its value.
+UNRENDERED_ROLE = re.compile(r"\{(glue(:\w+)?|term|cite(:\w+)?|ref|numref|doc|eq|download|abbr|sub-ref)\}")
+# Words about how the project was organised (who asked for what, in which work session), which mean
+# nothing to a reader of the book. Matched case-insensitively on word boundaries.
+INSIDER_WORDS = (
+    r"the brief", r"brief's", r"previous session", r"this session", r"earlier session", r"next session",
+    r"last session", r"the CEO", r"issue #\d*", r"lead engineer",
+    r"ticket #\d*", r"the task (?:says|asks)", r"as (?:requested|asked) by",
+)
+_INSIDER = re.compile(r"(?<![\w-])(" + "|".join(INSIDER_WORDS) + r")(?![\w-])", re.IGNORECASE)
+
+
+class _Text(HTMLParser):
+    """The text a reader sees on a page (and image alt text), without scripts, styles or the page head."""
+
+    SKIP = {"script", "style", "head", "template", "noscript"}
+
+    def __init__(self):
+        super().__init__()
+        self.skipping = 0
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.SKIP:
+            self.skipping += 1
+        elif tag == "img" and not self.skipping:
+            self.parts.append(dict(attrs).get("alt") or "")
+
+    def handle_endtag(self, tag):
+        if tag in self.SKIP and self.skipping:
+            self.skipping -= 1
+
+    def handle_data(self, data):
+        if not self.skipping:
+            self.parts.append(data)
+
+
+def visible_text(html: str) -> str:
+    """The reader-visible text of an HTML page, whitespace collapsed."""
+    parser = _Text()
+    parser.feed(html)
+    return re.sub(r"\s+", " ", " ".join(parser.parts))
+
+
+def text_problems(name: str, html: str) -> list[str]:
+    """Unrendered MyST roles and insider words in the visible text of one page (``name`` labels it)."""
+    text = visible_text(html)
+    problems = []
+    for pattern, what in ((UNRENDERED_ROLE, "an unrendered role"), (_INSIDER, "an insider word")):
+        for found in pattern.finditer(text):
+            problems.append(f"{name} shows {what} {found.group(0)!r}: "
+                            f"...{text[max(0, found.start() - 60):found.end() + 40]}...")
+    return problems
+
+
+def check_text(html: Path) -> list[str]:
+    """Pages whose rendered text shows MyST markup instead of its value, or words of the project's insiders."""
+    problems = []
+    for page in content_pages(html):
+        problems += text_problems(str(page.relative_to(html)), page.read_text(encoding="utf-8", errors="replace"))
+    return problems
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -479,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy2(BUILD / "durations.json", HTML / "durations.json")
 
     problems = [p for nb, _ in timings[:-1] for p in check_html(Path(nb), build_id)]
-    problems += check_paths(HTML) + check_figures(HTML)
+    problems += check_paths(HTML) + check_figures(HTML) + check_text(HTML)
     if chromium():
         started = time.perf_counter()
         problems += check_phone_overflow(HTML)

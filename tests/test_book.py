@@ -390,6 +390,45 @@ def test_path_and_figure_checks_catch_what_they_should(tmp_path):
     assert str(ROOT) in build_book.machine_paths()
 
 
+@pytest.mark.parametrize("bad", [
+    # chapter 5's key sentence, as nested backticks in a markdown cell render it
+    "<p><code class='docutils literal notranslate'><span class='pre'>{glue:text}</span></code>demo_model makes "
+    "{glue:text}`demo_dense:.2f`% word errors</p>",
+    "<p>a {glue}`x` value</p>", "<p>see {term}`channel`</p>", "<p>as {cite:p}`xu2026clustering` says</p>",
+    "<p>as {cite}`xu2026clustering` says</p>", "<li>{numref}`fig-1`</li>",
+])
+def test_text_check_fails_on_an_unrendered_role(bad):
+    problems = build_book.text_problems("bad.html", f"<html><body>{bad}</body></html>")
+    assert problems and all("unrendered role" in p and p.startswith("bad.html") for p in problems)
+
+
+@pytest.mark.parametrize("bad", [
+    "<h3>On clips the recipe search never saw: the brief's target</h3>",
+    "<p>pruning 20% of the encoder (the Brief's probe)</p>",
+    "<p>where the brief is checked</p>",
+    "<p>converted from the previous session's seed study script</p>",
+    "<p>In this session we ran the screening.</p>",
+    "<p>as the CEO asked</p>", "<p>see issue #25</p>", "<p>the lead engineer merged it</p>",
+    '<img src="a.png" alt="WER against the brief\'s target">',
+])
+def test_text_check_fails_on_insider_words(bad):
+    problems = build_book.text_problems("bad.html", f"<html><body>{bad}</body></html>")
+    assert len(problems) == 1 and "insider word" in problems[0]
+
+
+def test_text_check_passes_a_clean_page_and_scans_only_what_a_reader_sees(tmp_path):
+    clean = ("<html><head><title>the brief</title><script>var x = '{glue:text}`a`';</script>"
+             "<style>.brief's {}</style></head><body><p>A brief look at the target: clustering "
+             "is 3.1 points lower (95% interval 1.0 to 5.2).</p><p>Briefly, sessions of a course.</p>"
+             "<pre>glue(\"demo\", 1.0)</pre></body></html>")
+    assert build_book.text_problems("ok.html", clean) == []
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "ok.html").write_text(clean)
+    (tmp_path / "book" / "bad.html").write_text("<p>{term}`WER` and the brief's probe</p>")
+    problems = build_book.check_text(tmp_path)
+    assert len(problems) == 2 and all(p.startswith("book/bad.html") for p in problems)
+
+
 @pytest.mark.skipif(build_book.chromium() is None, reason="needs chromium (apt-get install chromium)")
 def test_phone_width_check_flags_only_pages_that_scroll_sideways(tmp_path):
     style = "<meta name='viewport' content='width=device-width, initial-scale=1'>"
