@@ -20,8 +20,9 @@
    execution count and a papermill run time, the kernel was this interpreter's environment, every
    notebook's page shows this build's ``BUILD_ID``; no published file shows an absolute path of this
    machine; every figure has alt text or a caption; no page shows an unrendered MyST role (``{glue:text}``,
-   ``{term}``, ``{cite:p}`` ...) or a word about how the project was organised (``INSIDER_WORDS``); and,
-   where Chromium is installed, no page scrolls sideways at phone width (390 px).
+   ``{term}``, ``{cite:p}`` ...) or a word about how the project was organised (``INSIDER_WORDS``); every
+   page loads MathJax from the copy served with the book (``_static/mathjax``), never a CDN; and, where
+   Chromium is installed, no page scrolls sideways at phone width (390 px).
 """
 
 from __future__ import annotations
@@ -379,6 +380,29 @@ def check_text(html: Path) -> list[str]:
     return problems
 
 
+MATHJAX = "_static/mathjax/tex-chtml.js"  # served with the book (_config.yml's mathjax_path)
+
+
+def check_mathjax(html: Path) -> list[str]:
+    """Pages with equations that would not render offline: MathJax loaded from elsewhere than the
+    book's own copy, or that copy missing from the build."""
+    problems = []
+    for page in content_pages(html):
+        text = page.read_text(encoding="utf-8", errors="replace")
+        sources = re.findall(r"<script[^>]*\bsrc=\"([^\"]*mathjax[^\"]*)\"", text, re.IGNORECASE)
+        has_math = 'class="math' in text or "\\(" in text or "\\[" in text
+        if not sources:
+            if has_math:
+                problems.append(f"{page.relative_to(html)} has equations but loads no MathJax")
+            continue
+        for src in sources:
+            local = (page.parent / src.split("?")[0]).resolve()
+            if re.match(r"^(https?:)?//", src) or not local.is_file():
+                problems.append(f"{page.relative_to(html)} loads MathJax from {src!r}, not the copy served with "
+                                f"the book ({MATHJAX}): equations would not render without a network")
+    return problems
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -544,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy2(BUILD / "durations.json", HTML / "durations.json")
 
     problems = [p for nb, _ in timings[:-1] for p in check_html(Path(nb), build_id)]
-    problems += check_paths(HTML) + check_figures(HTML) + check_text(HTML)
+    problems += check_paths(HTML) + check_figures(HTML) + check_text(HTML) + check_mathjax(HTML)
     if chromium():
         started = time.perf_counter()
         problems += check_phone_overflow(HTML)

@@ -429,6 +429,80 @@ def test_text_check_passes_a_clean_page_and_scans_only_what_a_reader_sees(tmp_pa
     assert len(problems) == 2 and all(p.startswith("book/bad.html") for p in problems)
 
 
+def test_mathjax_check_fails_on_a_cdn_or_a_missing_copy_and_the_config_serves_it(tmp_path):
+    (tmp_path / "_static" / "mathjax").mkdir(parents=True)
+    (tmp_path / "_static" / "mathjax" / "tex-chtml.js").write_text("// MathJax")
+    (tmp_path / "book").mkdir()
+    math = '<div class="math notranslate nohighlight">\\[x^2\\]</div>'
+    pages = {
+        "local": f'<script defer src="../_static/mathjax/tex-chtml.js"></script>{math}',
+        "cdn": f'<script defer src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>{math}',
+        "missing": f'<script defer src="../_static/mathjax/tex-svg.js"></script>{math}',
+        "none": math,
+        "prose": "<p>no equations here</p>",
+    }
+    for name, body in pages.items():
+        (tmp_path / "book" / f"{name}.html").write_text(f"<html><head></head><body>{body}</body></html>")
+    problems = build_book.check_mathjax(tmp_path)
+    assert sorted(p.split(" ")[0] for p in problems) == ["book/cdn.html", "book/missing.html", "book/none.html"]
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    path = config["sphinx"]["config"]["mathjax_path"]
+    shipped = ROOT / "_static" / path
+    assert not path.startswith(("http:", "https:", "//")) and shipped.is_file() and shipped.stat().st_size > 500_000
+    assert 'VERSION="3.' in shipped.read_text(encoding="utf-8", errors="replace")
+    assert (ROOT / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2" / "MathJax_Main-Regular.woff").is_file()
+    assert (ROOT / "_static" / "mathjax" / "LICENSE").is_file()
+
+
+PRUNE_YOUR_OWN = ROOT / "book" / "prune_your_own.ipynb"
+
+
+def _fenced(nb, language: str) -> list[str]:
+    """The fenced code blocks of ``language`` in a notebook's markdown cells, in reading order."""
+    return re.findall(r"^```" + language + r"\n(.*?)^```", _markdown(nb), re.M | re.S)
+
+
+def test_prune_your_own_is_linked_and_shows_both_recipes_an_audiofolder_and_transformers():
+    for page in ("index.md", "api.md"):
+        assert "](prune_your_own.ipynb)" in (ROOT / "book" / page).read_text(), page
+    assert "book/prune_your_own" in build_book.toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
+    nb = nbformat.read(PRUNE_YOUR_OWN, as_version=4)
+    bash = "\n".join(_fenced(nb, "bash"))
+    assert "pip install" in bash and "--recipe recommended" in bash and "--recipe paper" in bash
+    assert "speechprune evaluate" in bash and "--card" in bash and "README.md" in bash
+    assert "from_pretrained" in "\n".join(_fenced(nb, "python")) and "metadata.csv" in _markdown(nb)
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "saved_study(" in source and "RECIPES_OPTIONS" in source, "the decision table is read from saved studies"
+
+
+@pytest.mark.slow
+def test_every_command_on_prune_your_own_runs(tmp_path):
+    """The page's commands, in its order, on embedded:whisper-tiny.en and two clips (a few minutes)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    nb = nbformat.read(PRUNE_YOUR_OWN, as_version=4)
+    blocks = re.findall(r"^```(bash|python)\n(.*?)^```", _markdown(nb), re.M | re.S)
+    ran = 0
+    for language, block in blocks:
+        if language == "python":
+            commands = [[sys.executable, "-c", block]]
+        else:
+            lines = block.replace("\\\n", " ").splitlines()
+            commands = [line for line in lines if line.strip() and not line.startswith(("pip ", "#"))]
+        for command in commands:
+            done = subprocess.run(command, shell=isinstance(command, str), cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+            ran += 1
+    assert ran >= 8
+    card = (tmp_path / "pruned" / "recommended" / "README.md").read_text()
+    assert "--method pairs" in card and "my-speech" in card, "the card says how it was made and its WER"
+    assert (tmp_path / "paper.json").is_file() and (tmp_path / "dense.json").is_file()
+
+
 @pytest.mark.skipif(build_book.chromium() is None, reason="needs chromium (apt-get install chromium)")
 def test_phone_width_check_flags_only_pages_that_scroll_sideways(tmp_path):
     style = "<meta name='viewport' content='width=device-width, initial-scale=1'>"
