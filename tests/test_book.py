@@ -416,6 +416,17 @@ def test_text_check_fails_on_insider_words(bad):
     assert len(problems) == 1 and "insider word" in problems[0]
 
 
+def test_no_page_source_nests_a_role_in_inline_code_or_uses_insider_words():
+    """The sources behind the build's text check: a role inside backticks renders raw (chapter 5 did)."""
+    texts = _book_texts()
+    texts.update({p.name: _markdown(nbformat.read(p, as_version=4)) for p in (ROOT / "book").glob("*.ipynb")})
+    for name, text in texts.items():
+        nested = re.findall(r"`\{(?:glue|term|cite)[^}]*\}`[^`]*``", text)
+        assert not nested, f"{name}: a role nested in inline code renders raw: {nested}"
+        insider = build_book._INSIDER.findall(text)
+        assert not insider, f"{name} uses insider words: {insider}"
+
+
 def test_text_check_passes_a_clean_page_and_scans_only_what_a_reader_sees(tmp_path):
     clean = ("<html><head><title>the brief</title><script>var x = '{glue:text}`a`';</script>"
              "<style>.brief's {}</style></head><body><p>A brief look at the target: clustering "
