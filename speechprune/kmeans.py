@@ -682,8 +682,9 @@ def closest_pairs(x: Tensor, k: int, *, sample_weight: Tensor | None = None) -> 
         partner = torch.full((m,), -1, dtype=torch.long, device=x.device)
         needed = m - k
         while needed > 0 and int(free.sum()) >= 2:
-            masked = cost.masked_fill(~(free[:, None] & free[None, :]), math.inf)
-            best_cost, nearest = masked.min(1)
+            # `cost` holds inf in the rows and columns of the clusters paired in this round (set below,
+            # in place: a masked m x m copy per pass cost more than the search itself at 4096+ channels)
+            best_cost, nearest = cost.min(1)
             idx = torch.arange(m, device=x.device)
             mutual = free & (nearest[nearest] == idx) & (idx < nearest) & torch.isfinite(best_cost)
             cand = mutual.nonzero().squeeze(1)
@@ -693,6 +694,9 @@ def closest_pairs(x: Tensor, k: int, *, sample_weight: Tensor | None = None) -> 
             a, b = cand[order], nearest[cand[order]]
             partner[a], partner[b] = b, a
             free[a], free[b] = False, False
+            taken = torch.cat([a, b])
+            cost[taken] = math.inf
+            cost[:, taken] = math.inf
             needed -= a.numel()
         # new clusters: each pair becomes one, unpaired clusters stay; ordered by their lowest member
         root = torch.where((partner >= 0) & (partner < torch.arange(m, device=x.device)), partner,

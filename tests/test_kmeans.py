@@ -316,3 +316,62 @@ def test_kmeans_many_checks_its_lists() -> None:
 def test_memory_budget_is_the_cap_on_the_cpu() -> None:
     module = importlib.import_module("speechprune.kmeans")
     assert module.memory_budget("cpu", 1234) == 1234
+
+
+def _closest_pairs_masked(x: torch.Tensor, k: int, w: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """closest_pairs as first written: a masked copy of the cost matrix on every pass (the reference)."""
+    import math
+
+    from speechprune.kmeans import _sq_distances
+
+    n = x.shape[0]
+    w = torch.ones(n, dtype=torch.float64) if w is None else w.to(torch.float64)
+    points = x.to(torch.float64)
+    labels, centers, weights = torch.arange(n), points.clone(), w.clone()
+    while centers.shape[0] > k:
+        m = centers.shape[0]
+        sq = (centers * centers).sum(1)
+        cost = _sq_distances(centers, sq, centers, sq)
+        cost.mul_(weights[:, None] * weights[None, :] / (weights[:, None] + weights[None, :]))
+        cost.fill_diagonal_(math.inf)
+        free = torch.ones(m, dtype=torch.bool)
+        partner = torch.full((m,), -1, dtype=torch.long)
+        needed = m - k
+        while needed > 0 and int(free.sum()) >= 2:
+            masked = cost.masked_fill(~(free[:, None] & free[None, :]), math.inf)
+            best_cost, nearest = masked.min(1)
+            idx = torch.arange(m)
+            mutual = free & (nearest[nearest] == idx) & (idx < nearest) & torch.isfinite(best_cost)
+            cand = mutual.nonzero().squeeze(1)
+            if cand.numel() == 0:
+                break
+            order = torch.argsort(best_cost[cand], stable=True)[:needed]
+            a, b = cand[order], nearest[cand[order]]
+            partner[a], partner[b] = b, a
+            free[a], free[b] = False, False
+            needed -= a.numel()
+        root = torch.where((partner >= 0) & (partner < torch.arange(m)), partner, torch.arange(m))
+        uniq, new_index = torch.unique(root, return_inverse=True)
+        new_w = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, new_index, weights)
+        sums = torch.zeros(uniq.numel(), centers.shape[1], dtype=torch.float64).index_add_(
+            0, new_index, centers * weights[:, None])
+        centers, weights = sums / new_w[:, None], new_w
+        labels = new_index[labels]
+    return labels, float(((points - centers[labels]).pow(2).sum(1)) @ w)
+
+
+@pytest.mark.parametrize("n,d,k,weighted,duplicates", [(300, 16, 150, False, False), (257, 8, 40, True, False),
+                                                       (200, 12, 120, False, True), (64, 3, 5, True, True)])
+def test_closest_pairs_in_place_masking_gives_the_reference_assignments(n, d, k, weighted, duplicates):
+    from speechprune.kmeans import closest_pairs
+
+    g = torch.Generator().manual_seed(n + k)
+    x = torch.randn(n, d, generator=g)
+    if duplicates:  # exact ties: the index order must break them the same way
+        x[n // 2:] = x[: n - n // 2]
+    w = torch.rand(n, generator=g) + 0.1 if weighted else None
+    labels, inertia = _closest_pairs_masked(x, k, w)
+    result = closest_pairs(x, k, sample_weight=w)
+    assert torch.equal(result.labels, labels)
+    assert result.inertia == pytest.approx(inertia, rel=1e-9, abs=1e-9)
+    assert int(result.labels.max()) + 1 == k
