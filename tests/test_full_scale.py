@@ -1,0 +1,254 @@
+"""The paper's scale, end to end, on stand-ins with the real shapes (``scripts/standins.py``).
+
+Run by ``pytest -q`` and CI: the chapters never rebind a name they imported from the package, and
+(marked ``slow``, about a minute) the stand-in writer on tiny configs (same code, smaller numbers)
+writes models and LibriSpeech that the package loads offline under the unchanged ids, and refuses
+what is not there in one line.
+
+``pytest -m full_scale`` (not run by default: see ``tests/conftest.py``) writes the real-size
+stand-ins (HuBERT-large, Whisper-large-v3: about 4.5 GB; or reuses ``$SPEECHPRUNE_STANDINS``) and
+runs chapters 3, 4 and 5 with papermill at ``SCALE = "colab"`` and ``"paper"`` on the CPU
+(``DEVICE = "cpu"``), the paper scale a second time once its full-scale results files exist.
+Random weights transcribe noise: these tests prove that every cell of the full-scale path runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "standins.py"
+CHAPTERS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+HUBERT, WHISPER = "facebook/hubert-large-ls960-ft", "openai/whisper-large-v3"
+
+
+def offline_env(out: Path) -> dict[str, str]:
+    """The process environment that makes the stand-ins resolve offline under the unchanged ids."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_HOME=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
+def write_standins(out: Path, *extra: str) -> None:
+    subprocess.run([sys.executable, str(SCRIPT), str(out), *extra], check=True, cwd=ROOT,
+                   env=offline_env(out), stdout=subprocess.DEVNULL)
+
+
+def run_offline(out: Path, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with the stand-ins' offline environment (the hub libraries
+    read it when imported, so it cannot be set in this process)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=offline_env(out), timeout=600)
+
+
+# ----------------------------------------------------------------------------- the chapters' names
+
+def rebound_imports(cells: list[str]) -> list[str]:
+    """Names that a later import binds to another module's object than an earlier import did."""
+    bound: dict[str, str] = {}
+    problems = []
+    for source in cells:
+        lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    name, origin = alias.asname or alias.name, f"{node.module}.{alias.name}"
+                    if bound.get(name, origin) != origin:
+                        problems.append(f"{name}: {bound[name]} then {origin}")
+                    bound[name] = origin
+    return problems
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_no_chapter_rebinds_a_name_it_imported(path):
+    nb = nbformat.read(path, as_version=4)
+    assert rebound_imports([c.source for c in nb.cells if c.cell_type == "code"]) == []
+
+
+def test_the_rebinding_check_finds_the_bug_it_is_for():
+    cells = ["from speechprune.paper import comparison_table", "from speechprune.study import comparison_table",
+             "comparison_table(setting, saved)"]
+    assert rebound_imports(cells) == ["comparison_table: speechprune.paper.comparison_table then "
+                                      "speechprune.study.comparison_table"]
+    assert rebound_imports(["from speechprune.study import comparison_table as seeds_table", *cells[:1]]) == []
+
+
+# ----------------------------------------------------------------------------- tiny stand-ins
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("standins-tiny")
+    write_standins(out, "--tiny", "--utterances", "2")
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_standins_load_offline_under_the_unchanged_ids(tiny):
+    code = f"""
+import json
+from speechprune.data import load_speech, load_training_speech
+from speechprune.models import load_model
+out = {{}}
+for name in ({HUBERT!r}, {WHISPER!r}):
+    model, processor = load_model(name)
+    out[name] = dict(cls=type(model).__name__, processor=type(processor).__name__,
+                     dtype=str(next(model.parameters()).dtype), config=model.config.to_dict())
+tok = load_model({WHISPER!r})[1].tokenizer
+out["ids"] = tok.convert_tokens_to_ids(["<|su|>", "<|yue|>", "<|translate|>", "<|transcribe|>", "<|notimestamps|>",
+                                        "<|0.00|>", "<|30.00|>"])
+out["len"] = len(tok)
+out["roundtrip"] = tok.decode(tok("hello world").input_ids, skip_special_tokens=True)
+for spec in ("librispeech:test-clean", "librispeech:test-other", "librispeech:dev-clean",
+             "librispeech:train-clean-100", {str(tiny / "LibriSpeech" / "test-clean")!r}):
+    for n in (None, 1):
+        speech = load_speech(spec, max_samples=n)
+        out[f"{{spec}}:{{n}}"] = [(u.id, u.text, round(u.duration, 2)) for u in speech]
+train = load_training_speech("librispeech:train-clean-100")
+out["train"] = [train[i].id for i in range(len(train))]
+print(json.dumps(out))
+"""
+    result = run_offline(tiny, code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    hubert, whisper = out[HUBERT], out[WHISPER]
+    assert (hubert["cls"], hubert["processor"], hubert["dtype"]) == ("HubertForCTC", "Wav2Vec2Processor", "torch.float32")
+    assert hubert["config"]["vocab_size"] == 32 and hubert["config"]["do_stable_layer_norm"]
+    assert hubert["config"]["feat_extract_norm"] == "layer" and len(hubert["config"]["conv_dim"]) == 7
+    assert (whisper["cls"], whisper["processor"], whisper["dtype"]) == (
+        "WhisperForConditionalGeneration", "WhisperProcessor", "torch.float16")
+    assert whisper["config"]["vocab_size"] == 51866 == out["len"] and whisper["config"]["num_mel_bins"] == 128
+    assert out["ids"] == [50357, 50358, 50359, 50360, 50364, 50365, 51865]
+    assert out["roundtrip"].strip() == "hello world"
+    clean = out["librispeech:test-clean:None"]
+    assert len(clean) == 2 and out["librispeech:test-clean:1"] == clean[:1]
+    assert out[f"{tiny / 'LibriSpeech' / 'test-clean'}:None"] == clean, "the OpenSLR folder holds the hub rows"
+    assert all(text == text.upper() and "," not in text for _, text, _ in clean)
+    ids = {k: {u[0] for u in v} for k, v in out.items() if k.endswith(":None")}
+    test_ids = ids["librispeech:test-clean:None"] | ids["librispeech:test-other:None"]
+    assert not test_ids & (ids["librispeech:dev-clean:None"] | ids["librispeech:train-clean-100:None"])
+    assert out["train"] == [u[0] for u in out["librispeech:train-clean-100:None"]]
+
+
+@pytest.mark.slow
+def test_tiny_standins_refuse_what_is_not_there_in_one_line(tiny):
+    code = """
+from speechprune.data import load_speech, load_training_speech
+from speechprune.errors import SpeechPruneError
+from speechprune.models import load_model
+for call, arg in ((load_model, "openai/whisper-medium"), (load_speech, "librispeech:dev-other"),
+                  (load_speech, "librispeech:test-cleen"), (load_training_speech, "librispeech:train-clean-360")):
+    try:
+        call(arg)
+    except SpeechPruneError as err:
+        print(repr(str(err)))
+    else:
+        print("loaded", arg)
+"""
+    result = run_offline(tiny, code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [ast.literal_eval(line) for line in result.stdout.strip().splitlines()]
+    assert len(lines) == 4 and all("\n" not in line for line in lines)
+    model, dev_other, typo, train = lines
+    assert "'openai/whisper-medium' is not in the Hugging Face cache" in model
+    assert "unset HF_HUB_OFFLINE" in model and "local model folder" in model
+    for message, subset in ((dev_other, "dev-other"), (train, "train-clean-360")):
+        assert f"librispeech:{subset}" in message and "needs a network" in message
+        assert f"{subset}.tar.gz from https://www.openslr.org/12" in message and f"LibriSpeech/{subset}" in message
+    assert "unknown LibriSpeech subset 'test-cleen'" in typo and "local OpenSLR folder" in typo
+
+
+def test_the_v3_tokenizer_moves_every_id_from_yue_on():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import standins
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    base = {"added_tokens": [{"id": i, "content": c} for i, c in
+                             [(50257, "<|endoftext|>"), (50357, "<|su|>"), (50358, "<|translate|>")]
+                             + [(50359 + k, f"<|{k}|>") for k in range(51865 - 50359)]],
+            "post_processor": {"special_tokens": {"<|translate|>": {"ids": [50358]}, "<|endoftext|>": {"ids": [50257]}}}}
+    base["added_tokens"] += [{"id": i, "content": f"<|x{i}|>"} for i in range(50258, 50357)]
+    v3 = standins.v3_tokenizer_json(base)
+    by_name = {t["content"]: t["id"] for t in v3["added_tokens"]}
+    assert by_name["<|su|>"] == 50357 and by_name["<|yue|>"] == 50358 and by_name["<|translate|>"] == 50359
+    assert max(by_name.values()) == 51865 and len(by_name) == 51866 - 50257
+    assert v3["post_processor"]["special_tokens"]["<|translate|>"]["ids"] == [50359]
+    assert v3["post_processor"]["special_tokens"]["<|endoftext|>"]["ids"] == [50257]
+
+
+# ----------------------------------------------------------------------------- full scale
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory) -> Path:
+    """Real-size stand-ins: ``$SPEECHPRUNE_STANDINS`` when it holds them, else written now (minutes)."""
+    given = os.environ.get("SPEECHPRUNE_STANDINS")
+    out = Path(given) if given else tmp_path_factory.mktemp("standins")
+    manifest = out / "standins.json"
+    done = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if done.get("tiny") is not False or not all(k in done for k in ("hubert", "whisper", "speech")):
+        write_standins(out)
+    return out
+
+
+def run_chapter(chapter: str, standins: Path, workdir: Path, **parameters) -> tuple[nbformat.NotebookNode, float]:
+    """Execute a chapter with papermill (as scripts/build_book.py does) in ``workdir``, offline on the stand-ins."""
+    import papermill
+
+    source = ROOT / "notebooks" / chapter
+    target = workdir / f"{source.stem}-{parameters.get('SCALE')}-{time.monotonic_ns()}.ipynb"
+    saved = dict(os.environ)
+    os.environ.update(offline_env(standins))
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(source), str(target), parameters=dict(parameters, DEVICE="cpu"),
+                                   kernel_name="python3", cwd=str(workdir), progress_bar=False, start_timeout=120)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    seconds = time.perf_counter() - start
+    print(f"{chapter} {parameters}: {seconds:.0f} s")
+    return nbformat.read(target, as_version=4), seconds
+
+
+def printed(nb: nbformat.NotebookNode) -> str:
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                     if o.get("output_type") == "stream")
+
+
+@pytest.mark.full_scale
+@pytest.mark.parametrize("chapter,model", [("03_hubert_large.ipynb", HUBERT), ("04_whisper_large_v3.ipynb", WHISPER)])
+def test_chapter_runs_at_colab_and_paper_scale_and_shows_saved_full_scale_runs(chapter, model, standins, tmp_path):
+    nb, _ = run_chapter(chapter, standins, tmp_path, SCALE="colab", MAX_SAMPLES=2, BATCH_SIZE=2)
+    text = printed(nb)
+    assert f"SCALE = 'colab': {model} on librispeech:test-clean, librispeech:test-other, 2 utterances each" in text
+    assert "No full-scale results file" in text
+    # every utterance of the stand-in test sets: a full-scale run, saved under RESULTS_DIR
+    nb, _ = run_chapter(chapter, standins, tmp_path, SCALE="paper", MAX_SAMPLES=0, BATCH_SIZE=2)
+    text = printed(nb)
+    assert f"SCALE = 'paper': {model} on librispeech:test-clean, librispeech:test-other, all utterances each" in text
+    saved = sorted(p.name for p in (tmp_path / "results").rglob("*.json"))
+    assert saved == ["test-clean.json", "test-other.json"], saved
+    nb, _ = run_chapter(chapter, standins, tmp_path, SCALE="paper", MAX_SAMPLES=0, BATCH_SIZE=2)
+    text = printed(nb)
+    assert "full scale: librispeech:test-clean (3 utt.)" in text and "No full-scale results file" not in text
+
+
+@pytest.mark.full_scale
+def test_finetuning_chapter_runs_on_the_hubert_large_standin(standins, tmp_path):
+    common = dict(BATCH_SIZE=2, TRAIN_SAMPLES=2, TEST_SAMPLES=2)
+    nb, _ = run_chapter("05_finetuning.ipynb", standins, tmp_path, SCALE="colab", **common)
+    text = printed(nb)
+    assert f"Run at SCALE = 'colab': {HUBERT}" in text and "librispeech:dev-clean" in text
+    assert sorted(p.name for p in (tmp_path / "finetune-runs").iterdir()) == ["cluster", "magnitude"]
+    nb, _ = run_chapter("05_finetuning.ipynb", standins, tmp_path, SCALE="paper", EPOCHS=1, BATCH_SIZE=2,
+                        OUT_DIR="finetune-paper")
+    assert f"Run at SCALE = 'paper': {HUBERT}" in printed(nb) and "librispeech:train-clean-100" in printed(nb)
