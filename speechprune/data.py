@@ -295,9 +295,21 @@ def _load_openslr(path: Path, max_samples: int | None) -> SpeechSet:
     return SpeechSet(f"librispeech:{path.name}", utterances, _with_totals(provenance, utterances))
 
 
+def _first_line(err: BaseException) -> str:
+    """An exception's message on one line (the hub's errors can span several)."""
+    return " ".join(str(err).split()).rstrip(".") or type(err).__name__
+
+
+def _librispeech_hint(subset: str) -> str:
+    """How to get a LibriSpeech subset that the hub (or its offline cache) did not give."""
+    return (f"it needs a network (with HF_DATASETS_OFFLINE and HF_HUB_OFFLINE unset), or download {subset}.tar.gz "
+            f"from https://www.openslr.org/12 and pass its folder (.../LibriSpeech/{subset})")
+
+
 def _load_librispeech_hub(subset: str, max_samples: int | None) -> SpeechSet:
     if subset not in LIBRISPEECH_HUB:
-        raise SpeechPruneError(f"unknown LibriSpeech subset {subset!r}; known: {', '.join(LIBRISPEECH_HUB)}")
+        raise SpeechPruneError(f"unknown LibriSpeech subset {subset!r}; known: {', '.join(LIBRISPEECH_HUB)} "
+                               "(or pass a local OpenSLR folder, .../LibriSpeech/<subset>)")
     try:
         import datasets
     except ImportError as err:
@@ -310,7 +322,8 @@ def _load_librispeech_hub(subset: str, max_samples: int | None) -> SpeechSet:
     try:
         rows = datasets.load_dataset(repo, config, split=hub_split, streaming=streaming)
     except Exception as err:  # network, authentication, hub layout: all reported the same way
-        raise SpeechPruneError(f"cannot load {repo} ({config}, {hub_split}) from the hub: {err}") from err
+        raise SpeechPruneError(f"cannot load librispeech:{subset} ({repo}, config {config}, split {hub_split}): "
+                               f"{_first_line(err)}; {_librispeech_hint(subset)}") from None
     rows = rows.cast_column("audio", datasets.Audio(decode=False))
     utterances = []
     for i, row in enumerate(rows):
@@ -375,7 +388,8 @@ def load_training_speech(spec: str, *, max_samples: int | None = None,
         parts = [datasets.load_dataset(LIBRISPEECH_TRAIN_REPO, config, split=hub_split)
                  for config, hub_split in LIBRISPEECH_TRAIN[name]]
     except Exception as err:  # network, authentication, hub layout: all reported the same way
-        raise SpeechPruneError(f"cannot load {spec} from {LIBRISPEECH_TRAIN_REPO}: {err}") from err
+        raise SpeechPruneError(f"cannot load {spec} from {LIBRISPEECH_TRAIN_REPO}: {_first_line(err)}; "
+                               f"{_librispeech_hint(name)}") from None
     rows = datasets.concatenate_datasets(parts).cast_column("audio", datasets.Audio(decode=False))
     if max_samples is not None:
         rows = rows.select(range(min(max_samples, len(rows))))

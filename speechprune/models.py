@@ -246,6 +246,23 @@ def ensure_embedded(name: str) -> Path:
     return target
 
 
+def _check_offline_cache(repo_id: str) -> None:
+    """With ``HF_HUB_OFFLINE`` set, a hub id must be in the local cache: say so in one line, and how to get it."""
+    try:
+        from huggingface_hub import constants, snapshot_download
+    except ImportError:  # transformers needs huggingface_hub, so this is only a broken install
+        return
+    if not constants.HF_HUB_OFFLINE:
+        return
+    try:
+        snapshot_download(repo_id, local_files_only=True)
+    except Exception:
+        raise SpeechPruneError(
+            f"model {repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is "
+            f"set: download it once with a network (unset HF_HUB_OFFLINE), or pass a local model folder"
+        ) from None
+
+
 def resolve_model(spec: str | os.PathLike[str]) -> str:
     """A loadable location for ``spec``: a local folder (cached for embedded models) or a hub id.
 
@@ -265,6 +282,7 @@ def resolve_model(spec: str | os.PathLike[str]) -> str:
     if path.exists():
         raise SpeechPruneError(f"{text} is a file; a model is a folder with config.json and weights")
     if _HUB_ID.fullmatch(text):
+        _check_offline_cache(text)
         return text
     known = ", ".join(m.spec for m in EMBEDDED_MODELS.values())
     raise SpeechPruneError(
