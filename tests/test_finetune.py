@@ -186,6 +186,24 @@ def test_the_card_of_a_fine_tuned_folder_says_so(tmp_path):
     assert "magnitude pruning" in card  # still the card of the pruned model
 
 
+def test_fine_tuning_keeps_the_models_special_token_ids(tmp_path):
+    """``Trainer.train`` aligns the config's pad/bos/eos ids with the tokenizer's. On transformers 5.15
+    (Colab's) a tokenizer without a pad token set ``pad_token_id`` to None and Whisper's loss stopped
+    ("pad_token_id has to be defined"); later versions copy the tokenizer's bos (256) over the model's."""
+    processor = _whisper_processor()
+    assert processor.tokenizer.pad_token_id is None and processor.tokenizer.bos_token_id == 256
+    model = tiny_model("whisper", vocab_size=262, max_target_positions=64, decoder_start_token_id=257,
+                       pad_token_id=256, bos_token_id=257, eos_token_id=256)
+    ids = dict(pad_token_id=256, bos_token_id=257, eos_token_id=256)
+    record = finetune(model, _speech(2), processor=processor, out_dir=tmp_path / "run", batch_size=2, max_steps=1,
+                      progress=False)
+    assert record["results"]["global_step"] == 1 and np.isfinite(record["results"]["train_loss"])
+    for config in (model.config, model.generation_config, load_checkpoint(tmp_path / "run").config):
+        assert {name: getattr(config, name) for name in ids} == ids
+    saved = json.loads((tmp_path / "run" / "generation_config.json").read_text())
+    assert {name: saved.get(name) for name in ids} == ids
+
+
 @pytest.mark.slow
 def test_two_processes_on_cpu_with_torchrun(tmp_path):
     model_dir, data_dir, out = tmp_path / "model", tmp_path / "speech", tmp_path / "out"
