@@ -568,6 +568,39 @@ def _save_record(out: Path, study: Study, record: dict) -> list[dict]:
         return list(saved.values())
 
 
+def prepare_results(study: Study, out: Path, *, rerun: bool = False, reuse: bool = True,
+                    log=print) -> tuple[dict[str, dict], dict[str, dict]]:
+    """As a study starts: under the lock, clear ``out``'s records of the study (``rerun``) or copy
+    runs from other studies (``reuse``), relabel, and return the saved records and live claims.
+
+    :func:`run_study` calls it, and so does a cluster executor before it submits the workers.
+    """
+    keys = {r.key for r in study.runs}
+    relabel = {r.key: (r.label, r.recipe) for r in study.runs}
+    with _locked(out):
+        saved, problems = read_results(out)
+        for line in problems:
+            log(f"warning: {line}")
+        changed = bool(problems) and out.is_file()
+        if rerun:
+            changed = changed or bool(keys & set(saved))
+            saved = {k: v for k, v in saved.items() if k not in keys}
+        elif reuse:
+            found = reusable_records(out, keys - set(saved))
+            if found:
+                log(f"{len(found)} runs reused from other studies in {out.parent}")
+                saved.update(found)
+                changed = True
+        for k, r in list(saved.items()):  # a run copied from another study, or saved under an older label,
+            if k in relabel and (r.get("label"), r.get("recipe")) != relabel[k]:  # shows this study's name
+                saved[k] = dict(r, label=relabel[k][0], recipe=relabel[k][1])
+                changed = True
+        if changed:
+            write_results(out, study, list(saved.values()))
+        others = _read_claims(out)
+    return saved, others
+
+
 def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool = True, device: str | None = None,
               progress: bool = True, limit: int | None = None, log=print) -> list[dict]:
     """Run every run of ``study`` that ``out`` does not hold yet; returns the study's records.
@@ -606,28 +639,7 @@ def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool
         speech(d, m)  # a bad data spec fails here, before any run
 
     keys = {r.key for r in study.runs}
-    relabel = {r.key: (r.label, r.recipe) for r in study.runs}
-    with _locked(out):
-        saved, problems = read_results(out)
-        for line in problems:
-            log(f"warning: {line}")
-        changed = bool(problems) and out.is_file()
-        if rerun:
-            changed = changed or bool(keys & set(saved))
-            saved = {k: v for k, v in saved.items() if k not in keys}
-        elif reuse:
-            found = reusable_records(out, keys - set(saved))
-            if found:
-                log(f"{len(found)} runs reused from other studies in {out.parent}")
-                saved.update(found)
-                changed = True
-        for k, r in list(saved.items()):  # a run copied from another study, or saved under an older label,
-            if k in relabel and (r.get("label"), r.get("recipe")) != relabel[k]:  # shows this study's name
-                saved[k] = dict(r, label=relabel[k][0], recipe=relabel[k][1])
-                changed = True
-        if changed:
-            write_results(out, study, list(saved.values()))
-        others = _read_claims(out)
+    saved, others = prepare_results(study, out, rerun=rerun, reuse=reuse, log=log)
     records = list(saved.values())
     todo = [r for r in study.runs if r.key not in saved]
     busy = sum(r.key in others for r in todo)
@@ -705,6 +717,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scores", action="store_true",
                    help="print a screening's scores (the selection rule in studies/README.md) as a Markdown table; "
                         "measure nothing")
+    from speechprune.executors import add_executor_arguments
+
+    add_executor_arguments(p)  # --executor submitit and its cluster options
     p.set_defaults(func=_run_cli)
 
 
@@ -739,8 +754,10 @@ def _run_cli(args: argparse.Namespace) -> int:
               + (f", {busy} being measured" if busy else ""))
         return 0
     try:
-        records = run_study(study, out, rerun=args.rerun, reuse=not args.no_reuse, device=args.device,
-                            limit=args.limit)
+        from speechprune.executors import study_runner
+
+        records = study_runner(args)(study, out, rerun=args.rerun, reuse=not args.no_reuse, device=args.device,
+                                     limit=args.limit)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished runs are saved in {out}; run the same command to resume",
               file=sys.stderr)
