@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU wheel first, so that no dependency pulls a CUDA build of torch
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[embedded,book,dev]'
+	$(PY) -m pip install --quiet -e '.[embedded,book,dev,deploy]'
 	touch $(STAMP)
 
 demo: setup

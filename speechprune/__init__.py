@@ -9,7 +9,7 @@ The public API is what ``__all__`` lists; everything else may change between ver
 
 __version__ = "0.3.0"
 
-# compress, evaluate and kmeans share their names with the modules that define them: these
+# compress, evaluate, export and kmeans share their names with the modules that define them: these
 # imports bind the package attributes to the functions. Reach a module's other names with
 # ``from speechprune.compress import ...`` (or ``sys.modules["speechprune.evaluate"]``).
 from speechprune.allocation import allocate
@@ -17,6 +17,7 @@ from speechprune.checkpoint import load_checkpoint, save_pruned
 from speechprune.compress import CompressionReport, compress
 from speechprune.errors import SpeechPruneError
 from speechprune.evaluate import evaluate
+from speechprune.export import export
 from speechprune.kmeans import kmeans, kmeans_many
 from speechprune.methods import available_methods, register_method
 from speechprune.models import load_model
@@ -30,6 +31,7 @@ __all__ = [
     "load_checkpoint",
     "save_pruned",
     "evaluate",
+    "export",
     "kmeans",
     "kmeans_many",
     "allocate",

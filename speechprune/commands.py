@@ -22,6 +22,7 @@ from speechprune.compress import check_sparsity, compress
 from speechprune.data import load_speech, load_training_speech
 from speechprune.errors import SpeechPruneError, check_choice, check_device
 from speechprune.evaluate import DECODINGS, evaluate, summary
+from speechprune.export import evaluate_exported, export, read_settings, require_backend
 from speechprune.experiment import DEFAULT_DATA, DEFAULT_MODEL, format_table, plot_comparison, run_comparison
 from speechprune.finetune import FREEZE, PRECISIONS, check_learning_rate, finetune, plan_out_dir
 from speechprune.hub import add_evaluation, command_line
@@ -108,6 +109,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         check_writable(args.json, "--json")
     if args.batch_size < 1:
         raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.backend != "transformers":  # an exported folder, decoded greedily in its own runtime
+        return _evaluate_export(args)
     card = _card_folder(args.model) if args.card else None  # checked before loading anything
     device = check_device(args.device)  # the package-wide default when not given
     speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
@@ -120,6 +123,26 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if card is not None:
         print(f"recorded the WER in {add_evaluation(card, record)}")
+    return 0
+
+
+def _evaluate_export(args: argparse.Namespace) -> int:
+    """``evaluate --backend ct2|onnx``: a folder ``speechprune export`` wrote, same greedy decoding and normaliser."""
+    for flag, given in (("--card", args.card), ("--long-form", args.long_form),
+                        ("--decoding fallback", args.decoding != "greedy"),
+                        (f"--device {args.device}", args.device not in (None, "cpu"))):
+        if given:
+            raise SpeechPruneError(f"{flag} is for --backend transformers; the {args.backend} backend decodes "
+                                   "greedily on the CPU")
+    require_backend(args.backend)
+    read_settings(args.model, args.backend)
+    speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
+    record = evaluate_exported(args.model, speech, backend=args.backend, batch_size=args.batch_size,
+                               label=args.model)
+    print(f"[{args.backend}, weights {record['export']['quantize']}] {summary(record)}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -159,6 +182,9 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--long-form", action="store_true",
                         help="transcribe Whisper clips longer than 30 s whole, with transformers' sequential "
                              "long-form generation (default: cut them to 30 s, with a warning)")
+    parser.add_argument("--backend", default="transformers", metavar="{transformers,ct2,onnx}",
+                        help="transformers (default: MODEL is a model), or ct2 / onnx: MODEL is a folder that "
+                             "speechprune export wrote, decoded greedily with CTranslate2 / ONNX Runtime on the CPU")
     parser.set_defaults(func=_run_evaluate)
 
 # ---------------------------------------------------------------- finetune
@@ -309,8 +335,36 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(a.strip() for a in text.split(",") if a.strip())
 
 
+# ---------------------------------------------------------------- export
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """Add ``speechprune export``."""
+    p = sub.add_parser("export", help="export a pruned folder to CTranslate2 (faster-whisper) or ONNX Runtime",
+                       description="Export FOLDER, written by speechprune compress, to a CTranslate2 directory "
+                                   "(Whisper; faster-whisper loads it) or to ONNX Runtime graphs (Whisper's encoder "
+                                   "and decoder with past keys and values; a CTC model with its head), with the "
+                                   "model card, the compression report and the export settings.")
+    p.add_argument("folder", metavar="FOLDER", help="a folder written by speechprune compress (or save_pruned)")
+    p.add_argument("--to", required=True, metavar="{ct2,onnx}",
+                   help="ct2: CTranslate2 (faster-whisper; Whisper only), onnx: ONNX Runtime")
+    p.add_argument("--out", required=True, help="folder to write the export to (must be empty or absent)")
+    p.add_argument("--quantize", default="none", metavar="{none,int8,float16}",
+                   help="weights: none (float32, default), int8, or float16 (ct2 only)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out that speechprune wrote (refused if it holds anything else)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    out = export(args.folder, to=args.to, out=args.out, quantize=args.quantize, overwrite=args.overwrite)
+    print(f"exported {args.folder} to {out} ({args.to}, weights {args.quantize}); "
+          f"score it with: speechprune evaluate {out} --backend {args.to}")
+    return 0
+
+
 #: What ``speechprune --help`` lists, in this order: each adds its sub-parser and sets ``func``.
-COMMANDS = (_add_compress, _add_evaluate, _add_finetune, _add_compare, study.register_cli)
+COMMANDS = (_add_compress, _add_evaluate, _add_finetune, _add_compare, _add_export, study.register_cli)
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,194 @@
+"""Benchmark: what a user deploys. Dense vs pruned Whisper on transformers, CTranslate2 and ONNX Runtime.
+
+    python benchmarks/bench_deploy.py --max-samples 16              # tiny.en and base, every case
+    python benchmarks/bench_deploy.py --models tiny.en --backends ct2:int8,onnx:none
+    python benchmarks/bench_deploy.py --table                        # the saved results as a table
+
+For embedded whisper-tiny.en and whisper-base: dense, and ``--recipe recommended`` at FFN 10%
+(scope ffn, sparsity 0.1), encoder FFN 20% and all FFN 50%; each on transformers (float32),
+CTranslate2 (float32, int8) and ONNX Runtime (float32, int8). Per case: size on disk (the weight
+files), peak resident memory of the process that loads and runs it, seconds per utterance at
+batch 1 on 1 and 2 threads (median over the clips), and WER on ``embedded`` (greedy, batch 8,
+the Whisper normaliser). Each case runs in a fresh process, so that its peak memory is its own
+(it includes Python, torch and the runtime). Results go to ``results/benchmarks/deploy.json``
+as each case finishes; a rerun skips the cases already there. Speeds are meant as ratios to the
+dense model on the same backend and precision, measured in one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "benchmarks" / "deploy.json"
+MODELS = {"tiny.en": "embedded:whisper-tiny.en", "base": "embedded:whisper-base"}
+#: setting -> (scope, sparsity); "dense" is the model as it comes
+SETTINGS = {"dense": None, "ffn10": ("ffn", 0.1), "encffn20": ("encoder.ffn", 0.2), "ffn50": ("ffn", 0.5)}
+BACKENDS = ("transformers:float32", "ct2:none", "ct2:int8", "onnx:none", "onnx:int8")
+
+
+def prepare(model: str, setting: str, work: Path) -> Path:
+    """The speechprune folder of a case (made once: compress with the recommended recipe, or dense)."""
+    from speechprune import compress, save_pruned
+    from speechprune.models import load_model
+
+    folder = work / f"{model}-{setting}"
+    if (folder / "config.json").is_file():
+        return folder
+    m, processor = load_model(MODELS[model])
+    report = None
+    if SETTINGS[setting]:
+        scope, sparsity = SETTINGS[setting]
+        report = compress(m, sparsity=sparsity, scope=scope, recipe="recommended", progress=False)
+    save_pruned(m, folder, processor=processor, report=report)
+    return folder
+
+
+def _files_size(folder: Path, names: list[str]) -> int:
+    return sum((folder / n).stat().st_size for n in names)
+
+
+def _measure(key: str, folder: str, backend: str, precision: str, max_samples: int, speed_clips: int,
+             queue) -> None:
+    """Runs in a child process: WER, batch-1 speed on 1 and 2 threads, size and peak memory."""
+    import torch
+
+    from speechprune.data import load_speech
+    from speechprune.evaluate import evaluate, transcribe
+    from speechprune.export import DeployedModel, evaluate_exported
+    from speechprune.models import load_model
+
+    speech = load_speech("embedded", max_samples=max_samples)
+    clips = [u.audio for u in speech.utterances[:speed_clips]]
+    out = dict(key=key, backend=backend, precision=precision)
+    path = Path(folder)
+    if backend == "transformers":
+        model, processor = load_model(path)
+        out["size_bytes"] = _files_size(path, [p.name for p in path.glob("*.safetensors")])
+        record = evaluate(model, processor, speech, batch_size=8, progress=False)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            times = []
+            for clip in clips:
+                started = time.perf_counter()
+                transcribe(model, processor, [clip], batch_size=1, progress=False)
+                times.append(time.perf_counter() - started)
+            out[f"seconds_per_utt_{threads}t"] = statistics.median(times)
+    else:
+        settings = json.loads((path / "speechprune_export.json").read_text())
+        out["size_bytes"] = _files_size(path, settings["model_files"])
+        record = evaluate_exported(path, speech, batch_size=8, progress=False)
+        for threads in (1, 2):
+            deployed = DeployedModel(path, threads=threads)
+            times = []
+            for clip in clips:
+                started = time.perf_counter()
+                deployed.transcribe([clip], batch_size=1, progress=False)
+                times.append(time.perf_counter() - started)
+            out[f"seconds_per_utt_{threads}t"] = statistics.median(times)
+    out.update(wer=record["wer"], n_utterances=record["n_utterances"], ref_words=record["ref_words"],
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, speed_clips=len(clips))
+    queue.put(out)
+
+
+def run_case(key: str, folder: Path, backend: str, precision: str, max_samples: int, speed_clips: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_measure, args=(key, str(folder), backend, precision, max_samples, speed_clips, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+def load_results(path: Path) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    return dict(machine=dict(platform=platform.platform(), python=platform.python_version(),
+                             cpus=mp.cpu_count()), cases={})
+
+
+def save_results(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def table(results: dict) -> str:
+    """A markdown table: each case beside the dense model of the same model, backend and precision."""
+    cases = results["cases"]
+    rows = ["| model | setting | backend | weights | size (MB) | size / dense | peak RSS (MB) | s/utt 1 thread "
+            "| speed-up 1 thread | speed-up 2 threads | WER % | WER - dense |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, c in cases.items():
+        model, setting, backend, precision = key.split("/")
+        dense = cases.get(f"{model}/dense/{backend}/{precision}")
+        if dense is None:
+            continue
+        rows.append(
+            f"| {model} | {setting} | {backend} | {precision} | {c['size_bytes'] / 1e6:.0f} "
+            f"| {c['size_bytes'] / dense['size_bytes']:.2f} | {c['peak_rss_mb']:.0f} "
+            f"| {c['seconds_per_utt_1t']:.2f} | {dense['seconds_per_utt_1t'] / c['seconds_per_utt_1t']:.2f}x "
+            f"| {dense['seconds_per_utt_2t'] / c['seconds_per_utt_2t']:.2f}x | {c['wer']:.2f} "
+            f"| {c['wer'] - dense['wer']:+.2f} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="tiny.en,base", help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, from {', '.join(SETTINGS)}")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, from {', '.join(BACKENDS)}")
+    parser.add_argument("--max-samples", type=int, default=None, help="first N embedded clips for the WER")
+    parser.add_argument("--speed-clips", type=int, default=8, help="clips timed at batch 1")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_deploy", help="pruned and exported folders")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--table", action="store_true", help="print the saved results as a table and stop")
+    parser.add_argument("--note", default="", help="recorded with the results (e.g. how loaded the machine was)")
+    args = parser.parse_args(argv)
+    results = load_results(args.out)
+    if args.table:
+        print(table(results))
+        return 0
+    from speechprune.export import export
+
+    if args.note:
+        results["note"] = args.note
+    results.update(max_samples=args.max_samples, speed_clips=args.speed_clips)
+    for model in args.models.split(","):
+        for setting in args.settings.split(","):
+            folder = prepare(model, setting, args.work)
+            for item in args.backends.split(","):
+                backend, precision = item.split(":")
+                key = f"{model}/{setting}/{backend}/{precision}"
+                if key in results["cases"]:
+                    continue
+                target = folder
+                if backend != "transformers":
+                    target = args.work / f"{model}-{setting}-{backend}-{precision}"
+                    if not (target / "speechprune_export.json").is_file():
+                        export(folder, to=backend, out=target, quantize=precision, overwrite=True)
+                started = time.perf_counter()
+                result = run_case(key, target, backend, precision, args.max_samples, args.speed_clips)
+                result["seconds"] = round(time.perf_counter() - started, 1)
+                result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                results["cases"][key] = result
+                save_results(args.out, results)
+                print(f"{key}: WER {result['wer']:.2f}%, {result['seconds_per_utt_1t']:.2f} s/utt (1 thread), "
+                      f"{result['size_bytes'] / 1e6:.0f} MB", file=sys.stderr, flush=True)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
