@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -54,10 +53,10 @@ class StudyWorker:
         """Measure runs until none is left; returns how many runs of the study are saved when it stops."""
         from speechprune.study import run_study
 
-        # SLURM stops a job (scancel, the end of its time) with SIGTERM, then SIGKILL, which no `finally`
-        # survives; submitit ignores SIGTERM (timeouts and preemption come as SIGUSR2). Drop the claims
-        # then, so that the run in progress is free for the next worker at once, not after CLAIM_TIMEOUT_S.
-        signal.signal(signal.SIGTERM, lambda *_: drop_claims(Path(self.out)))
+        # SLURM stops a job (scancel) with SIGTERM, then SIGKILL, which no `finally` survives; submitit
+        # ignores SIGTERM (its timeouts come as SIGUSR2). Stop as on Ctrl-C instead: run_study releases
+        # this worker's claim, so the run in progress is free at once, not after CLAIM_TIMEOUT_S.
+        signal.signal(signal.SIGTERM, _interrupt)
         print(f"worker {index} of study {self.study.name} on {socket.gethostname()}, pid {os.getpid()}", flush=True)
         records = run_study(self.study, self.out, reuse=False, device=self.device, progress=False,
                             limit=self.limit, log=functools.partial(print, flush=True))
@@ -68,21 +67,8 @@ class StudyWorker:
         return _submitit().helpers.DelayedSubmission(self, index)
 
 
-def drop_claims(out: Path, pid: int | None = None) -> threading.Thread:
-    """Release the claims of process ``pid`` (this one) on ``out``'s runs, from a thread (safe in a signal
-    handler: the lock may be held by this process's main thread, which the thread then waits for)."""
-    from speechprune.study import _locked, _read_claims, _write_claims
-
-    pid, host = pid or os.getpid(), socket.gethostname()
-
-    def release() -> None:
-        with _locked(out):
-            claims = _read_claims(out)
-            _write_claims(out, {k: c for k, c in claims.items() if (c.get("pid"), c.get("host")) != (pid, host)})
-
-    thread = threading.Thread(target=release, daemon=True)
-    thread.start()
-    return thread
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 def add_executor_arguments(p: argparse.ArgumentParser) -> None:
