@@ -421,7 +421,12 @@ class _WhisperDecoderGraph(nn.Module):
             x = layer.final_layer_norm(hidden)
             hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
         hidden = self.decoder.layer_norm(hidden[:, -1])
-        return (self.proj_out(hidden), *presents)
+        # W @ h^T rather than h @ W^T: the exporter would fold W^T into a second copy of the (tied)
+        # embedding table, the largest tensor of the decoder
+        logits = (self.proj_out.weight @ hidden.transpose(0, 1)).transpose(0, 1)
+        if self.proj_out.bias is not None:
+            logits = logits + self.proj_out.bias
+        return (logits, *presents)
 
 
 def _eager(model: nn.Module) -> None:

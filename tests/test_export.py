@@ -275,6 +275,15 @@ def test_pipeline_loads_a_uniform_folder_and_load_checkpoint_feeds_any_folder(tm
     assert pipe(clips[0])["text"] == reference(clips[0])["text"]
 
 
+def test_pipeline_loads_a_uniform_whisper_folder(tmp_path):
+    model, folder = _pruned_folder(tmp_path, "whisper", scope="ffn", allocation="uniform")
+    pipe = transformers.pipeline("automatic-speech-recognition", model=str(folder))
+    assert [layer.fc1.out_features for layer in pipe.model.model.encoder.layers] == [32, 32]
+    loaded = pipe.model.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded[name], tensor), name
+
+
 # ---------------------------------------------------------------- real Whisper (slow)
 
 
