@@ -13,6 +13,7 @@ publication, ``overwrite`` only of its own outputs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ import transformers
 from safetensors import safe_open
 from torch import nn
 
-from speechprune.errors import SpeechPruneError
+from speechprune.errors import SpeechPruneError, warn
 from speechprune.hub import finish_folder, read_config
 from speechprune.outputs import check_output_dir, staged_output  # noqa: F401  (check_output_dir: the shared check)
 from speechprune.structure import FAMILIES, apply_widths, model_family, record_widths
@@ -158,8 +159,13 @@ def _local_folder(path_or_id: str | os.PathLike) -> Path:
     raise SpeechPruneError(f"model folder {text} does not exist")
 
 
+#: Tensors a dense checkpoint may lack without harm: only training-time masking reads them
+#: (``facebook/wav2vec2-base-960h`` ships without ``masked_spec_embed``).
+MAY_BE_MISSING = ("masked_spec_embed",)
+
+
 def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None) -> nn.Module:
+                    dtype: torch.dtype | None = None, allow_new_weights: bool = False) -> nn.Module:
     """Load a dense or pruned model of any supported family from a folder or hub id, strictly.
 
     A pruned folder is built in the shapes recorded in ``config.json`` (``speechprune.widths``)
@@ -175,6 +181,10 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | torch.device
         Where the model goes.
     dtype : torch.dtype, optional
         Cast the weights; default: as stored.
+    allow_new_weights : bool, default False
+        Accept a dense folder that lacks tensors of the model (they are then freshly
+        initialised, e.g. a new CTC head meant to be fine-tuned) or holds extra ones. Without
+        it such a folder is refused, naming the tensors. Pruned folders are always strict.
 
     Returns
     -------
@@ -216,7 +226,7 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | torch.device
     pruned = getattr(config, "speechprune", None)
     try:
         if not pruned:
-            model = cls.from_pretrained(folder, dtype=dtype)
+            model = _load_dense(cls, folder, dtype, allow_new_weights)
         else:
             model = _load_pruned(cls, config, folder)
     except SpeechPruneError:
@@ -225,6 +235,52 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | torch.device
         raise SpeechPruneError(f"cannot load the weights in {folder}: {err}") from None
     model.eval()
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+@contextlib.contextmanager
+def transformers_quiet():
+    """Silence transformers' own loading report while the block runs (speechprune reports what matters)."""
+    logger = transformers.utils.logging
+    level = logger.get_verbosity()
+    logger.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logger.set_verbosity(level)
+
+
+def _load_dense(cls, folder: Path, dtype: torch.dtype | None, allow_new_weights: bool) -> nn.Module:
+    """``from_pretrained``, refusing missing, unexpected or mis-shaped tensors unless ``allow_new_weights``."""
+    if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise SpeechPruneError(f"{folder} holds only pickled weights (*.bin), which speechprune does not load "
+                               "(loading a pickle can run code); convert them to safetensors where you trust them")
+    with transformers_quiet():
+        try:
+            model, info = cls.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        except RuntimeError as err:
+            if "mismatched" not in str(err):
+                raise
+            from accelerate import init_empty_weights
+
+            with init_empty_weights(include_buffers=False):
+                empty = cls(read_config(folder))
+            saved = _saved_shapes(folder)
+            wrong = sorted(f"{k} {tuple(v.shape)} in the config, {saved[k]} saved"
+                           for k, v in empty.state_dict().items() if k in saved and tuple(v.shape) != saved[k])
+            raise SpeechPruneError(f"the weights in {folder} do not fit its config (tensors of another shape: "
+                                   f"{'; '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''})") from None
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith(MAY_BE_MISSING)]
+    problems = dict(missing=sorted(missing), unexpected=sorted(info.get("unexpected_keys", [])),
+                    mismatched=sorted(str(m[0]) if isinstance(m, tuple) else str(m)
+                                      for m in info.get("mismatched_keys", [])))
+    found = [f"{k} {len(v)}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in problems.items() if v]
+    if found and not allow_new_weights:
+        raise SpeechPruneError(f"the weights in {folder} do not fit its config (tensors {'; '.join(found)}); "
+                               "a model with a missing tensor would run with random weights there. Pass "
+                               "--allow-new-weights (allow_new_weights=True) only for a head meant to be trained")
+    if found:
+        warn(f"{folder}: tensors {'; '.join(found)} (freshly initialised, as --allow-new-weights asked)")
+    return model
 
 
 def _load_pruned(cls, config, folder: Path) -> nn.Module:

@@ -11,16 +11,31 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 import traceback
 import warnings
+from typing import NoReturn
 
 from speechprune.commands import register_all
 from speechprune.errors import SpeechPruneError, SpeechPruneWarning
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line (``speechprune CMD: error: --flag ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        match = re.fullmatch(r"argument ([^:]+?): (must .*|invalid choice.*|expected .*)", message, flags=re.S)
+        if match:  # "argument --seed/-s: must be ..." -> "--seed must be ..."
+            flag = match.group(1).split("/")[0]
+            message = f"{flag} {match.group(2)}" if match.group(2).startswith("must") else \
+                f"{flag}: {match.group(2)}"
+        hint = f" (see {self.prog} --help)"
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}{hint}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="speechprune",
         description="Data-free, training-free compression of speech foundation models.",
     )
@@ -61,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     a file that is not UTF-8) is one line on stderr and exit code 2; ``SPEECHPRUNE_DEBUG=1``
     adds the traceback. Anything else is a bug and keeps its traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error, already said in one line (2)
+        return done.code if isinstance(done.code, int) else 2
     debug = os.environ.get("SPEECHPRUNE_DEBUG", "") not in ("", "0")
     with warnings.catch_warnings():
         warnings.simplefilter("always", SpeechPruneWarning)

@@ -9,7 +9,6 @@ into commands, so that none of them needs ``argparse``. ``speechprune study`` is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -20,20 +19,29 @@ from speechprune.allocation import ALLOCATIONS
 from speechprune.checkpoint import save_pruned
 from speechprune.compress import check_sparsity, compress
 from speechprune.data import load_speech, load_training_speech
-from speechprune.errors import SpeechPruneError, check_choice, check_device
+from speechprune.errors import SpeechPruneError, check_choice, check_device, cli_float, cli_int, cli_seed
 from speechprune.evaluate import DECODINGS, evaluate, summary
 from speechprune.export import evaluate_exported, export, read_settings, require_backend
-from speechprune.experiment import DEFAULT_DATA, DEFAULT_MODEL, format_table, plot_comparison, run_comparison
+from speechprune.experiment import (DEFAULT_DATA, DEFAULT_MODEL, format_main_job, format_table, plot_comparison,
+                                    plot_main_job, run_comparison, run_main_job)
 from speechprune.finetune import FREEZE, PRECISIONS, check_learning_rate, finetune, plan_out_dir
 from speechprune.hub import add_evaluation, command_line
 from speechprune.methods import available_methods, entry_point_errors, load_entry_points
 from speechprune.models import load_model
-from speechprune.outputs import check_output_dir, check_writable, output_state, staged_output
+from speechprune.outputs import check_output_dir, check_output_file, output_state, staged_output, write_json
 from speechprune.prune import FEATURES, MERGES, WEIGHTINGS
 from speechprune.recipes import RECIPES, resolve
 
 
 # ---------------------------------------------------------------- compress
+
+
+def _sparsity(text: str) -> float:
+    """argparse ``type`` of ``--sparsity``: a number in [0, 1) (checked by :func:`check_sparsity`)."""
+    try:
+        return check_sparsity(text)
+    except SpeechPruneError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("sparsity ")) from None
 
 
 def _add_compress(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +58,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                    help="assignment method: cluster (k-means, the paper), magnitude (the baseline), pairs (closest "
                         "pairs first, no seed), or one a plug-in registered (entry point group speechprune.methods); "
                         "default: the recipe's (paper: cluster)")
-    p.add_argument("--sparsity", type=float, required=True, help="fraction of channels removed in the scope, in [0, 1)")
+    p.add_argument("--sparsity", type=_sparsity, required=True, help="fraction of channels removed in the scope, in [0, 1)")
     p.add_argument("--scope", default="ffn",
                    help="comma-separated parts: encoder.ffn, encoder.attention, decoder.ffn, decoder.attention, "
                         "or encoder, decoder, ffn, attention, all (default: ffn)")
@@ -66,9 +74,12 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--merge", choices=MERGES, default=None, dest="merge_rule",
                    help="how a cluster's producers combine: mean (the paper), weighted (by consumer norm) "
                         "or projection (first-order optimal)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-iter", type=int, default=100, help="k-means iterations at most")
+    p.add_argument("--seed", type=cli_seed, default=0)
+    p.add_argument("--max-iter", type=cli_int(1), default=100, help="k-means iterations at most")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--allow-new-weights", action="store_true",
+                   help="accept a dense MODEL folder with missing or extra tensors (a head meant to be trained); "
+                        "without it such a folder is refused")
     p.add_argument("--out", required=True, help="folder to write the pruned model to (must be empty or absent)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an --out that speechprune wrote (refused if it holds anything else)")
@@ -76,14 +87,11 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compress(args: argparse.Namespace) -> int:
-    # everything that can be checked without the model, before any work
-    check_sparsity(args.sparsity)
-    if args.max_iter < 1:
-        raise SpeechPruneError(f"--max-iter must be at least 1, got {args.max_iter}")
+    # everything that can be checked without the model, before any work (numbers: by the parser)
     device = check_device(args.device)
     target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
     expect = output_state(target)
-    model, processor = load_model(args.model, device=device)
+    model, processor = load_model(args.model, device=device, allow_new_weights=args.allow_new_weights)
     report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
                       allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
                       features=args.features, weighting=args.weighting, merge_rule=args.merge_rule,
@@ -101,25 +109,21 @@ def _run_compress(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    if args.json is not None:  # checked before the work, so that its results cannot be lost
-        if args.json.is_dir():
-            raise SpeechPruneError(f"--json {args.json} is a folder; name a file, e.g. {args.json / 'result.json'}")
+    if args.json is not None:  # checked before the work, so that neither its results nor an input can be lost
         if not args.json.parent.is_dir():
             raise SpeechPruneError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
-        check_writable(args.json, "--json")
-    if args.batch_size < 1:
-        raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
+        check_output_file(args.json, overwrite=args.overwrite, inputs=[args.model, args.data], flag="--json")
     if args.backend != "transformers":  # an exported folder, decoded greedily in its own runtime
         return _evaluate_export(args)
     card = _card_folder(args.model) if args.card else None  # checked before loading anything
     device = check_device(args.device)  # the package-wide default when not given
     speech = load_speech(args.data, max_samples=args.max_samples, split=args.split)
-    model, processor = load_model(args.model, device=device)
+    model, processor = load_model(args.model, device=device, allow_new_weights=args.allow_new_weights)
     record = evaluate(model, processor, speech, batch_size=args.batch_size, device=device,
                       label=args.model, long_form=args.long_form, decoding=args.decoding)
     print(summary(record))
     if args.json is not None:
-        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, record)
         print(f"wrote {args.json}")
     if card is not None:
         print(f"recorded the WER in {add_evaluation(card, record)}")
@@ -141,7 +145,7 @@ def _evaluate_export(args: argparse.Namespace) -> int:
                                label=args.model)
     print(f"[{args.backend}, weights {record['export']['quantize']}] {summary(record)}")
     if args.json is not None:
-        args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
 
@@ -169,8 +173,8 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
                         help="embedded (default), embedded-full, embedded:train, an audiofolder, "
                              "a LibriSpeech folder or librispeech:test-clean / test-other")
     parser.add_argument("--split", default=None, help="keep rows of this split (audiofolders with a split column)")
-    parser.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N utterances only")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B")
+    parser.add_argument("--max-samples", type=cli_int(1), default=None, metavar="N", help="first N utterances only")
+    parser.add_argument("--batch-size", type=cli_int(1), default=8, metavar="B")
     parser.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--card", action="store_true",
                         help="also record the WER in MODEL's model card (README.md of a folder saved by speechprune)")
@@ -178,7 +182,13 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
                         help="greedy (default, the paper's protocol) or fallback: Whisper's temperature fallback "
                              "(compression ratio 2.4, log-probability -1.0)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
-                        help="write the record here (an existing file is replaced)")
+                        help="write the record here (never inside MODEL or the speech folder; a file speechprune "
+                             "wrote is replaced, any other file only with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --json replace an existing file that speechprune did not write")
+    parser.add_argument("--allow-new-weights", action="store_true",
+                        help="accept a dense MODEL folder with missing or extra tensors (a head meant to be trained); "
+                             "without it such a folder is refused")
     parser.add_argument("--long-form", action="store_true",
                         help="transcribe Whisper clips longer than 30 s whole, with transformers' sequential "
                              "long-form generation (default: cut them to 30 s, with a warning)")
@@ -203,28 +213,30 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="train speech: an audiofolder, embedded:train, "
                                                  "librispeech:train-clean-100 / train-960, ...")
     p.add_argument("--split", default=None, help="rows of this split of an audiofolder with a split column")
-    p.add_argument("--max-samples", type=int, default=None, metavar="N", help="first N train utterances only")
+    p.add_argument("--max-samples", type=cli_int(1), default=None, metavar="N", help="first N train utterances only")
     p.add_argument("--eval-data", default=None, help="evaluation speech (must not overlap the train set)")
     p.add_argument("--eval-split", default=None, help="split of the evaluation audiofolder")
-    p.add_argument("--eval-max-samples", type=int, default=None, metavar="N")
+    p.add_argument("--eval-max-samples", type=cli_int(1), default=None, metavar="N")
     p.add_argument("--out", required=True,
                    help="folder for the model and checkpoints (new or empty; or a run with --resume)")
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--epochs", type=cli_float(above=0), default=3)
+    p.add_argument("--max-steps", type=cli_int(1), default=None, help="stop after this many optimizer steps")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-5 CTC, 1e-5 Whisper)")
-    p.add_argument("--batch-size", type=int, default=8, help="per device")
-    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--warmup", type=float, default=0.1, help="warm-up: a fraction of the steps, or steps if >= 1")
+    p.add_argument("--batch-size", type=cli_int(1), default=8, help="per device")
+    p.add_argument("--grad-accum", type=cli_int(1), default=1, help="gradient accumulation steps")
+    p.add_argument("--warmup", type=cli_float(minimum=0), default=0.1, help="warm-up: a fraction of the steps, or steps if >= 1")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16/fp16 on CUDA, fp32 on CPU")
     p.add_argument("--freeze", choices=FREEZE, default="front-end",
                    help="what is not trained: the convolutional front end (default), Whisper's whole encoder, "
                         "or nothing")
     p.add_argument("--language", default="en", help="Whisper language token for multilingual checkpoints")
-    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: each epoch)")
-    p.add_argument("--logging-steps", type=int, default=10)
-    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-steps", type=cli_int(1), default=None, help="checkpoint every N steps (default: each epoch)")
+    p.add_argument("--logging-steps", type=cli_int(1), default=10)
+    p.add_argument("--num-workers", type=cli_int(0), default=0, help="data loader worker processes")
+    p.add_argument("--seed", type=cli_seed, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--allow-new-weights", action="store_true",
+                   help="accept a dense MODEL folder with missing or extra tensors (a new head to train)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an --out that speechprune wrote (refused if it holds anything else)")
     p.set_defaults(func=_run_finetune)
@@ -240,7 +252,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
                       learning_rate=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
                       precision=args.precision, freeze=args.freeze, language=args.language,
                       save_steps=args.save_steps, logging_steps=args.logging_steps, num_workers=args.num_workers,
-                      seed=args.seed, resume=args.resume, overwrite=args.overwrite)
+                      seed=args.seed, resume=args.resume, overwrite=args.overwrite,
+                      allow_new_weights=args.allow_new_weights)
     if int(os.environ.get("RANK", "0")) == 0:
         r = record["results"]
         per_epoch = f", {r['seconds_per_epoch']:.1f} s per epoch" if r["seconds_per_epoch"] else ""
@@ -253,12 +266,17 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="cluster vs magnitude at the same budget: compress, evaluate, plot",
-                       description="The main job: compress MODEL with each method at the same sparsity and scope, "
-                                   "evaluate the dense and pruned models, print the table and save a plot.")
+    p = sub.add_parser("compare", help="the main job: the paper's method, the recommended recipe and magnitude "
+                                       "pruning at the same budget",
+                       description="The main job: compress MODEL at the same sparsity and scope with the paper's "
+                                   "recipe (over --seeds k-means seeds), the recommended recipe and magnitude "
+                                   "pruning, evaluate them and the dense model on the same speech, print the table "
+                                   "with what the differences mean, and save a plot. Given --recipe or any of "
+                                   "--allocations/--merges/--features/--weighting, it compares that clustering with "
+                                   "magnitude pruning at --seed instead.")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data", default=DEFAULT_DATA, help="embedded, embedded-full, an audiofolder, librispeech:test-clean ...")
-    p.add_argument("--sparsity", type=float, default=0.2)
+    p.add_argument("--sparsity", type=_sparsity, default=0.2)
     p.add_argument("--scope", default="encoder.ffn")
     p.add_argument("--recipe", choices=RECIPES, default=None,
                    help="compare this recipe's clustering with magnitude; the options below, when given, override it "
@@ -273,10 +291,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                    help="k-means weight of each channel (cluster; default: none)")
     p.add_argument("--decoding", default="greedy", choices=DECODINGS,
                    help="greedy (default, the paper's protocol) or fallback (Whisper's temperature fallback)")
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-samples", type=cli_int(1), default=None)
+    p.add_argument("--batch-size", type=cli_int(1), default=8)
     p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli_seed, default=0, help="k-means seed when options or a recipe are given")
+    p.add_argument("--seeds", type=cli_int(1, 100), default=3,
+                   help="without options or a recipe (the main job): k-means seeds 0..N-1 of the paper's method "
+                        "(default 3)")
     p.add_argument("--out", default="runs/main", help="folder for results.json and wer.png")
     p.add_argument("--overwrite", action="store_true",
                    help="replace results speechprune wrote in --out (refused if it holds anything else)")
@@ -285,8 +306,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     # everything that can be checked before loading data or a model
+    if args.recipe is None and all(getattr(args, f) is None for f in ("allocations", "merges", "features",
+                                                                      "weighting")):
+        return _run_main_job(args)
     _apply_recipe(args)
-    check_sparsity(args.sparsity)
     lists = {}
     for flag, kind, choices in (("allocations", "allocation", ALLOCATIONS), ("merges", "merge rule", MERGES),
                                 ("features", "feature set", FEATURES)):
@@ -295,10 +318,6 @@ def _run_compare(args: argparse.Namespace) -> int:
             raise SpeechPruneError(f"--{flag} names nothing: use one or more of {', '.join(choices)}")
         for name in lists[flag]:
             check_choice(kind, name, choices)
-    if args.max_samples is not None and args.max_samples < 1:
-        raise SpeechPruneError(f"--max-samples must be at least 1, got {args.max_samples}")
-    if args.batch_size < 1:
-        raise SpeechPruneError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = check_device(args.device)
     target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
     expect = output_state(target)
@@ -308,9 +327,27 @@ def _run_compare(args: argparse.Namespace) -> int:
                             max_samples=args.max_samples, decoding=args.decoding, methods=args.methods,
                             batch_size=args.batch_size, device=device, seed=args.seed)
     with staged_output(args.out, overwrite=args.overwrite, expect=expect, command="compare") as staging:
-        (staging / "results.json").write_text(json.dumps(result, indent=2))
+        write_json(staging / "results.json", result)
         plot_comparison(result, staging / "wer.png")
     print(format_table(result))
+    out = Path(args.out)
+    print(f"results: {out / 'results.json'}  figure: {out / 'wer.png'}")
+    return 0
+
+
+def _run_main_job(args: argparse.Namespace) -> int:
+    """``compare`` without options: dense, the paper's recipe over ``--seeds`` seeds, the recommended
+    recipe and magnitude pruning, with what the differences mean."""
+    device = check_device(args.device)
+    target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
+    expect = output_state(target)
+    result = run_main_job(args.model, args.data, sparsity=args.sparsity, scope=args.scope, seeds=args.seeds,
+                          max_samples=args.max_samples, decoding=args.decoding, batch_size=args.batch_size,
+                          device=device)
+    with staged_output(args.out, overwrite=args.overwrite, expect=expect, command="compare") as staging:
+        write_json(staging / "results.json", result)
+        plot_main_job(result, staging / "wer.png")
+    print(format_main_job(result))
     out = Path(args.out)
     print(f"results: {out / 'results.json'}  figure: {out / 'wer.png'}")
     return 0

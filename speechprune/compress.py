@@ -7,7 +7,6 @@ command line and saves a folder that :func:`speechprune.checkpoint.load_checkpoi
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from speechprune.allocation import allocate
-from speechprune.errors import SpeechPruneError, check_choice
+from speechprune.errors import SpeechPruneError, check_choice, check_int, check_seed, warn
+from speechprune.outputs import check_output_file, write_json
 from speechprune.methods import Method, assign, check_labels, get_method
 from speechprune.prune import FEATURES, MERGES, WEIGHTINGS, assign_cluster, cluster_many, merge
 from speechprune.structure import (PARTS, Unit, count_parameters, iter_units, model_family, parse_scope,
@@ -113,10 +113,10 @@ class CompressionReport:
         d["param_sparsity"] = self.param_sparsity
         return d
 
-    def to_json(self, path: str) -> None:
-        """Write :meth:`to_dict` to ``path``."""
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+    def to_json(self, path: str, *, overwrite: bool = False) -> None:
+        """Write :meth:`to_dict` to ``path`` atomically; an existing file speechprune did not write is
+        replaced only with ``overwrite``."""
+        write_json(check_output_file(path, overwrite=overwrite, flag="path"), self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompressionReport":
@@ -278,6 +278,14 @@ def compress(
     >>> [(u.name, u.channels_after) for u in report.units]
     [('decoder.layers.1.ffn', 10)]
     """
+    seed = check_seed(seed)
+    max_iter = check_int("max_iter", max_iter, minimum=1)
+    n_init = check_int("n_init", n_init, minimum=1)
+    if scope is not None and not isinstance(scope, str):
+        raise SpeechPruneError(f"scope must be a string such as 'ffn' or 'encoder.ffn,decoder.attention', "
+                               f"got {scope!r}")
+    explicit = {k: v for k, v in dict(features=features, weighting=weighting, merge=merge_rule).items()
+                if v is not None}
     chosen = resolve(recipe, method=method, allocation=allocation, features=features, weighting=weighting,
                      merge=merge_rule)
     method = chosen["method"]
@@ -299,6 +307,7 @@ def compress(
         parts = parse_scope("ffn" if scope is None else scope, model)
         units = units_in_scope(model, parts)
     options = dict(seed=seed, max_iter=max_iter, n_init=n_init, features=features, weighting=weighting)
+    _warn_ignored(chosen, explicit, options, merge_rule)
 
     start = time.perf_counter()
     params_before = count_parameters(model)
@@ -348,6 +357,16 @@ def compress(
                                *_recipe(chosen, options, merge_rule))
     record_widths(model, {k: v for k, v in report.to_dict().items() if k != "units"})
     return report
+
+
+def _warn_ignored(method: Method, explicit: dict[str, str], options: dict, merge_rule: str) -> None:
+    """Warn about options given explicitly that ``method`` does not read (the report records what ran)."""
+    ran = dict(zip(("features", "merge", "weighting"), _recipe(method, options, merge_rule)))
+    ignored = [f"{name}={value!r}" for name, value in explicit.items() if ran[name] != value]
+    if ignored:
+        warn(f"method {method.name!r} ignores {', '.join(ignored)}: it does not read "
+             f"{'them' if len(ignored) > 1 else 'it'}; the report records what ran "
+             f"({', '.join(f'{k}={v!r}' for k, v in ran.items())})")
 
 
 def _recipe(method: Method, options: dict, merge_rule: str) -> tuple[str, str, str]:

@@ -253,7 +253,50 @@ def _read_metadata(path: Path) -> tuple[list[str], list[dict]]:
             raise SpeechPruneError(
                 f"{metadata} lacks column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'}){hint}"
             )
-        return columns, list(reader)
+        rows = []
+        for row in reader:
+            if None in row:  # more fields than the header: an unquoted comma would cut the transcript
+                raise SpeechPruneError(
+                    f"{metadata} line {reader.line_num} has {len(columns) + len(row[None])} fields but the header "
+                    f"has {len(columns)} ({', '.join(columns)}); put a field that holds a comma in double quotes, "
+                    'e.g. file_name,text then a.wav,"yes, please"')
+            if any(value is None for value in row.values()):
+                raise SpeechPruneError(f"{metadata} line {reader.line_num} has fewer fields than the header "
+                                       f"({', '.join(columns)})")
+            rows.append(row)
+        return columns, rows
+
+
+def _audio_path(path: Path, file_name: str) -> Path:
+    """``path/file_name``, refused unless ``file_name`` is a plain relative path inside ``path``."""
+    metadata = path / "metadata.csv"
+    if not file_name:
+        raise SpeechPruneError(f"{metadata} has a row with an empty file_name")
+    name = Path(file_name)
+    if name.is_absolute() or file_name.startswith(("/", "\\")) or ".." in name.parts or ".." in file_name.split("\\"):
+        raise SpeechPruneError(f"{metadata} lists {file_name!r}, a path outside the speech folder; file_name must "
+                               f"be relative to {path} and stay inside it (no '..', not absolute)")
+    return path / name
+
+
+def _unique_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """Rows with distinct file names: a repeat with the same transcript is dropped (with a warning),
+    one with another transcript is refused (which one is right cannot be known)."""
+    first: dict[str, dict] = {}
+    repeats = []
+    for row in rows:
+        name = (row["file_name"] or "").strip()
+        if name not in first:
+            first[name] = row
+        elif (row["text"] or "").strip() != (first[name]["text"] or "").strip():
+            raise SpeechPruneError(f"{path / 'metadata.csv'} lists {name!r} twice with different transcripts; "
+                                   "keep one row per audio file")
+        else:
+            repeats.append(name)
+    if repeats:
+        warn(f"{path / 'metadata.csv'} lists {len(repeats)} file(s) twice with the same transcript "
+             f"({', '.join(repeats[:3])}{' ...' if len(repeats) > 3 else ''}); each is scored once")
+    return list(first.values())
 
 
 def _load_audiofolder(path: Path, name: str, split: str | None, max_samples: int | None,
@@ -263,12 +306,12 @@ def _load_audiofolder(path: Path, name: str, split: str | None, max_samples: int
         if "split" not in columns:
             raise SpeechPruneError(f"{path / 'metadata.csv'} has no split column, so split={split!r} cannot apply")
         rows = [r for r in rows if r["split"] == split]
-    rows = rows[:max_samples]
+    rows = _unique_rows(path, rows)[:max_samples]
     utterances = []
     for row in rows:
         file_name = (row["file_name"] or "").strip()
-        audio_path = path / file_name
-        if not file_name or not audio_path.is_file():
+        audio_path = _audio_path(path, file_name)
+        if not audio_path.is_file():
             raise SpeechPruneError(f"{path / 'metadata.csv'} lists {file_name!r}, which is not a file in {path}")
         utterances.append(Utterance(str(Path(file_name).with_suffix("")), read_audio(audio_path, file_name),
                                     (row["text"] or "").strip()))
@@ -286,6 +329,9 @@ def _load_openslr(path: Path, max_samples: int | None) -> SpeechSet:
     ]
     utterances = []
     for transcript, uid, text in entries[:max_samples]:
+        if not uid or "/" in uid or "\\" in uid or uid.startswith("."):
+            raise SpeechPruneError(f"{transcript} lists {uid!r}, which is not an utterance id (a plain name such as "
+                                   "1089-134686-0000); nothing outside the folder is read")
         audio_path = transcript.parent / f"{uid}.flac"
         if not audio_path.is_file():
             raise SpeechPruneError(f"{transcript} lists {uid}, but {audio_path} does not exist")

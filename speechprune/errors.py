@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import math
+import numbers
 import warnings
 from collections.abc import Collection
 
@@ -64,3 +67,67 @@ def check_device(device: str | None, flag: str = "--device") -> str:
     elif parsed.type != "cpu":
         raise SpeechPruneError(f"unsupported {flag} {device!r}: use cpu, cuda or cuda:N")
     return device
+
+
+#: The seeds speechprune accepts: what numpy and torch generators both take.
+SEED_MAX = 2**32 - 1
+
+
+def check_int(name: str, value: object, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int in [minimum, maximum], or a :class:`SpeechPruneError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            value = int(value)
+        else:
+            raise SpeechPruneError(f"{name} must be a whole number, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        bounds = (f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}")
+        raise SpeechPruneError(f"{name} must be {bounds}, got {value}")
+    return value
+
+
+def check_number(name: str, value: object, *, minimum: float | None = None, above: float | None = None) -> float:
+    """``value`` as a finite float, at least ``minimum`` or strictly above ``above``."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+        ok = not isinstance(value, bool) and math.isfinite(number)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SpeechPruneError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise SpeechPruneError(f"{name} must be at least {minimum:g}, got {value!r}")
+    if above is not None and number <= above:
+        raise SpeechPruneError(f"{name} must be greater than {above:g}, got {value!r}")
+    return number
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """A seed numpy and torch both accept: a whole number in [0, 2**32 - 1]."""
+    return check_int(name, seed, minimum=0, maximum=SEED_MAX)
+
+
+def cli_int(minimum: int | None = None, maximum: int | None = None):
+    """An argparse ``type`` for a whole number in [minimum, maximum] (a bad value: one line, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            return check_int("the value", text.strip(), minimum=minimum, maximum=maximum)
+        except SpeechPruneError as err:
+            raise argparse.ArgumentTypeError(str(err).replace("the value ", "")) from None
+    parse.__name__ = "whole number"
+    return parse
+
+
+def cli_float(minimum: float | None = None, above: float | None = None):
+    """An argparse ``type`` for a finite number, at least ``minimum`` or above ``above``."""
+    def parse(text: str) -> float:
+        try:
+            return check_number("the value", text, minimum=minimum, above=above)
+        except SpeechPruneError as err:
+            raise argparse.ArgumentTypeError(str(err).replace("the value ", "")) from None
+    parse.__name__ = "number"
+    return parse
+
+
+cli_seed = cli_int(0, SEED_MAX)

@@ -7,17 +7,23 @@ results file (every WER with its model, data and settings) and a figure.
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from speechprune.allocation import ALLOCATIONS
 from speechprune.compress import check_sparsity
 from speechprune.data import load_speech
-from speechprune.errors import check_choice, check_device
+from speechprune.errors import check_choice, check_device, check_int
 from speechprune.evaluate import DECODINGS
 from speechprune.models import load_model
+from speechprune.outputs import save_figure
 from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS
-from speechprune.study import execute, make_run
+from speechprune.recipes import resolve
+from speechprune.stats import paired_difference, sentence
+from speechprune.study import execute, make_run, study_record
 
 DEFAULT_MODEL = "embedded:whisper-base"
 DEFAULT_DATA = "embedded"
@@ -133,7 +139,7 @@ def plot_comparison(result: dict, path: str | Path) -> None:
                  f"{result['records'][0]['n_utterances']} utterances of {result['data']}", fontsize=10)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -143,3 +149,135 @@ def _label(method: str, allocation: str, features: str, rule: str) -> str:
     if method != "magnitude":
         parts += [x for x, default in ((features, "both"), (rule, "mean")) if x != default]
     return " ".join(parts)
+
+
+# ---------------------------------------------------------------- the main job: paper, recommendation, baseline
+
+#: The rows of the main job, each with the role it plays in the comparison.
+ROLES = {"dense": "uncompressed", "paper": "the paper's method", "recommended": "this project's recommendation",
+         "magnitude": "the baseline"}
+
+
+def run_main_job(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, *, sparsity: float = 0.2,
+                 scope: str = "encoder.ffn", seeds: int = 3, max_samples: int | None = None, batch_size: int = 8,
+                 device: str | None = None, decoding: str = "greedy", progress: bool = True) -> dict:
+    """The main job: at one budget, the dense model, the paper's recipe over ``seeds`` k-means seeds,
+    ``--recipe recommended`` (no seed) and magnitude pruning, on the same utterances.
+
+    Every record carries its ``role`` (:data:`ROLES`) and the result its ``sentences``: each method
+    against magnitude pruning and the recommendation against the paper's recipe, in the words of
+    :func:`speechprune.stats.sentence` (paired over utterances and seeds, with a 95% interval).
+    """
+    check_sparsity(sparsity)
+    check_choice("decoding", decoding, DECODINGS)
+    seeds = check_int("seeds", seeds, minimum=1, maximum=100)
+    device = check_device(device)
+    speech = load_speech(data, max_samples=max_samples)
+    dense, processor = load_model(model, device=device)
+    common = dict(decoding=decoding, batch_size=batch_size, max_samples=max_samples)
+    setting = dict(scope=scope, sparsity=sparsity)
+    paper, recommended = resolve("paper"), resolve("recommended")
+    plan = [("dense", make_run(model, data, label="dense", **common))]
+    plan += [("paper", make_run(model, data, **setting, **_options(paper), seed=s, label=f"{paper['method']} (paper)",
+                                recipe="paper", **common)) for s in range(seeds)]
+    plan += [("recommended", make_run(model, data, **setting, **_options(recommended), seed=0, recipe="recommended",
+                                      label=f"{recommended['method']} (recommended)", **common)),
+             ("magnitude", make_run(model, data, **setting, method="magnitude", label="magnitude", **common))]
+    records = []
+    for role, run in tqdm(plan, desc="main job", unit="model", disable=not progress):
+        started = time.perf_counter()
+        full = execute(run, dense, processor, speech, device=device, progress=False)
+        full.update(role=role, seed=run.seed, study=study_record(run, full, time.perf_counter() - started))
+        records.append(full)
+    return {
+        "experiment": "the main job: the paper's method, the recommendation and the baseline at equal budget",
+        "model": model, "data": data, "sparsity": sparsity, "scope": scope, "seed": None, "seeds": seeds,
+        "decoding": decoding, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "records": records,
+        "sentences": main_job_sentences(records),
+    }
+
+
+def _options(recipe: dict) -> dict:
+    return {k: recipe[k] for k in ("method", "features", "allocation", "merge", "weighting")}
+
+
+def main_job_sentences(records: list[dict]) -> list[str]:
+    """What the differences mean and how sure they are, from :mod:`speechprune.stats`."""
+    by_role: dict[str, list[dict]] = {}
+    for r in records:
+        by_role.setdefault(r["role"], []).append(r["study"])
+    names = {"paper": "the paper's method", "recommended": "the recommended recipe", "magnitude": "magnitude pruning"}
+    sentences = []
+    for a, b in (("recommended", "magnitude"), ("paper", "magnitude"), ("recommended", "paper")):
+        if a in by_role and b in by_role:
+            d = paired_difference(by_role[a], by_role[b])
+            text = sentence(d, names[a], names[b])
+            sentences.append(text[0].upper() + text[1:] + ".")
+    return sentences
+
+
+def _role_rows(result: dict) -> list[dict]:
+    """One row per role: median (and range over seeds) of WER, with the settings that made it."""
+    rows = []
+    for role in ROLES:
+        group = [r for r in result["records"] if r.get("role") == role]
+        if not group:
+            continue
+        wers = sorted(r["wer"] for r in group)
+        c = group[0].get("compression") or {}
+        rows.append(dict(role=role, label=group[0]["label"], what=ROLES[role], wer=statistics.median(wers),
+                         low=wers[0], high=wers[-1], n=len(group),
+                         params=c.get("params_after", group[0]["model"].get("parameters")),
+                         param_sparsity=c.get("param_sparsity", 0.0)))
+    return rows
+
+
+def format_main_job(result: dict) -> str:
+    """The main job's table, each row labelled with its role, then what the differences mean."""
+    head = f"{'model':24s} {'role':32s} {'WER %':>7s} {'range over seeds':>17s} {'params':>12s} {'removed':>8s}"
+    lines = [head, "-" * len(head)]
+    for row in _role_rows(result):
+        spread = f"{row['low']:.2f}-{row['high']:.2f} ({row['n']})" if row["n"] > 1 else "no seed" \
+            if row["role"] != "dense" else ""
+        lines.append(f"{row['label']:24s} {row['what']:32s} {row['wer']:7.2f} {spread:>17s} {row['params']:12,d} "
+                     f"{row['param_sparsity']:8.2%}")
+    first = result["records"][0]
+    lines.append(f"{result['model']} on {first['data'].get('name', result['data'])} ({first['n_utterances']} "
+                 f"utterances), {result['scope']} at {result['sparsity']:.0%} channel sparsity, greedy decoding, "
+                 f"Whisper English normaliser; the paper's method: median over k-means seeds 0-{result['seeds'] - 1}")
+    lines += ["", *result["sentences"]]
+    return "\n".join(lines)
+
+
+def plot_main_job(result: dict, path: str | Path) -> None:
+    """Bars per role (the paper's method: median, its seeds as dots), the dense WER as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _role_rows(result)
+    dense = next(r for r in rows if r["role"] == "dense")
+    pruned = [r for r in rows if r["role"] != "dense"]
+    colours = {"paper": "#8c8c8c", "recommended": "#2a7ab9", "magnitude": "#d1495b"}
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    names = [f"{r['label']}\n{r['what']}" for r in pruned]
+    bars = ax.bar(names, [r["wer"] for r in pruned], color=[colours[r["role"]] for r in pruned])
+    ax.bar_label(bars, fmt="%.1f%%", fontsize=10)
+    for i, r in enumerate(pruned):
+        seeds = [x["wer"] for x in result["records"] if x.get("role") == r["role"]]
+        if len(seeds) > 1:
+            ax.plot([i] * len(seeds), seeds, "o", color="black", markersize=4, zorder=3,
+                    label="k-means seeds" if i == 0 else None)
+    top = max([r["high"] for r in rows] + [1.0])
+    ax.set_ylim(0, 1.18 * top)
+    ax.axhline(dense["wer"], color="black", linestyle="--", linewidth=1, label=f"uncompressed {dense['wer']:.1f}%")
+    ax.set_ylabel("WER (%)", fontsize=10)
+    ax.tick_params(labelsize=9)
+    ax.set_title(f"{result['model']}, {result['scope']} at {result['sparsity']:.0%} of channels removed\n"
+                 f"{result['records'][0]['n_utterances']} utterances of {result['data']}; paper: median of "
+                 f"{result['seeds']} seeds", fontsize=10)
+    ax.legend(fontsize=9, loc="upper left")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)

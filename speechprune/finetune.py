@@ -49,7 +49,7 @@ from speechprune.data import (  # noqa: F401  (LIBRISPEECH_TRAIN*, load_training
     StreamedSpeech,
     load_training_speech,
 )
-from speechprune.errors import SpeechPruneError, check_choice, warn
+from speechprune.errors import SpeechPruneError, check_choice, check_int, check_number, check_seed, warn
 from speechprune.hub import FINETUNE_FILE, write_card
 from speechprune.models import english_generate_kwargs, load_model
 from speechprune.outputs import (
@@ -329,6 +329,23 @@ def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool
     return plan_out_dir(out_dir, resume=resume, overwrite=overwrite, inputs=inputs)[0]
 
 
+def check_schedule(epochs: float, warmup: float, max_steps: int | None, save_steps: int | None,
+                   logging_steps: int, seed: int) -> tuple[float, float, int | None]:
+    """Refuse a training schedule that cannot run: epochs, warm-up and steps must be finite and in range
+    (``max_steps=0`` is refused: leave it out for no limit)."""
+    epochs = check_number("epochs", epochs)
+    if max_steps is not None:
+        max_steps = check_int("max_steps", max_steps, minimum=1)
+    elif epochs <= 0:
+        raise SpeechPruneError(f"epochs must be positive, got {epochs:g}")
+    warmup = check_number("warmup", warmup, minimum=0)
+    if save_steps is not None:
+        check_int("save_steps", save_steps, minimum=1)
+    check_int("logging_steps", logging_steps, minimum=1)
+    check_seed(seed)
+    return epochs, warmup, max_steps
+
+
 def check_learning_rate(learning_rate: float | None) -> None:
     """Refuse a learning rate that is not a positive finite number (None: the family's default)."""
     if learning_rate is None:
@@ -502,6 +519,7 @@ def finetune(
     num_workers: int = 0,
     progress: bool = True,
     callbacks: list[transformers.TrainerCallback] | None = None,
+    allow_new_weights: bool = False,
 ) -> dict:
     """Fine-tune ``model`` on ``train`` in its current (pruned) shapes and save it to ``out_dir``.
 
@@ -513,15 +531,15 @@ def finetune(
     ``"encoder"`` (Whisper) or ``"none"``; checkpoints are written each epoch (or every ``save_steps``).
     Everything is checked before training starts. ``out_dir`` must be new or empty, or hold a run
     to ``resume``, or (``overwrite``) a speechprune output holding nothing else; a run that stopped
-    before its first checkpoint is started again. Returns the JSON-ready record that is also
-    written to ``out_dir/finetune.json``.
+    before its first checkpoint is started again. ``allow_new_weights`` accepts a dense folder
+    whose head is missing (freshly initialised, to be trained here). Returns the JSON-ready record
+    that is also written to ``out_dir/finetune.json``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    epochs, warmup, max_steps = check_schedule(epochs, warmup, max_steps, save_steps, logging_steps, seed)
     if batch_size < 1 or grad_accum < 1:
         raise SpeechPruneError(
             f"batch size and gradient accumulation must be at least 1, got {batch_size}, {grad_accum}")
-    if epochs <= 0 and not max_steps:
-        raise SpeechPruneError(f"epochs must be positive, got {epochs}")
     if len(train) < batch_size * world_size:
         raise SpeechPruneError(
             f"the train set {train.name} has {len(train)} utterance(s): too little for one batch of "
@@ -538,7 +556,7 @@ def finetune(
 
     if isinstance(model, (str, os.PathLike)):
         source = str(model)
-        model, loaded = load_model(model)
+        model, loaded = load_model(model, allow_new_weights=allow_new_weights)
         processor = processor or loaded
     else:
         source = getattr(model, "name_or_path", "") or type(model).__name__

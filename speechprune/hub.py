@@ -38,6 +38,7 @@ import transformers
 from torch import nn
 
 from speechprune.errors import SpeechPruneError
+from speechprune.outputs import write_file
 from speechprune.structure import FAMILIES, PARTS, model_family
 
 CARD_FILE = "README.md"
@@ -265,7 +266,7 @@ def add_evaluation(folder: str | os.PathLike, record: dict) -> Path:
                ref_words=record["ref_words"], wer=record["wer"], device=record.get("device"),
                date=record.get("date"))
     rows = [r for r in rows if (r["data"], r["utterances"]) != (row["data"], row["utterances"])] + [row]
-    path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    write_file(path, json.dumps(rows, indent=2) + "\n")
     return write_card(folder)
 
 
@@ -377,5 +378,5 @@ def write_card(folder: str | os.PathLike) -> Path:
               'upload_folder(repo_id="YOUR_NAME/MODEL_NAME", folder_path="FOLDER", repo_type="model")', "```", "",
               "_This card is written by speechprune; `speechprune evaluate --card` rewrites it._", ""]
     path = folder / CARD_FILE
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_file(path, "\n".join(lines))
     return path

@@ -307,7 +307,8 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 def load_model(
-    spec: str | os.PathLike[str], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    spec: str | os.PathLike[str], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    allow_new_weights: bool = False,
 ) -> tuple[torch.nn.Module, Any]:
     """Resolve ``spec`` and load its model (eval mode, on ``device``) and processor.
 
@@ -323,6 +324,8 @@ def load_model(
         Where the model goes.
     dtype : torch.dtype, optional
         Cast the weights (e.g. ``torch.float16``); default: as stored.
+    allow_new_weights : bool, default False
+        Accept a dense folder with missing or extra tensors (see :func:`speechprune.load_checkpoint`).
 
     Returns
     -------
@@ -352,7 +355,7 @@ def load_model(
     speechprune.errors.SpeechPruneError: unknown embedded model 'embedded:whisper-huge'; known: embedded:whisper-tiny.en, embedded:whisper-base
     """
     location = resolve_model(spec)
-    model = load_checkpoint(location, device=device, dtype=dtype)
+    model = load_checkpoint(location, device=device, dtype=dtype, allow_new_weights=allow_new_weights)
     folder = Path(location)
     if folder.is_dir() and not any((folder / f).is_file() for f in PROCESSOR_FILES):
         return model, None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import io
 import json
 import os
 import shutil
@@ -450,3 +451,100 @@ def staged_output(out: str | os.PathLike, *, overwrite: bool = False, expect: tu
         publish(staging, target, overwrite=overwrite, expect=expect, command=command, flag=flag)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- single files (a JSON record, a results file, a figure)
+
+#: The key (JSON) or PNG text chunk that marks a file as written by speechprune.
+WRITTEN_BY = "written_by"
+_PNG_TAG = b"tEXtSoftware\x00speechprune"
+
+
+def stamp() -> str:
+    """What a file speechprune writes records as its writer (``speechprune <version>``)."""
+    return f"speechprune {speechprune.__version__}"
+
+
+def written_by_speechprune(path: Path) -> bool:
+    """Whether the file at ``path`` is one speechprune wrote: a JSON object stamped ``written_by``
+    (or an older record: a study's results file, an evaluation record), or a PNG whose Software
+    text chunk names speechprune. A file that cannot be read is not."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+            if head.startswith(b"\x89PNG"):
+                return _PNG_TAG in head + handle.read(1 << 16)
+            data = json.loads((head + handle.read()).decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    if str(data.get(WRITTEN_BY, "")).startswith("speechprune"):
+        return True
+    older_study = isinstance(data.get("records"), list) and "study" in data and "n_runs" in data
+    older_record = {"wer", "model", "data", "normalizer", "utterances"} <= set(data)
+    older_full_scale = {"setting", "data", "records"} <= set(data)
+    return older_study or older_record or older_full_scale
+
+
+def check_output_file(out: str | os.PathLike, *, overwrite: bool = False,
+                      inputs: Sequence[str | os.PathLike | None] = (), flag: str = "--out",
+                      example: str = "result.json") -> Path:
+    """Check a file that a command will write, before the work; return its resolved path.
+
+    Refused: a link (the file itself; links in its parents are followed, then judged); a folder;
+    the current folder; a path equal to an input file, inside an input folder or holding an
+    input; an existing file that speechprune did not write (unless ``overwrite``); a place that
+    cannot be written. Missing parent folders are created when the file is written.
+    """
+    given = Path(out).expanduser()
+    if given.is_symlink():
+        raise SpeechPruneError(f"{flag} {out} is a symbolic link (to {os.readlink(given)}); name a file, "
+                               "not a link: the link's target would be replaced")
+    target = resolve_out(out, flag)
+    for source in _local_inputs(inputs):
+        if target == source:
+            raise SpeechPruneError(f"{flag} {out} is the input {source}; it would be replaced: name another file")
+    target = check_place(out, inputs=inputs, flag=flag)
+    if target.is_dir():
+        raise SpeechPruneError(f"{flag} {out} is a folder; name a file, e.g. {Path(out) / example}")
+    if target.exists() and not target.is_file():
+        raise SpeechPruneError(f"{flag} {out} is not a regular file; name a file")
+    if target.exists() and not overwrite and not written_by_speechprune(target):
+        raise SpeechPruneError(f"{flag} {out} is a file that speechprune did not write; it was left as it is: "
+                               "name another file, or pass --overwrite to replace it")
+    check_writable(target, flag)
+    return target
+
+
+def write_file(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a hidden temporary file beside it, flushed, then renamed
+    over it, so that a reader or a crash sees the old file or the new one, never half of either."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
+
+
+def write_json(path: str | os.PathLike, payload: dict, *, indent: int = 2) -> Path:
+    """Write ``payload`` (stamped with :data:`WRITTEN_BY`) as JSON to ``path``, atomically."""
+    return write_file(path, json.dumps({**payload, WRITTEN_BY: stamp()}, indent=indent) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """Save a matplotlib figure to ``path`` atomically, its PNG stamped as written by speechprune."""
+    buffer = io.BytesIO()
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    metadata = {"Software": stamp()} if fmt == "png" else None
+    fig.savefig(buffer, format=fmt, metadata=metadata, **kwargs)
+    return write_file(path, buffer.getvalue())

@@ -19,6 +19,7 @@ import torch
 import speechprune
 from speechprune.data import load_speech
 from speechprune.models import load_model
+from speechprune.outputs import write_json
 from speechprune.stats import paired_difference, summarize
 from speechprune.study import execute, make_run
 
@@ -71,8 +72,7 @@ def measure(model: str, data: str, *, method: str | None = None, sparsity: float
     record = execute(run, dense, processor, _speech(data, max_samples), device=device)
     record.update(settings=settings, build_id=build_id)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))
+        write_json(path, record, indent=1)
     return record
 
 

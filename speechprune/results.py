@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from speechprune.reference import Setting
+from speechprune.outputs import check_output_file, write_json
 
 def is_full_scale(setting: Setting, model: str, data: list[str] | tuple[str, ...]) -> bool:
     """Whether a run uses the paper's own model and only the paper's test sets."""
@@ -25,10 +26,8 @@ def save_full_scale(setting: Setting, data: str, records: dict[str, dict], resul
     """
     if data not in setting.data:
         raise ValueError(f"{data} is not one of the paper's test sets for {setting.key}: {setting.data}")
-    path = Path(results_dir) / setting.key / f"{data.split(':')[-1]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(setting=setting.key, data=data, records=records), indent=1))
-    return path
+    path = check_output_file(Path(results_dir) / setting.key / f"{data.split(':')[-1]}.json", flag="results_dir")
+    return write_json(path, dict(setting=setting.key, data=data, records=records), indent=1)
 
 
 #: Saved runs that ship with the package, so that a chapter opened alone (Colab) still finds them.

@@ -34,7 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from speechprune.errors import SpeechPruneError
+from speechprune.errors import SpeechPruneError, cli_int
+from speechprune.outputs import check_output_file, stamp, write_file
 
 try:  # POSIX; elsewhere a study has one worker at a time
     import fcntl
@@ -144,8 +145,8 @@ def execute(run: Run, dense, processor, speech, *, device: str | None = None, pr
     if run.method != "dense":
         target = copy.deepcopy(dense)
         report = compress(target, method=run.method, sparsity=run.sparsity, scope=run.scope,
-                          allocation=run.allocation, seed=run.seed or 0, features=run.features or "both",
-                          weighting=run.weighting or "none", merge_rule=run.merge or "mean", progress=progress)
+                          allocation=run.allocation, seed=run.seed or 0, features=run.features,
+                          weighting=run.weighting, merge_rule=run.merge, progress=progress)
     record = evaluate(target, processor, speech, batch_size=run.batch_size, device=device, progress=progress,
                       label=run.label or run.method, decoding=run.decoding)
     record.update(label=run.label or run.method, compression=report.to_dict() if report else None)
@@ -203,16 +204,40 @@ def check_record(record: Any) -> str | None:
         return f"missing {', '.join(missing)}"
     if record["key"] != run_key(record):
         return "its key does not match its settings"
+    lists = [record[k] for k in ("utterance_errors", "utterance_words", "utterance_ids", "hypotheses")]
+    if not all(isinstance(x, list) for x in lists):
+        return "per-utterance fields are not lists"
     n = len(record["utterance_errors"])
     if not (len(record["utterance_words"]) == len(record["utterance_ids"]) == n == record["n_utterances"]):
         return "per-utterance lists of different lengths"
-    try:
-        wer = 100.0 * sum(record["utterance_errors"]) / sum(record["utterance_words"])
-    except (TypeError, ZeroDivisionError):
-        return "per-utterance counts are not numbers"
-    if not isinstance(record["wer"], (int, float)) or not math.isclose(wer, record["wer"], abs_tol=0.01):
+    if n == 0:
+        return "no utterances"
+    if len(set(map(str, record["utterance_ids"]))) != n:
+        return "the same utterance id twice"
+    counts = record["utterance_errors"] + record["utterance_words"]
+    counts += [record[k] for k in ("substitutions", "deletions", "insertions", "ref_words")]
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        return "error and word counts must be non-negative integers"
+    if min(record["utterance_words"]) < 1:
+        return "an utterance with no reference words (such utterances are dropped before scoring)"
+    errors, words = sum(record["utterance_errors"]), sum(record["utterance_words"])
+    if words != record["ref_words"]:
+        return f"ref_words {record['ref_words']} is not the sum of its per-utterance words ({words})"
+    if record["substitutions"] + record["deletions"] + record["insertions"] != errors:
+        return "substitutions + deletions + insertions is not the sum of its per-utterance errors"
+    wer = 100.0 * errors / words
+    if not _finite(record["wer"]) or not math.isclose(wer, record["wer"], abs_tol=0.01):
         return f"WER {record['wer']!r} does not match its per-utterance counts ({wer:.2f})"
+    sparsity, p = record["sparsity"], record["param_sparsity"]
+    if not (_finite(sparsity) and 0.0 <= sparsity < 1.0) or not (_finite(p) and 0.0 <= p < 1.0):
+        return "sparsity outside [0, 1)"
+    if not _finite(record["seconds"]) or record["seconds"] < 0:
+        return "negative or missing run time"
     return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --- the study file ---------------------------------------------------------------------------
@@ -337,6 +362,7 @@ def parse_study(spec: dict, where: str = "study") -> Study:
         if not isinstance(label, str):
             raise _fail(w, f"'label' must be a string, got {label!r}")
         options.append((opt, label, recipe))
+    _check_labels_unique(options, where)
 
     runs: list[Run] = []
     seen: set[str] = set()
@@ -361,6 +387,19 @@ def parse_study(spec: dict, where: str = "study") -> Study:
                                          batch_size=batch_size, max_samples=max_samples, label=label,
                                          recipe=recipe, **opt))
     return Study(name=name, runs=runs, description=spec.get("description", ""), spec=spec)
+
+
+def _check_labels_unique(options: list[tuple[dict, str, str | None]], where: str) -> None:
+    """Refuse two different options under one label: the tables would merge them into one row."""
+    seen: dict[str, tuple] = {}
+    for i, (opt, label, _) in enumerate(options):
+        run = make_run("m", "d", scope="s", sparsity=0.5, label=label, **opt)
+        what = (run.method, run.features, run.allocation, run.merge, run.weighting)
+        if run.label in seen and seen[run.label][1] != what:
+            raise _fail(f"{where}: options[{i}]",
+                        f"label {run.label!r} is already used by options[{seen[run.label][0]}], a different option "
+                        "(its runs would be merged into one row): give each option its own 'label'")
+        seen.setdefault(run.label, (i, what))
 
 
 def load_study(path: str | Path) -> Study:
@@ -396,13 +435,19 @@ def check_scopes(study: Study, load=None) -> None:
 
 # --- the results file -------------------------------------------------------------------------
 
-def read_results(path: Path) -> tuple[dict[str, dict], list[str]]:
-    """Usable records by key, and one line per record (or file) that could not be used."""
+def read_results(path: Path, *, repair: bool = True) -> tuple[dict[str, dict], list[str]]:
+    """Usable records by key, and one line per record (or file) that could not be used.
+
+    A results file that is not valid JSON is moved aside (``NAME.corrupt-TIME``) with ``repair``,
+    and left as it is without (``--dry-run`` changes nothing).
+    """
     if not path.is_file():
         return {}, []
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        if not repair:
+            return {}, [f"{path} is not valid JSON ({err}); a run would move it aside and measure every run"]
         aside = path.with_name(path.name + f".corrupt-{int(time.time())}")
         os.replace(path, aside)
         return {}, [f"{path} is not valid JSON ({err}); moved to {aside.name}, every run will be measured"]
@@ -429,16 +474,10 @@ def write_results(path: Path, study: Study, records: list[dict]) -> None:
         n_runs=len(study.runs),
         n_done=sum(1 for r in records if r["key"] in {run.key for run in study.runs}),
         updated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        written_by=stamp(),
         records=records,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_file(path, json.dumps(payload, indent=1) + "\n")
 
 
 def _relative(path: str | None) -> str | None:
@@ -686,9 +725,18 @@ def records_of(study: Study, records: list[dict]) -> list[dict]:
 
 
 def load_records(path: str | Path) -> dict:
-    """A saved study file: the parsed JSON with only its usable records (problems listed under 'problems')."""
+    """A saved study file: the parsed JSON with only its usable records (problems listed under 'problems').
+
+    A file that is not a study's results (not JSON, or no 'records' list) is a :class:`SpeechPruneError`.
+    """
     path = Path(path)
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SpeechPruneError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}): not a study's "
+                               "results file (a run of the study moves it aside and measures again)") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("records"), list):
+        raise SpeechPruneError(f"{path} is not a study's results file: it has no 'records' list")
     good, problems = [], []
     for i, r in enumerate(saved.get("records", [])):
         why = check_record(r)
@@ -706,14 +754,19 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", help="a study file, e.g. studies/whisper-base-full.toml")
     p.add_argument("--out", default=None, help="results file (default: results/studies/<name>.json)")
     p.add_argument("--rerun", action="store_true", help="measure every run again, even those already saved")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out replace a file that is not a study's results (never the study file or an input)")
     p.add_argument("--no-reuse", action="store_true",
                    help="do not copy runs with the same settings from the other study files beside --out")
-    p.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
+    p.add_argument("--limit", type=cli_int(1), default=None, help="stop after this many new runs")
     p.add_argument("--recipe", default=None, help="replace every cluster option by this recipe (paper, recommended)")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--dry-run", action="store_true", help="check the file and list the runs; measure nothing")
     p.add_argument("--summary", action="store_true",
                    help="print the saved runs' statistics as Markdown tables (what the README quotes); measure nothing")
+    p.add_argument("--target", action="store_true",
+                   help="print the compact table of the uncompressed model, magnitude pruning, the paper's and the "
+                        "recommended recipe (what the README shows); measure nothing")
     p.add_argument("--scores", action="store_true",
                    help="print a screening's scores (the selection rule in studies/README.md) as a Markdown table; "
                         "measure nothing")
@@ -728,7 +781,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     if args.recipe is not None:
         study = _with_recipe(study, args.recipe)
     out = Path(args.out) if args.out else Path("results") / "studies" / f"{study.name}.json"
-    if args.summary or args.scores:
+    if args.summary or args.scores or args.target:
         if not out.is_file():
             raise SpeechPruneError(f"no saved runs: {out} does not exist (run `speechprune study {args.study}` first)")
         saved = load_records(out)
@@ -738,11 +791,13 @@ def _run_cli(args: argparse.Namespace) -> int:
         records = records_of(study, saved["records"])
         if args.scores:
             print(markdown_scores(records, complete=len(records) >= len(study.runs), n_cells=grid_cells(study)))
+        elif args.target:
+            print(markdown_target(records))
         else:
             print(markdown_summary(records))
         return 0
     if args.dry_run:
-        saved, problems = read_results(out) if out.is_file() else ({}, [])
+        saved, problems = read_results(out, repair=False) if out.is_file() else ({}, [])
         for line in problems:
             print(f"warning: {line}")
         claims = _read_claims(out)
@@ -753,6 +808,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         print(f"{len(study.runs)} runs, {sum(r.key in saved for r in study.runs)} saved in {out}"
               + (f", {busy} being measured" if busy else ""))
         return 0
+    _check_results_out(out, study, args)
     try:
         from speechprune.executors import study_runner
 
@@ -767,6 +823,24 @@ def _run_cli(args: argparse.Namespace) -> int:
     print(study_summary(records))
     print(f"results: {out}")
     return 0
+
+
+def _check_results_out(out: Path, study: Study, args: argparse.Namespace) -> None:
+    """Refuse a results file that would replace an input, or a file that is not a study's results
+    (unless ``--overwrite``), before any run."""
+    inputs = [args.study] + sorted({r.model for r in study.runs} | {r.data for r in study.runs})
+    check_output_file(out, overwrite=True, inputs=inputs, flag="--out", example=f"{study.name}.json")
+    if not out.is_file() or args.overwrite:
+        return
+    try:
+        saved = json.loads(out.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SpeechPruneError(f"--out {out} is not valid JSON ({err}); it was left as it is: move it away, or pass "
+                               "--overwrite (it is then kept beside as .corrupt-TIME and every run is measured)"
+                               ) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("records"), list):
+        raise SpeechPruneError(f"--out {out} is not a study's results file (no 'records' list); it was left as it "
+                               "is: name another file, or pass --overwrite to replace it")
 
 
 def _with_recipe(study: Study, recipe: str) -> Study:
@@ -942,6 +1016,59 @@ def markdown_summary(records: list[dict], n_boot: int = 2000) -> str:
             out.append(f"| {scope} {sparsity:.0%} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def _recipe_of(record: dict) -> str | None:
+    """``paper`` or ``recommended`` when a record's options are exactly that recipe's, else None."""
+    from speechprune.recipes import RECIPES_OPTIONS
+
+    mine = {k: record.get(k) for k in ("method", "features", "allocation", "merge", "weighting")}
+    return next((name for name, opts in RECIPES_OPTIONS.items() if opts == mine), None)
+
+
+def markdown_target(records: list[dict], n_boot: int = 2000) -> str:
+    """One compact Markdown table per model and data: per setting, the uncompressed model, magnitude
+    pruning, the paper's recipe (median and range over seeds) and the recommended recipe, the
+    recommended recipe's WER as a multiple of the uncompressed model's, and its paired difference
+    with magnitude pruning (points, 95% interval; "cannot decide" where the interval holds 0)."""
+    from speechprune.stats import comparisons
+
+    rows = comparisons(records, n_boot=n_boot)
+    blocks: dict[tuple, dict] = {}
+    for r in rows:
+        role = "magnitude" if r["method"] == "magnitude" else _recipe_of(r["records"][0])
+        if role:
+            blocks.setdefault((r["model"], r["data"], r["decoding"]), {}).setdefault(
+                (r["scope"], r["sparsity"]), {})[role] = r
+    out = []
+    for (model, data, decoding), settings in blocks.items():
+        n_utts = next(iter(next(iter(settings.values())).values()))["summary"].n_utterances
+        out.append(f"{model}, {data} ({n_utts} utterances), {decoding} decoding:\n")
+        out.append("| setting | uncompressed | magnitude | paper's recipe | recommended | recommended / "
+                   "uncompressed | recommended − magnitude |")
+        out.append("|---|---|---|---|---|---|---|")
+        for (scope, sparsity), by in sorted(settings.items()):
+            first = next(iter(by.values()))
+            dense = first.get("dense")
+
+            def cell(role: str) -> str:
+                if role not in by:
+                    return "—"
+                s = by[role]["summary"]
+                return f"{s.median:.2f}" + (f" ({s.low:.2f}-{s.high:.2f}, {s.n_seeds} seeds)" if s.n_seeds > 1 else "")
+            rec = by.get("recommended")
+            ratio = f"{rec['summary'].median / dense:.1f}×" if rec and dense else "—"
+            diff = "—"
+            if rec and "difference" in rec:
+                d = rec["difference"]
+                sure = "" if d.interval[0] > 0 or d.interval[1] < 0 else ", cannot decide"
+                diff = f"{d.median:+.1f} [{d.interval[0]:+.1f}, {d.interval[1]:+.1f}]{sure}".replace("-", "−")
+            out.append(f"| {scope} {sparsity:.0%} | {dense:.2f} | {cell('magnitude')} | {cell('paper')} | "
+                       f"{cell('recommended')} | {ratio} | {diff} |" if dense is not None else
+                       f"| {scope} {sparsity:.0%} | — | {cell('magnitude')} | {cell('paper')} | {cell('recommended')} "
+                       f"| {ratio} | {diff} |")
+        out.append("")
+    return "\n".join(out).rstrip("\n")
 
 
 def screening_scores(records: list[dict]) -> list[dict]:

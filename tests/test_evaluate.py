@@ -179,7 +179,7 @@ def fake_models(monkeypatch, tmp_path):
     """Stands in for speechprune.models.load_model: every spec loads the tiny HuBERT."""
     calls = []
 
-    def load_model(spec, device="cpu"):
+    def load_model(spec, device="cpu", allow_new_weights=False):
         calls.append((spec, device))
         return make_tiny_hubert(), ctc_processor(tmp_path)
 

@@ -35,6 +35,25 @@ def test_compare_command_writes_results_and_figure(tmp_path, capsys):
     assert main(["compare", "--model", "embedded:whisper-tiny.en", "--max-samples", "1", "--out", str(out)]) == 2
 
 
+@pytest.mark.slow
+def test_the_main_job_shows_the_paper_the_recommendation_and_the_baseline(tmp_path, capsys):
+    out = tmp_path / "main"
+    assert main(["compare", "--model", "embedded:whisper-tiny.en", "--max-samples", "3", "--seeds", "2",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    roles = [(r["role"], r["label"], r["seed"]) for r in result["records"]]
+    assert roles == [("dense", "dense", None), ("paper", "cluster (paper)", 0), ("paper", "cluster (paper)", 1),
+                     ("recommended", "pairs (recommended)", None), ("magnitude", "magnitude", None)]
+    features = [(r["compression"] or {}).get("features") for r in result["records"]]
+    assert features == [None, "both", "both", "producer", "producer"]
+    assert len(result["sentences"]) == 3 and "magnitude pruning" in result["sentences"][0]
+    printed = capsys.readouterr().out
+    for words in ("the paper's method", "this project's recommendation", "the baseline", "uncompressed",
+                  "cannot decide"):  # 3 utterances are too few to decide anything, and it says so
+        assert words in printed
+    assert (out / "wer.png").stat().st_size > 10_000
+
+
 def test_recipe_sets_compress_options_and_explicit_options_override(tiny_whisper):
     import copy
 

@@ -286,7 +286,7 @@ def test_compress_evaluate_and_compare_default_to_cuda_when_available(monkeypatc
     assert default_device() == "cuda" and default_device("cpu") == "cpu"
     seen = []
 
-    def load_model(spec, device="cpu", dtype=None):
+    def load_model(spec, device="cpu", dtype=None, allow_new_weights=False):
         seen.append(device)
         raise SpeechPruneError("stop here")
 

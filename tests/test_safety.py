@@ -419,8 +419,8 @@ def test_long_form_without_timestamp_tokens_is_a_clear_refusal():
 
 
 def test_the_console_shows_the_warning_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys.modules["speechprune.commands"], "load_model", lambda spec, device="cpu": (make_tiny_whisper(),
-                                                                                     _whisper_30s_processor()))
+    monkeypatch.setattr(sys.modules["speechprune.commands"], "load_model",
+                        lambda spec, device="cpu", **_: (make_tiny_whisper(), _whisper_30s_processor()))
     folder = tmp_path / "speech"
     folder.mkdir()
     sf.write(folder / "long.wav", 0.1 * np.random.default_rng(0).standard_normal(35 * 16_000), 16_000)
@@ -546,6 +546,7 @@ def no_comparison(monkeypatch):
         raise AssertionError("data or a model was loaded before the refusal")
 
     monkeypatch.setattr("speechprune.commands.run_comparison", boom)
+    monkeypatch.setattr("speechprune.commands.run_main_job", boom)
     monkeypatch.setattr("speechprune.data.load_speech", boom)
 
 
@@ -568,13 +569,16 @@ def _fake_result(wer: float) -> dict:
     record = dict(label="dense", wer=wer, substitutions=1, deletions=0, insertions=0, model=dict(parameters=100),
                   rtf=0.1, data=dict(name="toy"), n_utterances=2, compression=None)
     pruned = dict(record, label="cluster", compression=dict(params_after=80, param_sparsity=0.2))
-    return dict(model="tiny", data="toy", sparsity=0.2, scope="encoder.ffn", seed=0, records=[record, pruned])
+    roles = [dict(record, role="dense"), dict(pruned, role="paper"), dict(pruned, role="paper", wer=wer + 1),
+             dict(pruned, role="recommended", label="pairs"), dict(pruned, role="magnitude", label="magnitude")]
+    return dict(model="tiny", data="toy", sparsity=0.2, scope="encoder.ffn", seed=0, seeds=2, records=roles,
+                sentences=["The recommended recipe is lower than magnitude pruning on the same utterances."])
 
 
 def test_compare_results_are_published_with_the_marker_and_overwrite_keeps_foreign_files(tmp_path, monkeypatch,
                                                                                          capsys):
     results = iter([_fake_result(10.0), _fake_result(20.0), _fake_result(30.0)])
-    monkeypatch.setattr("speechprune.commands.run_comparison", lambda *a, **k: next(results))
+    monkeypatch.setattr("speechprune.commands.run_main_job", lambda *a, **k: next(results))
     out = tmp_path / "runs" / "main"
     assert main(["compare", "--out", str(out)]) == 0
     assert json.loads((out / MARKER).read_text())["files"] == ["results.json", "wer.png"]
