@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from speechprune.errors import SpeechPruneError
+from speechprune.study import _locked, prepare_results, read_results, run_study  # study imports this module lazily
 
 EXECUTORS = ("local", "submitit")
 CLUSTERS = ("auto", "slurm", "local")
@@ -51,8 +52,6 @@ class StudyWorker:
 
     def __call__(self, index: int) -> int:
         """Measure runs until none is left; returns how many runs of the study are saved when it stops."""
-        from speechprune.study import run_study
-
         # SLURM stops a job (scancel) with SIGTERM, then SIGKILL, which no `finally` survives; submitit
         # ignores SIGTERM (its timeouts come as SIGUSR2). Stop as on Ctrl-C instead: run_study releases
         # this worker's claim, so the run in progress is free at once, not after CLAIM_TIMEOUT_S.
@@ -96,7 +95,6 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
 
 def study_runner(args: argparse.Namespace) -> Callable[..., list[dict]]:
     """The function that runs the study for these command-line options (``run_study``'s signature)."""
-    from speechprune.study import run_study
 
     if args.executor == "local":
         given = [flag for dest, flag in SUBMITIT_OPTIONS.items() if getattr(args, dest, None) not in (None, False)]
@@ -135,7 +133,6 @@ def submit_study(study, out: str | Path, *, rerun: bool = False, reuse: bool = T
     """
     from tqdm.auto import tqdm
 
-    from speechprune.study import _locked, prepare_results, read_results
 
     submitit = _submitit()
     out = Path(out)
