@@ -11,7 +11,8 @@ files), peak resident memory of the process that loads and runs it, seconds per 
 batch 1 on 1 and 2 threads (median over the clips), and WER on ``embedded`` (greedy, batch 8,
 the Whisper normaliser). Each case runs in a fresh process, so that its peak memory is its own
 (it includes Python, torch and the runtime). Results go to ``results/benchmarks/deploy.json``
-as each case finishes; a rerun skips the cases already there. Speeds are meant as ratios to the
+as each case finishes (and the table, with the combination to pick, to ``deploy_table.md``, which
+the book includes); a rerun skips the cases already there. Speeds are meant as ratios to the
 dense model on the same backend and precision, measured in one run on one machine.
 """
 
@@ -144,6 +145,46 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def recommendation(results: dict, max_wer_increase: float = 1.0) -> str:
+    """Per model, the fastest case (1 thread) whose WER is within ``max_wer_increase`` points of the dense
+    float32 transformers model, and the fastest pruned one, each compared with that model."""
+    lines = []
+    cases = results["cases"]
+    for model in dict.fromkeys(k.split("/")[0] for k in cases):
+        base = cases.get(f"{model}/dense/transformers/float32")
+        if base is None:
+            continue
+        fits = [(c["seconds_per_utt_1t"], c["size_bytes"], k) for k, c in cases.items()
+                if k.startswith(model + "/") and c["wer"] <= base["wer"] + max_wer_increase]
+        picks = [("fastest", min(fits))]
+        pruned = [f for f in fits if f[2].split("/")[1] != "dense"]
+        if pruned:
+            picks.append(("fastest pruned", min(pruned)))
+        for label, (seconds, size, key) in picks:
+            c = cases[key]
+            _, setting, backend, precision = key.split("/")
+            lines.append(
+                f"{model}, {label}: {setting} on {backend} with {precision} weights, {base['size_bytes'] / size:.1f}x "
+                f"smaller and {base['seconds_per_utt_1t'] / seconds:.2f}x as fast on 1 thread "
+                f"({base['seconds_per_utt_2t'] / c['seconds_per_utt_2t']:.2f}x on 2) as the dense float32 "
+                f"transformers model, WER {c['wer'] - base['wer']:+.2f} points ({c['wer']:.2f}% vs {base['wer']:.2f}% "
+                f"on {c['n_utterances']} embedded clips, {c['ref_words']} words)")
+    return "\n".join(lines)
+
+
+def write_table(results: dict, path: Path) -> None:
+    """The table and the recommendation as markdown, generated from the saved results (the book includes it)."""
+    note = results.get("note", "")
+    text = (f"{table(results)}\n\nSpeed-ups and size ratios are to the dense model on the same backend and "
+            f"precision; seconds per utterance at batch 1 are medians over {results.get('speed_clips')} clips; "
+            f"WER is greedy on the first {results.get('max_samples') or 'all'} embedded clips. Peak memory is the "
+            f"resident peak of the process that loaded and ran the case (Python, torch and the runtime included). "
+            f"Machine: {results['machine']['cpus']} CPUs. {note}\n\n"
+            f"**What to pick** (the fastest on 1 thread within 1 WER point of the dense float32 transformers "
+            f"model):\n\n" + "\n".join(f"- {line}" for line in recommendation(results).splitlines()) + "\n")
+    path.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="tiny.en,base", help=f"comma-separated, from {', '.join(MODELS)}")
@@ -158,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = load_results(args.out)
     if args.table:
+        write_table(results, args.out.with_name(args.out.stem + "_table.md"))
         print(table(results))
+        print(recommendation(results))
         return 0
     from speechprune.export import export
 
@@ -184,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 results["cases"][key] = result
                 save_results(args.out, results)
+                write_table(results, args.out.with_name(args.out.stem + "_table.md"))
                 print(f"{key}: WER {result['wer']:.2f}%, {result['seconds_per_utt_1t']:.2f} s/utt (1 thread), "
                       f"{result['size_bytes'] / 1e6:.0f} MB", file=sys.stderr, flush=True)
     print(table(results))
