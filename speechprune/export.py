@@ -440,12 +440,15 @@ def _eager(model: nn.Module) -> None:
 
 def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
                  dynamic: dict[str, dict[int, str]]) -> None:
+    import inspect
     import warnings
 
+    # the TorchScript exporter (torch.onnx's default before 2.9, and dynamo=False since)
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-        torch.onnx.export(module, args, str(path), dynamo=False, input_names=inputs, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=ONNX_OPSET, do_constant_folding=True)
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
+                          opset_version=ONNX_OPSET, do_constant_folding=True, **legacy)
 
 
 def _quantize_onnx(path: Path) -> None:

@@ -99,6 +99,7 @@ def test_a_missing_runtime_names_the_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@needs_onnx  # without the runtime, the missing package is what evaluate names first
 def test_evaluate_backend_refuses_a_folder_export_did_not_write(tmp_path, capsys):
     _, folder = _pruned_folder(tmp_path, "hubert")
     code, _, err = _run(capsys, "evaluate", str(folder), "--backend", "onnx")
