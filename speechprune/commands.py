@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from speechprune import study
+from speechprune.executors import add_executor_arguments, study_runner
 from speechprune.allocation import ALLOCATIONS
 from speechprune.checkpoint import save_pruned
 from speechprune.compress import check_sparsity, compress
@@ -401,7 +402,12 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 #: What ``speechprune --help`` lists, in this order: each adds its sub-parser and sets ``func``.
-COMMANDS = (_add_compress, _add_evaluate, _add_finetune, _add_compare, _add_export, study.register_cli)
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    """Add ``speechprune study`` with the executors' options (``--executor submitit`` ...)."""
+    study.register_cli(sub, add_options=add_executor_arguments, runner=study_runner)
+
+
+COMMANDS = (_add_compress, _add_evaluate, _add_finetune, _add_compare, _add_export, _add_study)
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:

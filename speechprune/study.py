@@ -32,7 +32,7 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from speechprune.errors import SpeechPruneError, cli_int
 from speechprune.outputs import check_output_file, stamp, write_file
@@ -747,7 +747,12 @@ def load_records(path: str | Path) -> dict:
 
 # --- command line ---------------------------------------------------------------------------
 
-def register_cli(sub: argparse._SubParsersAction) -> None:
+def register_cli(sub: argparse._SubParsersAction, *,
+                 add_options: Callable[[argparse.ArgumentParser], None] | None = None,
+                 runner: Callable[[argparse.Namespace], Callable[..., list[dict]]] | None = None) -> None:
+    """Add ``speechprune study``. ``add_options`` adds more options (the executors' cluster options) and
+    ``runner(args)`` picks the function that runs the study (default :func:`run_study`); the command
+    line passes :mod:`speechprune.executors`' own, so that this module needs no import of it."""
     p = sub.add_parser("study", help="run a saved grid of compressions over seeds; resumes where it stopped",
                        description="Run the study described by a TOML file (see studies/README.md). Each run's "
                                    "record is saved as soon as it finishes; running again resumes.")
@@ -770,10 +775,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scores", action="store_true",
                    help="print a screening's scores (the selection rule in studies/README.md) as a Markdown table; "
                         "measure nothing")
-    from speechprune.executors import add_executor_arguments
-
-    add_executor_arguments(p)  # --executor submitit and its cluster options
-    p.set_defaults(func=_run_cli)
+    if add_options is not None:
+        add_options(p)  # --executor submitit and its cluster options
+    p.set_defaults(func=_run_cli, runner=runner or (lambda args: run_study))
 
 
 def _run_cli(args: argparse.Namespace) -> int:
@@ -810,9 +814,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         return 0
     _check_results_out(out, study, args)
     try:
-        from speechprune.executors import study_runner
-
-        records = study_runner(args)(study, out, rerun=args.rerun, reuse=not args.no_reuse, device=args.device,
+        records = args.runner(args)(study, out, rerun=args.rerun, reuse=not args.no_reuse, device=args.device,
                                      limit=args.limit)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished runs are saved in {out}; run the same command to resume",

@@ -360,7 +360,15 @@ def test_no_cli_writer_writes_inside_its_input(tmp_path, model_folder, capsys, w
         pytest.skip(f"no `speechprune {writer[0]}` in this build")
     study = tmp_path / "tiny.toml"
     study.write_text(STUDY.format(model=model_folder))
+    if writer[0] == "export":  # export takes only folders speechprune wrote
+        from speechprune.checkpoint import save_pruned
+        from speechprune.testing import tiny_model, tiny_processor
+
+        model = tiny_model("whisper")
+        model_folder = save_pruned(model, tmp_path / "pruned", processor=tiny_processor("whisper"),
+                                   report=compress(model, sparsity=0.5, progress=False))
     argv = [a.format(model=model_folder, study=study) for a in CLI_INTO_INPUT[writer]]
+    capsys.readouterr()
     before = _snapshot(tmp_path)
     assert main(argv) == 2
     err = _one_line(capsys)
