@@ -239,7 +239,9 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | torch.device
 
 @contextlib.contextmanager
 def transformers_quiet():
-    """Silence transformers' own loading report while the block runs (speechprune reports what matters)."""
+    """transformers' notices at error level only while the block runs: its loading report (speechprune
+    reports what matters) and generation's per-batch notices (Whisper's fixed 30 s features have no
+    attention mask, none is needed; max_new_tokens wins over the config's max_length). Nothing else changes."""
     logger = transformers.utils.logging
     level = logger.get_verbosity()
     logger.set_verbosity_error()

@@ -327,13 +327,7 @@ def _run_compare(args: argparse.Namespace) -> int:
                             feature_sets=lists["features"], weighting=args.weighting,
                             max_samples=args.max_samples, decoding=args.decoding, methods=args.methods,
                             batch_size=args.batch_size, device=device, seed=args.seed)
-    with staged_output(args.out, overwrite=args.overwrite, expect=expect, command="compare") as staging:
-        write_json(staging / "results.json", result)
-        plot_comparison(result, staging / "wer.png")
-    print(format_table(result))
-    out = Path(args.out)
-    print(f"results: {out / 'results.json'}  figure: {out / 'wer.png'}")
-    return 0
+    return _publish_comparison(args, expect, result, plot_comparison, format_table)
 
 
 def _run_main_job(args: argparse.Namespace) -> int:
@@ -345,10 +339,15 @@ def _run_main_job(args: argparse.Namespace) -> int:
     result = run_main_job(args.model, args.data, sparsity=args.sparsity, scope=args.scope, seeds=args.seeds,
                           max_samples=args.max_samples, decoding=args.decoding, batch_size=args.batch_size,
                           device=device)
+    return _publish_comparison(args, expect, result, plot_main_job, format_main_job)
+
+
+def _publish_comparison(args: argparse.Namespace, expect, result: dict, plot, describe) -> int:
+    """Write ``results.json`` and ``wer.png`` to ``--out`` (staged, then published) and print the table."""
     with staged_output(args.out, overwrite=args.overwrite, expect=expect, command="compare") as staging:
         write_json(staging / "results.json", result)
-        plot_main_job(result, staging / "wer.png")
-    print(format_main_job(result))
+        plot(result, staging / "wer.png")
+    print(describe(result))
     out = Path(args.out)
     print(f"results: {out / 'results.json'}  figure: {out / 'wer.png'}")
     return 0

@@ -9,7 +9,6 @@ timestamps). References and hypotheses are normalised with transformers' Whisper
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import math
 import platform
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 import speechprune
+from speechprune.checkpoint import transformers_quiet
 from speechprune.data import SAMPLE_RATE, SpeechSet
 from speechprune.errors import SpeechPruneError, check_choice, warn
 from speechprune.models import english_generate_kwargs, english_spelling_map
@@ -172,7 +172,7 @@ def _transcribe_long(model, processor, audios: list[np.ndarray], device: torch.d
     features = processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, truncation=False, padding="longest",
                                            return_attention_mask=True, return_tensors="pt")
     kwargs = dict(english_generate_kwargs(model), return_timestamps=True)
-    with _quiet_transformers():
+    with transformers_quiet():  # generation notices on every batch are noise on a book page
         ids = model.generate(features.input_features.to(device=device, dtype=_model_dtype(model)),
                              attention_mask=features.attention_mask.to(device), num_beams=1, do_sample=False,
                              condition_on_prev_tokens=False,
@@ -180,21 +180,6 @@ def _transcribe_long(model, processor, audios: list[np.ndarray], device: torch.d
     return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """transformers' generation notices at error level only, for the length of a generate call.
-
-    It warns on every batch that Whisper's fixed 30 s features have no attention mask (none is
-    needed), that the English kwargs accompany the generation config, and that max_new_tokens
-    wins over the config's max_length; on a book page these lines are noise. Nothing else changes.
-    """
-    logging = transformers.utils.logging
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
 
 
 @torch.inference_mode()
@@ -210,7 +195,7 @@ def _transcribe_whisper(model, processor, audios: list[np.ndarray], device: torc
     if decoding == "fallback":
         torch.manual_seed(0)  # the sampled retries are reproducible
         extra = dict(FALLBACK, attention_mask=features.attention_mask.to(device))
-    with _quiet_transformers():
+    with transformers_quiet():  # generation notices on every batch are noise on a book page
         ids = model.generate(input_features, num_beams=1, do_sample=False,
                              max_new_tokens=_token_budget(model, longest), **english_generate_kwargs(model), **extra)
     return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)

@@ -237,7 +237,7 @@ def test_generation_notices_are_silenced_only_during_generate():
     import transformers
 
     logging = transformers.utils.logging
-    quiet = importlib.import_module("speechprune.evaluate")._quiet_transformers
+    quiet = importlib.import_module("speechprune.evaluate").transformers_quiet
     before = logging.get_verbosity()
     with quiet():
         assert logging.get_verbosity() == logging.ERROR
