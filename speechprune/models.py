@@ -302,6 +302,9 @@ def load_processor(spec_or_path: str | os.PathLike[str]):
         raise SpeechPruneError(f"cannot load a processor from {location}: {err}") from None
 
 
+#: Stored precisions that :func:`load_model` widens to float32 on a CPU (unless ``dtype`` is given).
+HALF = (torch.float16, torch.bfloat16)
+
 #: Files that hold a processor (transformers 5 writes processor_config.json, older ones the other).
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
@@ -323,7 +326,8 @@ def load_model(
     device : str or torch.device, default "cpu"
         Where the model goes.
     dtype : torch.dtype, optional
-        Cast the weights (e.g. ``torch.float16``); default: as stored.
+        Cast the weights (e.g. ``torch.float16``); default: as stored, except that half-precision
+        weights are widened to float32 on a CPU (where half precision is several times slower).
     allow_new_weights : bool, default False
         Accept a dense folder with missing or extra tensors (see :func:`speechprune.load_checkpoint`).
 
@@ -356,6 +360,8 @@ def load_model(
     """
     location = resolve_model(spec)
     model = load_checkpoint(location, device=device, dtype=dtype, allow_new_weights=allow_new_weights)
+    if dtype is None and torch.device(device).type == "cpu" and next(model.parameters()).dtype in HALF:
+        model = model.float()  # hub checkpoints stored in half precision (Whisper-large-v3) crawl on a CPU
     folder = Path(location)
     if folder.is_dir() and not any((folder / f).is_file() for f in PROCESSOR_FILES):
         return model, None

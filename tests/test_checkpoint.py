@@ -106,3 +106,17 @@ def test_other_architectures_are_refused(tmp_path):
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "bert")
     with pytest.raises(SpeechPruneError, match="BertModel.*supports"):
         load_checkpoint(tmp_path / "bert")
+
+
+def test_half_precision_checkpoints_load_as_float32_on_a_cpu(tmp_path):
+    """Hub checkpoints such as Whisper-large-v3 are stored in float16, which crawls on a CPU."""
+    import torch
+    from conftest import make_tiny_whisper
+
+    from speechprune.models import load_model
+
+    make_tiny_whisper().half().save_pretrained(tmp_path / "half")
+    model, _ = load_model(tmp_path / "half")
+    assert next(model.parameters()).dtype == torch.float32
+    model, _ = load_model(tmp_path / "half", dtype=torch.float16)
+    assert next(model.parameters()).dtype == torch.float16
