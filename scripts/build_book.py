@@ -114,6 +114,10 @@ def stage_sources(student: bool = False) -> None:
     (STAGE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copytree(ROOT / "book", STAGE / "book", ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
     shutil.copytree(ROOT / "_static", STAGE / "_static")  # the book's own CSS, picked up by Jupyter Book
+    # generated tables that prose pages include (book/deploying.md: the deployment benchmark's table)
+    (STAGE / "results" / "benchmarks").mkdir(parents=True)
+    for table in (ROOT / "results" / "benchmarks").glob("*_table.md"):
+        shutil.copy2(table, STAGE / "results" / "benchmarks" / table.name)
 
 
 def parameters_for(notebook: Path, scale: str, build_id: str) -> dict:
