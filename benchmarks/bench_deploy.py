@@ -28,6 +28,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from speechprune.outputs import write_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "benchmarks" / "deploy.json"
@@ -119,10 +120,7 @@ def load_results(path: Path) -> dict:
 
 
 def save_results(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(path)
+    write_file(path, json.dumps(results, indent=1) + "\n")  # atomic, parents made: the package's own writer
 
 
 def table(results: dict) -> str:
