@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from speechprune.errors import SpeechPruneError
-from speechprune.study import _locked, prepare_results, read_results, run_study  # study imports this module lazily
+from speechprune.study.runner import prepare_results, run_study
+from speechprune.study.store import _locked, read_results
 
 EXECUTORS = ("local", "submitit")
 CLUSTERS = ("auto", "slurm", "local")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from conftest import make_tiny_hubert, make_tiny_whisper
 from speechprune import study as st
+from speechprune.study import runner
 from speechprune.errors import SpeechPruneError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,9 +128,9 @@ def fake(monkeypatch):
             raise KeyboardInterrupt
         return fake_full_record(run)
 
-    monkeypatch.setattr(st, "execute", execute)
-    monkeypatch.setattr("speechprune.models.load_model", lambda name, device=None: (make_tiny_whisper(), None))
-    monkeypatch.setattr("speechprune.data.load_speech", lambda name, max_samples=None: FakeSpeech())
+    monkeypatch.setattr(runner, "execute", execute)  # where run_study looks them up
+    monkeypatch.setattr(runner, "load_model", lambda name, device=None: (make_tiny_whisper(), None))
+    monkeypatch.setattr(runner, "load_speech", lambda name, max_samples=None: FakeSpeech())
     return execute, calls
 
 
@@ -198,7 +200,7 @@ def test_interrupt_loses_at_most_the_run_in_progress(fake, tmp_path):
 
 def test_scope_matching_no_unit_is_refused_before_any_run(fake, monkeypatch, tmp_path):
     execute, calls = fake
-    monkeypatch.setattr("speechprune.models.load_model", lambda name, device=None: (make_tiny_hubert(), None))
+    monkeypatch.setattr(runner, "load_model", lambda name, device=None: (make_tiny_hubert(), None))
     study = st.parse_study(spec(settings=[dict(scope="decoder.ffn", sparsity=0.2)]))
     with pytest.raises(SpeechPruneError, match="'scope' = 'decoder.ffn' matches no unit of m"):
         st.run_study(study, tmp_path / "r.json", progress=False, log=lambda *_: None)
@@ -389,13 +391,13 @@ def test_two_workers_share_one_study_without_measuring_a_run_twice(fake, tmp_pat
     execute, calls = fake
     study = st.parse_study(spec(seeds=3))
     out = tmp_path / "r.json"
-    fake_execute = st.execute
+    fake_execute = runner.execute
 
     def slow(run, *args, **kwargs):  # long enough that both workers are busy at once
         time.sleep(0.05)
         return fake_execute(run, *args, **kwargs)
 
-    st.execute = slow
+    runner.execute = slow
     try:
         workers = [threading.Thread(target=st.run_study, args=(study, out),
                                     kwargs=dict(progress=False, log=lambda *_: None)) for _ in range(2)]
@@ -404,7 +406,7 @@ def test_two_workers_share_one_study_without_measuring_a_run_twice(fake, tmp_pat
         for w in workers:
             w.join()
     finally:
-        st.execute = fake_execute
+        runner.execute = fake_execute
     assert sorted(r.key for r in calls) == sorted(r.key for r in study.runs)  # each run measured once
     saved = json.loads(out.read_text())
     assert saved["n_done"] == len(study.runs) == len(saved["records"])  # no worker's record lost
@@ -420,8 +422,8 @@ def test_a_claim_left_by_a_dead_worker_is_taken_over(fake, tmp_path, capsys):
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(done.stdout)
     first, second = study.runs[0].key, study.runs[1].key
-    claims = {first: dict(pid=dead, host=st.socket.gethostname(), since=time.time()),
-              second: dict(pid=os.getpid(), host=st.socket.gethostname(), since=time.time())}
+    claims = {first: dict(pid=dead, host=socket.gethostname(), since=time.time()),
+              second: dict(pid=os.getpid(), host=socket.gethostname(), since=time.time())}
     (tmp_path / ".r.json.claims").write_text(json.dumps(claims))
     lines = []
     st.run_study(study, out, progress=False, log=lines.append)
@@ -491,7 +493,7 @@ def test_select_recipe_script_writes_the_final_studies_and_applies_step_3(fake, 
             full["wer"], full["substitutions"] = 100.0 * 4 * e / 40, 4 * e
         return full
 
-    monkeypatch.setattr(st, "execute", by_label)
+    monkeypatch.setattr(runner, "execute", by_label)
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "screen-recipes.toml").write_text((ROOT / "studies" / "screen-recipes.toml").read_text())
     screen = st.load_study(tmp_path / "studies" / "screen-recipes.toml")
