@@ -25,7 +25,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from speechprune.checkpoint import load_checkpoint
@@ -34,17 +33,16 @@ from speechprune.data import load_speech
 from speechprune.evaluate import evaluate
 from speechprune.finetune import check_overlap, finetune
 from speechprune.models import load_model
+from speechprune.stats import summarize
+from speechprune.study import per_utterance
 
 WARMUP = 0.1  # fraction of the steps
 
 
 def _bootstrap_ci(record: dict, *, resamples: int = 2000, seed: int = 0) -> list[float]:
-    """95% interval of the corpus WER over utterances resampled with replacement."""
-    scored = [(u["errors"], len(u["reference_normalized"].split())) for u in record["utterances"] if u["errors"] is not None]
-    errors, words = np.array(scored, dtype=float).T
-    idx = np.random.default_rng(seed).integers(0, len(errors), size=(resamples, len(errors)))
-    wers = 100 * errors[idx].sum(1) / words[idx].sum(1)
-    return [round(float(q), 2) for q in np.percentile(wers, [2.5, 97.5])]
+    """95% interval of the corpus WER over utterances resampled with replacement (one run: no seeds to resample)."""
+    low, high = summarize([per_utterance(record)], n_boot=resamples, seed=seed).interval
+    return [round(low, 2), round(high, 2)]
 
 
 def _score(model, processor, speech, label: str, batch_size: int) -> dict:

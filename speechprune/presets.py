@@ -21,7 +21,7 @@ from speechprune.data import load_speech
 from speechprune.models import load_model
 from speechprune.outputs import write_json
 from speechprune.stats import paired_difference, summarize
-from speechprune.study import execute, make_run
+from speechprune.study import execute, make_run, per_utterance
 
 _loaded: dict[str, Any] = {}
 
@@ -95,10 +95,7 @@ def measure_comparison(model: str, data_sets: list[str], *, sparsity: float, sco
 
 def _as_study_record(record: dict) -> dict:
     """An evaluate record in the per-utterance form :mod:`speechprune.stats` reads."""
-    rows = [u for u in record["utterances"] if u["errors"] is not None]
-    seed = (record.get("compression") or {}).get("seed")
-    return dict(utterance_ids=[u["id"] for u in rows], utterance_errors=[u["errors"] for u in rows],
-                utterance_words=[len(u["reference_normalized"].split()) for u in rows], seed=seed)
+    return dict(per_utterance(record), seed=(record.get("compression") or {}).get("seed"))
 
 
 def wer_interval(record: dict, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
