@@ -14,7 +14,7 @@ import nbformat
 import pytest
 import yaml
 
-from speechprune import paper
+from speechprune import book
 from speechprune.errors import SpeechPruneError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,11 +295,11 @@ def test_every_figure_cell_has_alt_text(path):
 def test_chapter_five_reads_its_saved_run_from_the_package():
     source = "\n".join(c.source for c in nbformat.read(ROOT / "notebooks/05_finetuning.ipynb", as_version=4).cells)
     assert 'saved_result("finetune_demo.json")' in source and '"results/finetune_demo.json"' not in source
-    shipped = paper.PACKAGE_RESULTS / "finetune_demo.json"
-    assert shipped.is_file() and paper.saved_result("finetune_demo.json") == shipped
+    shipped = book.PACKAGE_RESULTS / "finetune_demo.json"
+    assert shipped.is_file() and book.saved_result("finetune_demo.json") == shipped
     assert shipped.resolve() == (ROOT / "results" / "finetune_demo.json").resolve(), "one copy, linked from results/"
     with pytest.raises(FileNotFoundError, match="no saved result 'missing.json'"):
-        paper.saved_result("missing.json")
+        book.saved_result("missing.json")
 
 
 def test_course_guide_includes_the_generated_run_times():
@@ -541,8 +541,8 @@ def test_paper_numbers_are_consistent():
         "whisper-large-v3-10": ((4.83, 1.97), (9.08, 4.06)),
     }
     for key, per_set in implied.items():
-        setting = paper.SETTINGS[key]
-        for test_set, (magnitude, cluster) in zip(paper.TEST_SETS, per_set):
+        setting = book.SETTINGS[key]
+        for test_set, (magnitude, cluster) in zip(book.TEST_SETS, per_set):
             r = setting.reductions[test_set]
             assert math.isclose(r.magnitude_wer, r.absolute / r.relative * 100)
             assert math.isclose(r.cluster_wer, r.magnitude_wer - r.absolute)
@@ -553,7 +553,7 @@ def test_paper_numbers_are_consistent():
 
 
 def test_every_stated_number_is_in_the_paper_table():
-    rows = paper.paper_numbers()
+    rows = book.paper_numbers()
     values = {row["value"] for row in rows}
     for stated in (27.73, 18.61, 34.37, 21.91, 0.19, 0.79, 3.36, 4.62, 2.86, 5.02, 59.21, 55.29, 1.9, 2.0, 3.9):
         assert stated in values
@@ -573,38 +573,38 @@ def test_reductions_intervals_and_tables_from_records():
     dense = _record([0, 1, 0, 1], [10, 10, 10, 10], None)
     magnitude = _record([5, 6, 4, 5], [10, 10, 10, 10], "magnitude")
     cluster = _record([2, 3, 2, 1], [10, 10, 10, 10], "cluster")
-    red = paper.reductions(magnitude, cluster)
+    red = book.reductions(magnitude, cluster)
     assert red["absolute"] == pytest.approx(30.0) and red["relative"] == pytest.approx(60.0)
-    lo, hi = paper.wer_interval(cluster)
+    lo, hi = book.wer_interval(cluster)
     assert lo <= cluster["wer"] <= hi
-    diff, lo, hi = paper.wer_difference(cluster, dense)
+    diff, lo, hi = book.wer_difference(cluster, dense)
     assert diff == pytest.approx(15.0) and lo <= diff <= hi
 
     ours = {"ours": dict(dense=dense, magnitude=magnitude, cluster=cluster)}
-    table = paper.comparison_table(paper.SETTINGS["hubert-large-50"], ours)
+    table = book.comparison_table(book.SETTINGS["hubert-large-50"], ours)
     assert table.loc["absolute WER reduction (points)", "ours"] == "30.00"
-    summary = paper.summary_table([(paper.SETTINGS["hubert-large-50"], ours),
-                                   (paper.SETTINGS["hubert-large-50-ft3"], None)])
-    assert len(summary) == 2 * len(paper.QUANTITIES)
-    assert (summary.xs(paper.SETTINGS["hubert-large-50-ft3"].label)["ours"] == "not measured").all()
+    summary = book.summary_table([(book.SETTINGS["hubert-large-50"], ours),
+                                   (book.SETTINGS["hubert-large-50-ft3"], None)])
+    assert len(summary) == 2 * len(book.QUANTITIES)
+    assert (summary.xs(book.SETTINGS["hubert-large-50-ft3"].label)["ours"] == "not measured").all()
 
 
 def test_full_scale_results_round_trip(tmp_path):
-    setting = paper.SETTINGS["whisper-large-v3-10"]
-    assert paper.is_full_scale(setting, setting.model, ["librispeech:test-other"])
-    assert not paper.is_full_scale(setting, "embedded:whisper-base", ["embedded"])
-    assert paper.scale_note(setting, setting.model, list(setting.data), scope="ffn", sparsity=0.1).startswith(
+    setting = book.SETTINGS["whisper-large-v3-10"]
+    assert book.is_full_scale(setting, setting.model, ["librispeech:test-other"])
+    assert not book.is_full_scale(setting, "embedded:whisper-base", ["embedded"])
+    assert book.scale_note(setting, setting.model, list(setting.data), scope="ffn", sparsity=0.1).startswith(
         "Full scale")
-    assert "analog" in paper.scale_note(setting, "embedded:whisper-base", ["embedded"], scope="ffn", sparsity=0.1)
-    assert paper.load_full_scale(setting, tmp_path) == {}
+    assert "analog" in book.scale_note(setting, "embedded:whisper-base", ["embedded"], scope="ffn", sparsity=0.1)
+    assert book.load_full_scale(setting, tmp_path) == {}
     records = {k: _record([1, 2], [10, 10], None if k == "dense" else k) for k in ("dense", "magnitude", "cluster")}
     for r in records.values():
         r["settings"]["model"] = setting.model
-    paper.save_full_scale(setting, "librispeech:test-other", records, tmp_path)
-    loaded = paper.load_full_scale(setting, tmp_path)
+    book.save_full_scale(setting, "librispeech:test-other", records, tmp_path)
+    loaded = book.load_full_scale(setting, tmp_path)
     assert list(loaded) == ["full scale: librispeech:test-other (2 utt.)"]
     with pytest.raises(ValueError):
-        paper.save_full_scale(setting, "embedded", records, tmp_path)
+        book.save_full_scale(setting, "embedded", records, tmp_path)
 
 
 def test_freshness_check_rejects_stale_or_unexecuted_notebooks(tmp_path, monkeypatch):

@@ -75,9 +75,9 @@ def test_no_chapter_rebinds_a_name_it_imported(path):
 
 
 def test_the_rebinding_check_finds_the_bug_it_is_for():
-    cells = ["from speechprune.paper import comparison_table", "from speechprune.study import comparison_table",
+    cells = ["from speechprune.book import comparison_table", "from speechprune.study import comparison_table",
              "comparison_table(setting, saved)"]
-    assert rebound_imports(cells) == ["comparison_table: speechprune.paper.comparison_table then "
+    assert rebound_imports(cells) == ["comparison_table: speechprune.book.comparison_table then "
                                       "speechprune.study.comparison_table"]
     assert rebound_imports(["from speechprune.study import comparison_table as seeds_table", *cells[:1]]) == []
 

@@ -1,4 +1,4 @@
-"""Helpers for the book's notebooks that are not about speech: pasting numbers into the prose."""
+"""Numbers pasted into the book's prose: myst-nb's ``glue`` where the book is built, a display elsewhere."""
 
 from __future__ import annotations
 
