@@ -26,22 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from speechprune.study import PAPER_OPTION as PAPER  # noqa: E402  the paper's recipe, as the screening labels it
+from speechprune.study import dump_study  # noqa: E402
 
 SCREEN = "screen-recipes"
 FINAL = "recipe-final"
 MODEL = "embedded:whisper-base"
 FINAL_DATA = {FINAL: "embedded-full", f"{FINAL}-heldout": "embedded:train"}
-OPTION_KEYS = ("method", "recipe", "features", "allocation", "merge", "weighting", "label")
-
-
-def _value(v) -> str:
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    return repr(v)
 
 
 def final_spec_text(screen_spec: dict, kept: list[str], name: str, data: str, scores: list[dict]) -> str:
@@ -52,23 +42,17 @@ def final_spec_text(screen_spec: dict, kept: list[str], name: str, data: str, sc
         raise SystemExit(f"the screening file has no option labelled {missing[0]!r}")
     options = [dict(method="magnitude")] + [by_label[PAPER]] + [by_label[k] for k in kept if k != PAPER]
     score = {r["option"]: r for r in scores}
-    lines = [
-        f"# Step 2 of the selection rule in studies/README.md, written by scripts/select_recipe.py final from",
-        f"# results/studies/{SCREEN}.json: the screening kept "
-        + " and ".join(f"{k!r} (score {score[k]['score']:.2f}, worst {score[k]['worst']:.2f})" for k in kept) + ".",
-        f'name = "{name}"',
-        f'description = "Final recipe study: magnitude, the paper\'s recipe and the screening\'s two kept options; '
-        f'{MODEL} on {data}, three settings, 5 k-means seeds"',
-        f"models = {_value([MODEL])}",
-        f"data = {_value([data])}",
-        "seeds = 5",
-        'decoding = ["greedy"]',
-    ]
-    for setting in screen_spec["settings"]:
-        lines += ["", "[[settings]]"] + [f"{k} = {_value(v)}" for k, v in setting.items() if k != "models"]
-    for option in options:
-        lines += ["", "[[options]]"] + [f"{k} = {_value(option[k])}" for k in OPTION_KEYS if k in option]
-    return "\n".join(lines) + "\n"
+    comment = (f"Step 2 of the selection rule in studies/README.md, written by scripts/select_recipe.py final from\n"
+               f"results/studies/{SCREEN}.json: the screening kept "
+               + " and ".join(f"{k!r} (score {score[k]['score']:.2f}, worst {score[k]['worst']:.2f})" for k in kept)
+               + ".")
+    spec = dict(name=name,
+                description=f"Final recipe study: magnitude, the paper's recipe and the screening's two kept options; "
+                            f"{MODEL} on {data}, three settings, 5 k-means seeds",
+                models=[MODEL], data=[data], seeds=5, decoding=["greedy"],
+                settings=[{k: v for k, v in s.items() if k != "models"} for s in screen_spec["settings"]],
+                options=options)
+    return dump_study(spec, comment=comment)
 
 
 def final(root: Path = ROOT) -> list[Path]:

@@ -99,6 +99,29 @@ def test_saved_study_files_parse():
         assert study.runs and study.name == path.stem
 
 
+def test_dump_study_writes_back_every_shipped_study_file():
+    for path in sorted((ROOT / "studies").glob("*.toml")):
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+        study = st.load_study(path)
+        text = st.dump_study(study)
+        assert text == st.dump_study(spec) and tomllib.loads(text) == spec, path.name
+        again = st.parse_study(tomllib.loads(text))
+        assert again.runs == study.runs and again.name == study.name and again.description == study.description
+        assert [(r.label, r.recipe) for r in again.runs] == [(r.label, r.recipe) for r in study.runs]
+
+
+def test_dump_study_escapes_strings_and_refuses_a_bad_study():
+    awkward = 'a "quoted" \\ back\tslash\nnew line, \x7f, ümlaut'
+    s = spec(description=awkward, max_samples=4, dense=False, seeds=[0, 3],
+             options=[dict(recipe="paper", label=awkward), dict(method="magnitude")])
+    text = st.dump_study(s, comment="first line\nsecond line")
+    assert text.startswith("# first line\n# second line\nname = ")
+    assert tomllib.loads(text) == s
+    assert st.parse_study(tomllib.loads(text)).runs == st.parse_study(s).runs
+    with pytest.raises(SpeechPruneError, match="unknown key 'colour'"):
+        st.dump_study(spec(colour="red"))
+
+
 # --- running, with the evaluation replaced by a stand-in -----------------------------------------
 
 class FakeSpeech:
