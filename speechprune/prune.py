@@ -27,10 +27,11 @@ from dataclasses import dataclass
 import torch
 
 from speechprune.errors import SpeechPruneError, check_choice
-from speechprune.kmeans import closest_pairs, kmeans, kmeans_many, memory_budget
+from speechprune.kmeans import kmeans, kmeans_many, memory_budget
+from speechprune.pairs import closest_pairs
 from speechprune.structure import Unit
 
-METHODS = ("cluster", "magnitude", "pairs")  # pairs: closest pairs first, no seed (kmeans.closest_pairs)
+METHODS = ("cluster", "magnitude", "pairs")  # pairs: closest pairs first, no seed (pairs.closest_pairs)
 
 
 @dataclass

@@ -363,7 +363,7 @@ def _closest_pairs_masked(x: torch.Tensor, k: int, w: torch.Tensor | None = None
 @pytest.mark.parametrize("n,d,k,weighted,duplicates", [(300, 16, 150, False, False), (257, 8, 40, True, False),
                                                        (200, 12, 120, False, True), (64, 3, 5, True, True)])
 def test_closest_pairs_in_place_masking_gives_the_reference_assignments(n, d, k, weighted, duplicates):
-    from speechprune.kmeans import closest_pairs
+    from speechprune.pairs import closest_pairs
 
     g = torch.Generator().manual_seed(n + k)
     x = torch.randn(n, d, generator=g)

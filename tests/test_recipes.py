@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from speechprune.compress import compress
-from speechprune.kmeans import closest_pairs, kmeans
+from speechprune.kmeans import kmeans
+from speechprune.pairs import closest_pairs
 from speechprune.study import make_run, parse_study
 
 
