@@ -7,7 +7,7 @@ data2vec-audio, Wav2Vec2-Conformer, UniSpeech-SAT and SEW.
 The public API is what ``__all__`` lists; everything else may change between versions.
 """
 
-__version__ = "0.3.0"
+from speechprune._version import __version__  # noqa: F401  (written once, in speechprune/_version.py)
 
 # compress, evaluate, export and kmeans share their names with the modules that define them: these
 # imports bind the package attributes to the functions. Reach a module's other names with

@@ -24,7 +24,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-import speechprune
+from speechprune._version import __version__
 from speechprune.checkpoint import transformers_quiet
 from speechprune.data import SAMPLE_RATE, SpeechSet
 from speechprune.errors import SpeechPruneError, check_choice, warn
@@ -356,7 +356,7 @@ def evaluate(model: torch.nn.Module, processor, speech: SpeechSet, *, batch_size
         device=str(_model_device(model)),
         decoding=settings,
         versions=dict(
-            speechprune=speechprune.__version__,
+            speechprune=__version__,
             torch=torch.__version__,
             transformers=transformers.__version__,
             jiwer=importlib.metadata.version("jiwer"),

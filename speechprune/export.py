@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-import speechprune
+from speechprune._version import __version__
 from speechprune.checkpoint import load_checkpoint
 from speechprune.data import SAMPLE_RATE
 from speechprune.errors import SpeechPruneError, check_choice, warn
@@ -256,7 +256,7 @@ def export(folder: str | os.PathLike, *, to: str = "ct2", out: str | os.PathLike
 def _versions(to: str) -> dict[str, str]:
     names = ["torch", "transformers"] + list(_PACKAGES[to])
     found = {n: importlib.metadata.version(n) for n in names if importlib.util.find_spec(n) is not None}
-    return dict(speechprune=speechprune.__version__, python=platform.python_version(), **found)
+    return dict(speechprune=__version__, python=platform.python_version(), **found)
 
 
 def _decoding_facts(model: nn.Module, processor, family: str) -> dict[str, Any]:
@@ -709,7 +709,7 @@ def evaluate_exported(folder: str | os.PathLike, speech, *, backend: str | None 
                                                            versions=s["versions"]),
         decoding=dict(method=method, batch_size=batch_size, backend=s["backend"],
                       **({"prompt": s["decoding"]["prompt"], "clips_over_30s": over} if whisper else {})),
-        versions={**s["versions"], "speechprune": speechprune.__version__, "python": platform.python_version(),
+        versions={**s["versions"], "speechprune": __version__, "python": platform.python_version(),
                   "jiwer": importlib.metadata.version("jiwer")},
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         utterances=[dict(id=u.id, duration=round(u.duration, 3), reference=u.text, hypothesis=hyp,

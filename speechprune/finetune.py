@@ -39,7 +39,7 @@ import transformers
 from accelerate import PartialState
 from torch import nn
 
-import speechprune
+from speechprune._version import __version__
 from speechprune.checkpoint import write_pruned
 from speechprune.data import (  # noqa: F401  (LIBRISPEECH_TRAIN*, load_training_speech: re-exported, they lived here)
     LIBRISPEECH_TRAIN,
@@ -452,7 +452,7 @@ def _provenance(speech) -> dict | None:
 
 
 def _versions() -> dict[str, str]:
-    return dict(speechprune=speechprune.__version__, torch=torch.__version__, transformers=transformers.__version__,
+    return dict(speechprune=__version__, torch=torch.__version__, transformers=transformers.__version__,
                 accelerate=importlib.metadata.version("accelerate"), python=platform.python_version())
 
 

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
-import speechprune  # the package's __init__ has run (and set __version__) before any submodule
+from speechprune._version import __version__
 from speechprune.errors import SpeechPruneError, warn
 
 MARKER = ".speechprune-output.json"
@@ -68,7 +68,7 @@ def write_marker(folder: Path, command: str, *, files: Sequence[str] | None = No
                  folders: Sequence[str] = ()) -> None:
     """Record in ``folder`` what speechprune wrote there: ``files`` (default: everything in it now)
     and ``folders`` whose whole content is its own (a fine-tuning run's checkpoints)."""
-    marker = dict(written_by=f"speechprune {speechprune.__version__}", command=command,
+    marker = dict(written_by=stamp(), command=command,
                   written=f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} {uuid.uuid4().hex[:12]}",
                   files=sorted(written_files(folder) if files is None else files), folders=sorted(folders))
     (folder / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
@@ -462,7 +462,7 @@ _PNG_TAG = b"tEXtSoftware\x00speechprune"
 
 def stamp() -> str:
     """What a file speechprune writes records as its writer (``speechprune <version>``)."""
-    return f"speechprune {speechprune.__version__}"
+    return f"speechprune {__version__}"
 
 
 def written_by_speechprune(path: Path) -> bool:

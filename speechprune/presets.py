@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-import speechprune
+from speechprune._version import __version__
 from speechprune.data import load_speech
 from speechprune.models import load_model
 from speechprune.outputs import write_json
@@ -58,7 +58,7 @@ def measure(model: str, data: str, *, method: str | None = None, sparsity: float
     settings = dict(model=model, data=data, max_samples=max_samples, method=method,
                     sparsity=sparsity if method else 0.0, scope=scope if method else None,
                     allocation=allocation if method else None, seed=seed if method else None,
-                    features=features if method == "cluster" else None, speechprune=speechprune.__version__)
+                    features=features if method == "cluster" else None, speechprune=__version__)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"{method or 'dense'}-{digest}.json" if cache_dir else None
     if path is not None and path.is_file():
