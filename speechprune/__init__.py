@@ -21,9 +21,11 @@ from speechprune.export import export
 from speechprune.kmeans import kmeans, kmeans_many
 from speechprune.methods import available_methods, register_method
 from speechprune.models import load_model
+from speechprune.options import CompressionOptions
 
 __all__ = [
     "compress",
+    "CompressionOptions",
     "CompressionReport",
     "register_method",
     "available_methods",

@@ -148,7 +148,7 @@ def allocate(units: Sequence[Unit], sparsity: float, allocation: str = "uniform"
 
     Every allocation keeps the total that a uniform cut would keep in each pool; they differ
     only in which layers give up more (see the module's description of each rule). The
-    result can be edited and passed to ``compress(model, keep=...)``.
+    result can be edited and passed to ``compress(model, budget=...)``.
 
     Parameters
     ----------
@@ -186,7 +186,7 @@ def allocate(units: Sequence[Unit], sparsity: float, allocation: str = "uniform"
     >>> keep
     {'encoder.layers.0.ffn': 32, 'encoder.layers.1.ffn': 32}
     >>> keep["encoder.layers.1.ffn"] = 16  # prune the last layer harder
-    >>> report = compress(model, keep=keep, progress=False)
+    >>> report = compress(model, budget=keep, progress=False)
     >>> model.hubert.encoder.layers[1].feed_forward.intermediate_dense.out_features
     16
     """

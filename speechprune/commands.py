@@ -18,20 +18,21 @@ from speechprune import study
 from speechprune.executors import add_executor_arguments, study_runner
 from speechprune.allocation import ALLOCATIONS
 from speechprune.checkpoint import save_pruned
-from speechprune.compress import check_sparsity, compress
+from speechprune.compress import compress
 from speechprune.data import load_speech, load_training_speech
-from speechprune.errors import SpeechPruneError, check_choice, check_device, cli_float, cli_int, cli_seed
+from speechprune.errors import SpeechPruneError, check_device, cli_float, cli_int, cli_seed
 from speechprune.evaluate import DECODINGS, evaluate, summary
 from speechprune.export import evaluate_exported, export, read_settings, require_backend
 from speechprune.experiment import (DEFAULT_DATA, DEFAULT_MODEL, format_main_job, format_table, plot_comparison,
-                                    plot_main_job, run_comparison, run_main_job)
+                                    option_grid, plot_main_job, run_comparison, run_main_job)
 from speechprune.finetune import FREEZE, PRECISIONS, check_learning_rate, finetune, plan_out_dir
 from speechprune.hub import add_evaluation, command_line
 from speechprune.methods import available_methods, entry_point_errors, load_entry_points
 from speechprune.models import load_model
 from speechprune.outputs import check_output_dir, check_output_file, output_state, staged_output, write_json
 from speechprune.prune import FEATURES, MERGES, WEIGHTINGS
-from speechprune.recipes import RECIPES, resolve
+from speechprune.options import CompressionOptions, check_sparsity
+from speechprune.recipes import RECIPES, recipe_options
 
 
 # ---------------------------------------------------------------- compress
@@ -72,7 +73,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                         "or normalized = producer rows as they act on the LayerNorm-normalised input")
     p.add_argument("--weighting", choices=WEIGHTINGS, default=None,
                    help="k-means weight of a channel: none, or consumer = its consumer column's squared norm")
-    p.add_argument("--merge", choices=MERGES, default=None, dest="merge_rule",
+    p.add_argument("--merge", choices=MERGES, default=None,
                    help="how a cluster's producers combine: mean (the paper), weighted (by consumer norm) "
                         "or projection (first-order optimal)")
     p.add_argument("--seed", type=cli_seed, default=0)
@@ -89,14 +90,14 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
 
 def _run_compress(args: argparse.Namespace) -> int:
     # everything that can be checked without the model, before any work (numbers: by the parser)
+    options = CompressionOptions(method=args.method, sparsity=args.sparsity, scope=args.scope,
+                                 allocation=args.allocation, features=args.features, weighting=args.weighting,
+                                 merge=args.merge, seed=args.seed, recipe=args.recipe)
     device = check_device(args.device)
     target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
     expect = output_state(target)
     model, processor = load_model(args.model, device=device, allow_new_weights=args.allow_new_weights)
-    report = compress(model, method=args.method, sparsity=args.sparsity, scope=args.scope,
-                      allocation=args.allocation, seed=args.seed, max_iter=args.max_iter,
-                      features=args.features, weighting=args.weighting, merge_rule=args.merge_rule,
-                      recipe=args.recipe)
+    report = compress(model, options, max_iter=args.max_iter)
     command = command_line(report.to_dict(), model=args.model, out=args.out)
     if command and args.max_iter != 100:
         command += f" --max-iter {args.max_iter}"
@@ -273,8 +274,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                                    "recipe (over --seeds k-means seeds), the recommended recipe and magnitude "
                                    "pruning, evaluate them and the dense model on the same speech, print the table "
                                    "with what the differences mean, and save a plot. Given --recipe or any of "
-                                   "--allocations/--merges/--features/--weighting, it compares that clustering with "
-                                   "magnitude pruning at --seed instead.")
+                                   "--method/--allocations/--merges/--features/--weighting, it compares that method "
+                                   "with magnitude pruning at --seed instead.")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data", default=DEFAULT_DATA, help="embedded, embedded-full, an audiofolder, librispeech:test-clean ...")
     p.add_argument("--sparsity", type=_sparsity, default=0.2)
@@ -282,6 +283,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", choices=RECIPES, default=None,
                    help="compare this recipe's clustering with magnitude; the options below, when given, override it "
                         "(default: no recipe, the paper's features and producer features side by side)")
+    p.add_argument("--method", choices=available_methods(), default=None,
+                   help="the method compared with magnitude pruning (default: the recipe's; without a recipe, "
+                        "cluster): a built-in or a plug-in's (entry point group speechprune.methods)")
     p.add_argument("--allocations", default=None, help=f"comma-separated, from {', '.join(ALLOCATIONS)} (default: uniform)")
     p.add_argument("--merges", default=None,
                    help=f"comma-separated merge rules for cluster, from {', '.join(MERGES)} (default: mean)")
@@ -307,7 +311,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     # everything that can be checked before loading data or a model
-    if args.recipe is None and all(getattr(args, f) is None for f in ("allocations", "merges", "features",
+    if args.recipe is None and all(getattr(args, f) is None for f in ("method", "allocations", "merges", "features",
                                                                       "weighting")):
         return _run_main_job(args)
     _apply_recipe(args)
@@ -317,16 +321,14 @@ def _run_compare(args: argparse.Namespace) -> int:
         lists[flag] = _names(getattr(args, flag))
         if not lists[flag]:
             raise SpeechPruneError(f"--{flag} names nothing: use one or more of {', '.join(choices)}")
-        for name in lists[flag]:
-            check_choice(kind, name, choices)
+    options = option_grid(sparsity=args.sparsity, scope=args.scope, methods=args.methods,
+                          allocations=lists["allocations"], features=lists["features"], merges=lists["merges"],
+                          weighting=args.weighting, seed=args.seed)
     device = check_device(args.device)
     target = check_output_dir(args.out, overwrite=args.overwrite, inputs=[args.model])
     expect = output_state(target)
-    result = run_comparison(args.model, args.data, sparsity=args.sparsity, scope=args.scope,
-                            allocations=lists["allocations"], merge_rules=lists["merges"],
-                            feature_sets=lists["features"], weighting=args.weighting,
-                            max_samples=args.max_samples, decoding=args.decoding, methods=args.methods,
-                            batch_size=args.batch_size, device=device, seed=args.seed)
+    result = run_comparison(args.model, args.data, options, max_samples=args.max_samples, decoding=args.decoding,
+                            batch_size=args.batch_size, device=device)
     return _publish_comparison(args, expect, result, plot_comparison, format_table)
 
 
@@ -357,12 +359,12 @@ def _apply_recipe(args: argparse.Namespace) -> None:
     """Fill the options left unset: from ``--recipe`` when given, else the defaults (both feature sets)."""
     if args.recipe is None:
         defaults = dict(allocations="uniform", merges="mean", features="both,producer", weighting="none")
-        args.methods = ("cluster", "magnitude")
+        args.methods = (args.method or "cluster", "magnitude")
     else:
-        r = resolve(args.recipe)
+        r = recipe_options(args.recipe)
         defaults = dict(allocations=r["allocation"], merges=r["merge"], features=r["features"],
                         weighting=r["weighting"])
-        args.methods = (r["method"], "magnitude")
+        args.methods = (args.method or r["method"], "magnitude")
     for name, value in defaults.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)

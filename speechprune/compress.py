@@ -7,23 +7,22 @@ command line and saves a folder that :func:`speechprune.checkpoint.load_checkpoi
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from speechprune.allocation import allocate
-from speechprune.errors import SpeechPruneError, check_choice, check_int, check_seed, warn
+from speechprune.errors import SpeechPruneError, check_int, warn
 from speechprune.outputs import check_output_file, write_json
-from speechprune.methods import Method, assign, check_labels, get_method
-from speechprune.prune import FEATURES, MERGES, WEIGHTINGS, assign_cluster, cluster_many, merge
+from speechprune.methods import assign, check_labels
+from speechprune.options import CompressionOptions, check_sparsity, options_from  # noqa: F401 (check_sparsity: its old home)
+from speechprune.prune import assign_cluster, merge
 from speechprune.structure import (PARTS, Unit, count_parameters, iter_units, model_family, parse_scope,
                                    record_widths, units_in_scope)
-from speechprune.recipes import resolve
 
 
 @dataclass
@@ -59,16 +58,19 @@ class CompressionReport:
         The parts pruned (``encoder.ffn``, ...).
     allocation : str
         ``uniform``, ``variance``, ``cost``, or ``explicit`` for a ``keep`` budget.
-    seed : int
-        The k-means seed.
+    seed : int or None
+        The k-means seed; None for a method that takes none (magnitude, closest pairs).
     params_before, params_after : int
         All the model's parameters before and after.
     seconds : float
         Wall time of the compression.
     units : list of UnitReport
         One row per unit: channels and parameters before and after, cost, time.
-    features, merge_rule, weighting : str
-        The clustering recipe (``"none"`` where it did not apply).
+    features, merge, weighting : str
+        The clustering options that shaped the result (``"none"`` where they did not apply).
+        Reports saved by 0.3 and earlier named ``merge`` ``merge_rule``; :meth:`from_dict` reads both.
+    recipe : str or None
+        The recipe the options were resolved from (None in reports saved before it was recorded).
 
     Examples
     --------
@@ -88,14 +90,15 @@ class CompressionReport:
     sparsity: float
     scope: list[str]
     allocation: str
-    seed: int
+    seed: int | None
     params_before: int
     params_after: int
     seconds: float
     units: list[UnitReport] = field(default_factory=list)
     features: str = "both"
-    merge_rule: str = "mean"
+    merge: str = "mean"
     weighting: str = "none"
+    recipe: str | None = None
 
     @property
     def param_sparsity(self) -> float:
@@ -122,8 +125,15 @@ class CompressionReport:
     def from_dict(cls, d: dict) -> "CompressionReport":
         """The report back from :meth:`to_dict`'s output (e.g. a folder's ``speechprune_report.json``)."""
         d = {k: v for k, v in d.items() if k != "param_sparsity"}
+        if "merge_rule" in d:  # the name in 0.3 and earlier
+            d["merge"] = d.pop("merge_rule")
         d["units"] = [UnitReport(**u) for u in d.get("units", [])]
         return cls(**d)
+
+    @property
+    def options(self) -> CompressionOptions:
+        """The :class:`~speechprune.options.CompressionOptions` that reproduce this compression."""
+        return CompressionOptions.from_report(self.to_dict())
 
     def table(self) -> str:
         """A plain-text table: one row per unit, then the totals."""
@@ -143,21 +153,10 @@ class CompressionReport:
         return "\n".join(rows)
 
 
-def check_sparsity(sparsity: float) -> float:
-    """``sparsity`` as a float in [0, 1), or a :class:`SpeechPruneError` naming the bad value."""
-    try:
-        s = float(sparsity)
-    except (TypeError, ValueError):
-        raise SpeechPruneError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
-    if not (0.0 <= s < 1.0) or math.isnan(s):
-        raise SpeechPruneError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    return s
-
-
 def _check_keep(model: nn.Module, keep: dict[str, int], scope: str | None) -> list[Unit]:
     """The units an explicit budget names, in forward order, each with ``1 <= k <= n``."""
     if not isinstance(keep, dict) or not keep:
-        raise SpeechPruneError("keep must be a non-empty dict {unit name: channels to keep}, e.g. from allocate()")
+        raise SpeechPruneError("budget must be a non-empty dict {unit name: channels to keep}, e.g. from allocate()")
     units = {u.name: u for u in iter_units(model)}
     unknown = sorted(set(keep) - set(units))
     if unknown:
@@ -170,29 +169,21 @@ def _check_keep(model: nn.Module, keep: dict[str, int], scope: str | None) -> li
     for u in chosen:
         k = keep[u.name]
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= u.n_channels:
-            raise SpeechPruneError(f"keep[{u.name!r}] = {k!r}: it must be an integer from 1 to {u.n_channels}")
+            raise SpeechPruneError(f"budget[{u.name!r}] = {k!r}: it must be an integer from 1 to {u.n_channels}")
         if parts is not None and u.part not in parts:
-            raise SpeechPruneError(f"keep names {u.name}, which is outside the scope {scope!r}")
+            raise SpeechPruneError(f"the budget names {u.name}, which is outside the scope {scope!r}")
     return chosen
 
 
 @torch.no_grad()
 def compress(
     model: nn.Module,
+    options: CompressionOptions | None = None,
     *,
-    method: str | Callable | None = None,
-    sparsity: float | None = None,
-    scope: str | None = None,
-    allocation: str | None = None,
-    keep: dict[str, int] | None = None,
-    seed: int = 0,
     max_iter: int = 100,
     n_init: int = 1,
-    features: str | None = None,
-    weighting: str | None = None,
-    merge_rule: str | None = None,
     progress: bool = True,
-    recipe: str | None = None,
+    **fields: Any,
 ) -> CompressionReport:
     """Prune ``model`` in place and return what was done.
 
@@ -207,39 +198,44 @@ def compress(
     ----------
     model : transformers model
         A supported speech model (see ``speechprune.structure.FAMILIES``), changed in place.
+    options : CompressionOptions, optional
+        What to do, resolved and checked in one place (:class:`speechprune.options.CompressionOptions`).
+        Instead of it, its fields can be given as keyword arguments (not both):
     method : str or callable, optional
         A registered method name (``"cluster"``, ``"magnitude"``, ``"pairs"``, a plug-in's) or a callable
         ``fn(unit, k, **options)`` returning the new channel of each old channel (-1 drops
         it); see :func:`speechprune.register_method`. Default: the recipe's (``cluster``).
     sparsity : float, default 0.2
-        Fraction of channels removed in ``scope``, in [0, 1). Not with ``keep``.
+        Fraction of channels removed in ``scope``, in [0, 1). Not with ``budget``.
     scope : str, default "ffn"
         Comma-separated parts: ``encoder.ffn``, ``encoder.attention``, ``decoder.ffn``,
         ``decoder.attention``, or ``encoder``, ``decoder``, ``ffn``, ``attention``, ``all``.
     allocation : {"uniform", "variance", "cost"}, optional
         How the budget is spread over layers (see :func:`speechprune.allocate`); default: the
         recipe's (``uniform``).
-    keep : dict, optional
+    budget : dict, optional
         An explicit budget ``{unit name: channels to keep}`` (what ``allocate`` returns);
         only the named units change, and ``sparsity`` and ``allocation`` do not apply.
+        (Its old name ``keep`` works for one more release, with a warning.)
     seed : int, default 0
-        The k-means seed (passed to every method that takes ``seed``).
-    max_iter : int, default 100
-        k-means iterations at most.
-    n_init : int, default 1
-        k-means restarts; the run with the lowest inertia is kept.
+        The k-means seed (for a method that takes one; a seed-free method's report says None).
     features : {"both", "producer", "normalized"}, optional
         What k-means compares (see :func:`speechprune.prune.channel_features`).
     weighting : {"none", "consumer"}, optional
         The k-means weight of each channel.
-    merge_rule : {"mean", "weighted", "projection"}, optional
+    merge : {"mean", "weighted", "projection"}, optional
         How a new channel's producer combines its members' (see :func:`speechprune.prune.merge`).
-    progress : bool, default True
-        Show a progress bar.
+        (Its old name ``merge_rule`` works for one more release, with a warning.)
     recipe : {"paper", "recommended"}, optional
         A named set of the clustering options (:mod:`speechprune.recipes`, default ``paper``:
         ``cluster``, ``both``, ``uniform``, ``mean``, ``none``); every option given explicitly
         overrides it.
+    max_iter : int, default 100
+        k-means iterations at most.
+    n_init : int, default 1
+        k-means restarts; the run with the lowest inertia is kept.
+    progress : bool, default True
+        Show a progress bar.
 
     Returns
     -------
@@ -252,7 +248,7 @@ def compress(
     ------
     SpeechPruneError
         For an unsupported model, an unknown method, scope, allocation or option, a sparsity
-        outside [0, 1) or one that empties a layer, a bad ``keep``, or a method that raises or
+        outside [0, 1) or one that empties a layer, a bad ``budget``, or a method that raises or
         returns an invalid assignment (named in the message). The model is then unchanged.
 
     Examples
@@ -273,41 +269,25 @@ def compress(
     ...     labels = torch.full((unit.n_channels,), -1)
     ...     labels[:k] = torch.arange(k)
     ...     return labels
-    >>> report = compress(tiny_model("whisper"), method=keep_first, keep={"decoder.layers.1.ffn": 10},
+    >>> report = compress(tiny_model("whisper"), method=keep_first, budget={"decoder.layers.1.ffn": 10},
     ...                   progress=False)
     >>> [(u.name, u.channels_after) for u in report.units]
     [('decoder.layers.1.ffn', 10)]
     """
-    seed = check_seed(seed)
+    options = options_from(options, fields, "compress")
     max_iter = check_int("max_iter", max_iter, minimum=1)
     n_init = check_int("n_init", n_init, minimum=1)
-    if scope is not None and not isinstance(scope, str):
-        raise SpeechPruneError(f"scope must be a string such as 'ffn' or 'encoder.ffn,decoder.attention', "
-                               f"got {scope!r}")
-    explicit = {k: v for k, v in dict(features=features, weighting=weighting, merge=merge_rule).items()
-                if v is not None}
-    chosen = resolve(recipe, method=method, allocation=allocation, features=features, weighting=weighting,
-                     merge=merge_rule)
-    method = chosen["method"]
-    allocation, features, weighting, merge_rule = (chosen["allocation"], chosen["features"], chosen["weighting"],
-                                                   chosen["merge"])
     family = model_family(model)
-    chosen = get_method(method)
-    check_choice("merge rule", merge_rule, MERGES)
-    check_choice("feature set", features, FEATURES)
-    check_choice("weighting", weighting, WEIGHTINGS)
+    chosen = options.assigner
+    keep, sparsity = options.budget, options.sparsity
     if keep is not None:
-        if sparsity is not None:
-            raise SpeechPruneError("give either sparsity or keep, not both: keep already fixes every unit's budget")
-        units = _check_keep(model, keep, scope)
+        units = _check_keep(model, dict(keep), options.scope)
         parts = tuple(p for p in PARTS if any(u.part == p for u in units))
-        allocation = "explicit"
     else:
-        sparsity = check_sparsity(0.2 if sparsity is None else sparsity)
-        parts = parse_scope("ffn" if scope is None else scope, model)
+        parts = parse_scope(options.scope, model)
         units = units_in_scope(model, parts)
-    options = dict(seed=seed, max_iter=max_iter, n_init=n_init, features=features, weighting=weighting)
-    _warn_ignored(chosen, explicit, options, merge_rule)
+    _warn_ignored(options, fields)
+    method_kwargs = options.method_kwargs(max_iter=max_iter, n_init=n_init)
 
     start = time.perf_counter()
     params_before = count_parameters(model)
@@ -315,18 +295,18 @@ def compress(
     bar = tqdm(total=2 * len(units), desc=label, unit="step", disable=not progress)
 
     def cost_fn(unit, k):
-        return assign_cluster(unit, k, **{**options, "max_iter": min(max_iter, 20)}).cost
+        return assign_cluster(unit, k, **{**_kmeans_knobs(options, max_iter, n_init), "max_iter": min(max_iter, 20)}).cost
 
     if keep is None:
-        keep = allocate(units, sparsity, allocation, cost_fn=cost_fn,
+        keep = allocate(units, sparsity, options.allocation, cost_fn=cost_fn,
                         progress=(lambda name: bar.set_postfix_str(f"allocating: {name}")) if progress else None)
     # every assignment first, so that a failing or invalid method leaves the model untouched
     assignments = []
-    if chosen.fn is assign_cluster and len(units) > 1:  # k-means: on a GPU, same-shaped layers seeded together
-        bar.set_postfix_str(f"clustering {len(units)} units")
+    if chosen.batched is not None and len(units) > 1:  # e.g. k-means: on a GPU, same-shaped layers seeded together
+        bar.set_postfix_str(f"assigning {len(units)} units together")
         t0 = time.perf_counter()
         try:
-            batch = cluster_many(units, [keep[u.name] for u in units], **options)
+            batch = chosen.batched(units, [keep[u.name] for u in units], **method_kwargs)
         except SpeechPruneError as err:
             raise SpeechPruneError(f"method {chosen.name!r} failed: {err}") from err
         each = (time.perf_counter() - t0) / len(units)
@@ -338,42 +318,41 @@ def compress(
         for unit in units:
             bar.set_postfix_str(f"assigning: {unit.name}")
             t0 = time.perf_counter()
-            assignments.append((assign(unit, keep[unit.name], chosen, **options), time.perf_counter() - t0))
+            assignments.append((assign(unit, keep[unit.name], chosen, **method_kwargs), time.perf_counter() - t0))
             bar.update(1)
     reports = []
     for unit, (a, seconds) in zip(units, assignments):
         bar.set_postfix_str(f"merging: {unit.name}")
         t0 = time.perf_counter()
         n, p0 = unit.n_channels, unit.num_parameters()
-        merge(unit, a, merge_rule)
+        merge(unit, a, options.merge or "mean")
         reports.append(UnitReport(unit.name, unit.part, n, a.k, p0, unit.num_parameters(), a.cost,
                                   seconds + time.perf_counter() - t0))
         bar.update(1)
     bar.close()
     if sparsity is None:
         sparsity = 1.0 - sum(r.channels_after for r in reports) / sum(r.channels_before for r in reports)
-    report = CompressionReport(family, chosen.name, sparsity, list(parts), allocation, seed, params_before,
-                               count_parameters(model), time.perf_counter() - start, reports,
-                               *_recipe(chosen, options, merge_rule))
+    features, merge_rule, weighting = options.shaped()
+    report = CompressionReport(family, chosen.name, sparsity, list(parts), options.allocation, options.seed,
+                               params_before, count_parameters(model), time.perf_counter() - start, reports,
+                               features, merge_rule, weighting, options.recipe)
     record_widths(model, {k: v for k, v in report.to_dict().items() if k != "units"})
     return report
 
 
-def _warn_ignored(method: Method, explicit: dict[str, str], options: dict, merge_rule: str) -> None:
-    """Warn about options given explicitly that ``method`` does not read (the report records what ran)."""
-    ran = dict(zip(("features", "merge", "weighting"), _recipe(method, options, merge_rule)))
-    ignored = [f"{name}={value!r}" for name, value in explicit.items() if ran[name] != value]
+def _kmeans_knobs(options: CompressionOptions, max_iter: int, n_init: int) -> dict:
+    """The k-means options of the cost allocation's probe (seeded, whichever method then runs)."""
+    return dict(seed=0 if options.seed is None else options.seed, max_iter=max_iter, n_init=n_init,
+                features=options.features or "both", weighting=options.weighting or "none")
+
+
+def _warn_ignored(options: CompressionOptions, fields: dict) -> None:
+    """Warn about options given explicitly that the method does not read (the report records what ran)."""
+    fields = {("merge" if k == "merge_rule" else k): v for k, v in fields.items()}
+    ignored = [f"{name}={fields[name]!r}" for name in ("features", "merge", "weighting")
+               if fields.get(name) is not None and getattr(options, name) != fields[name]]
     if ignored:
-        warn(f"method {method.name!r} ignores {', '.join(ignored)}: it does not read "
+        ran = dict(zip(("features", "merge", "weighting"), options.shaped()))
+        warn(f"method {options.method_name!r} ignores {', '.join(ignored)}: it does not read "
              f"{'them' if len(ignored) > 1 else 'it'}; the report records what ran "
              f"({', '.join(f'{k}={v!r}' for k, v in ran.items())})")
-
-
-def _recipe(method: Method, options: dict, merge_rule: str) -> tuple[str, str, str]:
-    """The (features, merge rule, weighting) that actually shaped the result, for the report."""
-    if method.fn is assign_cluster:
-        return options["features"], merge_rule, options["weighting"]
-    if method.name == "magnitude" and method.fn is get_method("magnitude").fn:
-        return "producer", "none", "none"  # one member per new channel: merging changes nothing
-    accepted = method.accepted(options)
-    return accepted.get("features", "none"), merge_rule, accepted.get("weighting", "none")

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from speechprune.allocation import ALLOCATIONS
-from speechprune.compress import check_sparsity
 from speechprune.data import load_speech
-from speechprune.errors import check_choice, check_device, check_int
+from speechprune.errors import SpeechPruneError, check_choice, check_device, check_int
 from speechprune.evaluate import DECODINGS
 from speechprune.models import load_model
+from speechprune.options import CompressionOptions
 from speechprune.outputs import save_figure
-from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS
-from speechprune.recipes import resolve
 from speechprune.stats import paired_difference, sentence
 from speechprune.study import execute, make_run, study_record
 
@@ -32,45 +30,39 @@ DEFAULT_DATA = "embedded"
 def run_comparison(
     model: str = DEFAULT_MODEL,
     data: str = DEFAULT_DATA,
+    options: Sequence[CompressionOptions] = (),
     *,
-    sparsity: float = 0.2,
-    scope: str = "encoder.ffn",
-    allocations: tuple[str, ...] = ("uniform",),
-    methods: tuple[str, ...] = ("cluster", "magnitude"),
-    merge_rules: tuple[str, ...] = ("mean",),
-    feature_sets: tuple[str, ...] = ("both",),
-    weighting: str = "none",
     max_samples: int | None = None,
     batch_size: int = 8,
     device: str | None = None,
-    seed: int = 0,
     decoding: str = "greedy",
     progress: bool = True,
 ) -> dict:
-    """Evaluate the dense model and every (allocation, method, features, merge rule) pruned copy.
+    """Evaluate the dense model and one pruned copy per entry of ``options``, on the same speech.
 
-    A preset of the study runner (:func:`speechprune.study.execute`) at one k-means seed: every
-    record is a single run. Feature sets, the weighting and merge rules apply to ``cluster``
-    only (magnitude keeps single channels, ranked by producer norm). Returns the records of
-    :func:`speechprune.evaluate.evaluate`, each with its compression report.
+    A preset of the study runner (:func:`speechprune.study.execute`): every record is a single
+    run. ``options`` that resolve to the same compression (magnitude pruning with two feature
+    sets, say) run once. Every entry must share one sparsity and scope (the result names them).
+    Returns the records of :func:`speechprune.evaluate.evaluate`, each with its compression report.
+
+    :func:`option_grid` builds ``options`` from lists of values (``speechprune compare``'s flags).
     """
-    check_sparsity(sparsity)
     check_choice("decoding", decoding, DECODINGS)
-    for kind, values, choices in (("allocation", allocations, ALLOCATIONS), ("method", methods, METHODS),
-                                  ("merge rule", merge_rules, MERGES), ("feature set", feature_sets, FEATURES)):
-        for value in values:
-            check_choice(kind, value, choices)
-    check_choice("weighting", weighting, WEIGHTINGS)
+    options = _distinct(options)
+    if not options:
+        raise SpeechPruneError("run_comparison needs at least one CompressionOptions to compare with the dense model")
+    settings = {(o.sparsity, o.scope) for o in options}
+    if len(settings) > 1:
+        raise SpeechPruneError(f"run_comparison compares at one budget; the options have {len(settings)} "
+                               "(sparsity, scope) pairs")
+    (sparsity, scope), = settings
+    seeds = sorted({o.seed for o in options if o.seed is not None})
     device = check_device(device)
     speech = load_speech(data, max_samples=max_samples)
     dense, processor = load_model(model, device=device)
     common = dict(decoding=decoding, batch_size=batch_size, max_samples=max_samples)
-    runs = [make_run(model, data, **common)]
-    runs += [make_run(model, data, method=m, scope=scope, sparsity=sparsity, allocation=a, features=f, merge=r,
-                      weighting=weighting, seed=seed, label=_label(m, a, f, r), **common)
-             for a in allocations for m in methods
-             for f in (feature_sets if m != "magnitude" else ("both",))
-             for r in (merge_rules if m != "magnitude" else ("mean",))]
+    runs = [make_run(model, data, **common)] + [make_run(model, data, options=o, label=o.label(), **common)
+                                                for o in options]
     records = [execute(run, dense, processor, speech, device=device, progress=progress) for run in runs]
     return {
         "experiment": "method comparison at equal budget",
@@ -78,11 +70,39 @@ def run_comparison(
         "data": data,
         "sparsity": sparsity,
         "scope": scope,
-        "seed": seed,
+        "seed": seeds[0] if len(seeds) == 1 else None,
         "decoding": decoding,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "records": records,
     }
+
+
+def option_grid(*, sparsity: float = 0.2, scope: str = "encoder.ffn", methods: Sequence[str] = ("cluster", "magnitude"),
+                allocations: Sequence[str] = ("uniform",), features: Sequence[str] = ("both",),
+                merges: Sequence[str] = ("mean",), weighting: str = "none", seed: int = 0,
+                recipe: str | None = None) -> list[CompressionOptions]:
+    """Every combination of the lists, as :class:`CompressionOptions`, without repeats.
+
+    Options a method does not read collapse (magnitude pruning runs once per allocation).
+    """
+    return _distinct([CompressionOptions(method=m, sparsity=sparsity, scope=scope, allocation=a, features=f,
+                                         merge=r, weighting=weighting, seed=seed, recipe=recipe)
+                      for a in allocations for m in methods for f in features for r in merges])
+
+
+def _distinct(options: Sequence[CompressionOptions]) -> list[CompressionOptions]:
+    out, seen = [], set()
+    for o in options:
+        if not isinstance(o, CompressionOptions):
+            raise SpeechPruneError(f"options must be CompressionOptions, got {type(o).__name__}")
+        if o.key() not in seen:
+            seen.add(o.key())
+            out.append(o)
+    return out
+
+
+def _seed_text(seed: int | None) -> str:
+    return "no seed" if seed is None else f"k-means seed {seed}"
 
 
 def summary_rows(result: dict) -> list[dict]:
@@ -135,20 +155,12 @@ def plot_comparison(result: dict, path: str | Path) -> None:
     ax.set_ylim(0, 1.15 * max([r["wer"] for r in rows] + [1.0]))  # room for the labels
     ax.axhline(rows[0]["wer"], color="black", linestyle="--", linewidth=1, label=f"dense {rows[0]['wer']:.1f}%")
     ax.set_ylabel("WER (%)")
-    ax.set_title(f"{result['model']}, {result['scope']} at {result['sparsity']:.0%}, single run, k-means seed {result['seed']}\n"
+    ax.set_title(f"{result['model']}, {result['scope']} at {result['sparsity']:.0%}, single run, {_seed_text(result['seed'])}\n"
                  f"{result['records'][0]['n_utterances']} utterances of {result['data']}", fontsize=10)
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
-
-
-def _label(method: str, allocation: str, features: str, rule: str) -> str:
-    """``cluster``, ``magnitude variance``, ``cluster producer projection``: what differs from the defaults."""
-    parts = [method] + ([allocation] if allocation != "uniform" else [])
-    if method != "magnitude":
-        parts += [x for x, default in ((features, "both"), (rule, "mean")) if x != default]
-    return " ".join(parts)
 
 
 # ---------------------------------------------------------------- the main job: paper, recommendation, baseline
@@ -168,21 +180,20 @@ def run_main_job(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, *, sparsi
     against magnitude pruning and the recommendation against the paper's recipe, in the words of
     :func:`speechprune.stats.sentence` (paired over utterances and seeds, with a 95% interval).
     """
-    check_sparsity(sparsity)
     check_choice("decoding", decoding, DECODINGS)
     seeds = check_int("seeds", seeds, minimum=1, maximum=100)
+    paper = [CompressionOptions(recipe="paper", sparsity=sparsity, scope=scope, seed=s) for s in range(seeds)]
+    recommended = CompressionOptions(recipe="recommended", sparsity=sparsity, scope=scope)
+    magnitude = CompressionOptions(method="magnitude", sparsity=sparsity, scope=scope)
     device = check_device(device)
     speech = load_speech(data, max_samples=max_samples)
     dense, processor = load_model(model, device=device)
     common = dict(decoding=decoding, batch_size=batch_size, max_samples=max_samples)
-    setting = dict(scope=scope, sparsity=sparsity)
-    paper, recommended = resolve("paper"), resolve("recommended")
     plan = [("dense", make_run(model, data, label="dense", **common))]
-    plan += [("paper", make_run(model, data, **setting, **_options(paper), seed=s, label=f"{paper['method']} (paper)",
-                                recipe="paper", **common)) for s in range(seeds)]
-    plan += [("recommended", make_run(model, data, **setting, **_options(recommended), seed=0, recipe="recommended",
-                                      label=f"{recommended['method']} (recommended)", **common)),
-             ("magnitude", make_run(model, data, **setting, method="magnitude", label="magnitude", **common))]
+    plan += [("paper", make_run(model, data, options=o, label=f"{o.method_name} (paper)", **common)) for o in paper]
+    plan += [("recommended", make_run(model, data, options=recommended,
+                                      label=f"{recommended.method_name} (recommended)", **common)),
+             ("magnitude", make_run(model, data, options=magnitude, label="magnitude", **common))]
     records = []
     for role, run in tqdm(plan, desc="main job", unit="model", disable=not progress):
         started = time.perf_counter()
@@ -195,10 +206,6 @@ def run_main_job(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, *, sparsi
         "decoding": decoding, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "records": records,
         "sentences": main_job_sentences(records),
     }
-
-
-def _options(recipe: dict) -> dict:
-    return {k: recipe[k] for k in ("method", "features", "allocation", "merge", "weighting")}
 
 
 def main_job_sentences(records: list[dict]) -> list[str]:

@@ -38,6 +38,8 @@ import transformers
 from torch import nn
 
 from speechprune.errors import SpeechPruneError
+from speechprune.methods import describe_method
+from speechprune.options import CompressionOptions
 from speechprune.outputs import write_file
 from speechprune.structure import FAMILIES, PARTS, model_family
 
@@ -202,20 +204,13 @@ def command_line(report: dict | None, *, model: str, out: str | os.PathLike) -> 
         return None
     if os.path.isabs(model):
         model = Path(model).name
-    args = ["speechprune", "compress", model, "--method", report["method"]]
-    if report.get("allocation") == "explicit":
+    try:
+        options = CompressionOptions.from_report(report).cli_args()
+    except SpeechPruneError:  # a method given as an unregistered callable has no command-line form
+        return None
+    if options is None:
         return None  # a per-unit budget has no command-line form
-    args += ["--sparsity", f"{report['sparsity']:g}", "--scope", ",".join(report["scope"]),
-             "--allocation", report["allocation"]]
-    if report["method"] == "cluster":
-        args += ["--features", report.get("features", "both"), "--weighting", report.get("weighting", "none"),
-                 "--merge", report.get("merge_rule", "mean")]
-    elif report["method"] != "magnitude":  # pairs, a plug-in: the options that shaped it ("none": not taken)
-        for flag, key, default in (("--features", "features", "none"), ("--weighting", "weighting", "none"),
-                                   ("--merge", "merge_rule", "mean")):
-            if report.get(key) not in (None, "none", default):
-                args += [flag, report[key]]
-    args += ["--seed", str(report["seed"]), "--out", Path(out).name]
+    args = ["speechprune", "compress", model, *options, "--out", Path(out).name]
     return shlex.join(args)
 
 
@@ -323,10 +318,8 @@ def write_card(folder: str | os.PathLike) -> Path:
     title = f"{family_name}" + (f" ({base})" if base else "") + ", pruned with speechprune"
     lines += [f"# {title}", ""]
     if report:
-        what = {"cluster": "channel k-means clustering (channels merged: producers averaged, consumers summed)",
-                "magnitude": "magnitude pruning (the channels with the largest producer norm kept)"}
         lines += [f"This model was compressed without data or training by speechprune's "
-                  f"{what.get(method, f'{method!r} assignment method')}: "
+                  f"{describe_method(method)}: "
                   f"{report['sparsity']:.1%} "
                   f"of the channels in {', '.join(report['scope'])} were removed "
                   f"({report['allocation']} allocation over layers).", ""]
@@ -344,7 +337,7 @@ def write_card(folder: str | os.PathLike) -> Path:
     if report:
         before, after = report["params_before"], report["params_after"]
         lines += [f"- method: `{method}`, scope: `{','.join(report['scope'])}`, allocation: "
-                  f"`{report['allocation']}`, seed: {report['seed']}",
+                  f"`{report['allocation']}`, seed: {'none (the method takes none)' if report['seed'] is None else report['seed']}",
                   f"- parameters: {before:,} -> {after:,} ({1 - after / before:.2%} of the model removed)", ""]
     lines += _widths_table(meta.get("widths", {})) + [""]
     if (folder / REPORT_FILE).is_file():

@@ -16,7 +16,8 @@ signature names (``seed``, ``max_iter``, ``n_init``, ``features``, ``weighting``
 them when it takes ``**options``.
 
 A third-party package registers methods without touching speechprune by declaring an entry
-point in the group ``speechprune.methods`` (``name = package.module:function``). They are
+point in the group ``speechprune.methods`` (``name = package.module:function``, or
+``package.module:METHOD`` naming a :class:`Method` that declares what it reads). They are
 loaded the first time a name is not found or the list of methods is asked for (the command
 line does this); one that fails to import is reported and the others still work.
 """
@@ -26,13 +27,14 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from speechprune.errors import SpeechPruneError
-from speechprune.prune import Assignment, assign_cluster, assign_magnitude, assign_pairs, channel_features
+from speechprune.prune import Assignment, assign_cluster, assign_magnitude, assign_pairs, channel_features, cluster_many
 from speechprune.structure import Unit
 
 ENTRY_POINT_GROUP = "speechprune.methods"
@@ -40,22 +42,78 @@ ENTRY_POINT_GROUP = "speechprune.methods"
 MethodFunction = Callable[..., Any]
 
 
+#: The options that can shape a method's result (beyond the k-means knobs ``max_iter``, ``n_init``).
+OPTION_NAMES = ("features", "weighting", "merge", "seed")
+
+
+def _signature_names(fn: MethodFunction) -> set[str] | None:
+    """The keyword names ``fn`` takes; None when it takes ``**kwargs``; an empty set without a signature."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: pass nothing
+        return set()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 @dataclass(frozen=True)
 class Method:
-    """A named assignment method: ``fn(unit, k, **options)``."""
+    """A named assignment method ``fn(unit, k, **options)`` that describes itself.
+
+    Parameters
+    ----------
+    name : str
+        The registered name.
+    fn : callable
+        ``fn(unit, k, **options)``.
+    reads : frozenset of str, optional
+        Which of :data:`OPTION_NAMES` shape its result. Default: the names its signature takes
+        (all of them with ``**kwargs``), plus ``merge`` (its new channels may have several members).
+        ``seed`` in ``reads`` is what makes a method seeded: without it a given seed is recorded as
+        "no seed".
+    fixed : mapping, optional
+        Options the method fixes itself, as its report shows them (magnitude ranks by
+        ``features="producer"``).
+    batched : callable, optional
+        ``batched(units, ks, **options) -> list of Assignment``: the same assignments for many units
+        at once (k-means seeds same-shaped layers together on a GPU).
+    description : str, optional
+        What it does, in the words a model card uses.
+
+    Everything that needs to know about a method (:func:`speechprune.compress`, the study runner,
+    ``compare``, the report and the model card) asks it through these, never by its name.
+    """
 
     name: str
     fn: MethodFunction
+    reads: frozenset[str] | None = None
+    fixed: Mapping[str, str] = field(default_factory=dict)
+    batched: Callable[..., list[Assignment]] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reads is None:
+            names = _signature_names(self.fn)
+            taken = set(OPTION_NAMES) if names is None else (set(OPTION_NAMES) & names) | {"merge"}
+            object.__setattr__(self, "reads", frozenset(taken))
+        else:
+            unknown = set(self.reads) - set(OPTION_NAMES)
+            if unknown:
+                raise SpeechPruneError(f"method {self.name!r}: reads names unknown options {sorted(unknown)}; "
+                                       f"use some of {', '.join(OPTION_NAMES)}")
+            object.__setattr__(self, "reads", frozenset(self.reads))
+
+    @property
+    def takes_seed(self) -> bool:
+        """Whether the seed changes the result (k-means); a seed-free method records "no seed"."""
+        return "seed" in self.reads
 
     def accepted(self, options: dict[str, Any]) -> dict[str, Any]:
         """The subset of ``options`` that ``fn``'s signature takes (all of them with ``**kwargs``)."""
-        try:
-            params = inspect.signature(self.fn).parameters.values()
-        except (TypeError, ValueError):  # builtins without a signature: pass nothing
-            return {}
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        names = _signature_names(self.fn)
+        if names is None:
             return dict(options)
-        names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         return {k: v for k, v in options.items() if k in names}
 
     def __call__(self, unit: Unit, k: int, **options: Any) -> Assignment:
@@ -147,7 +205,9 @@ _entry_points_loaded = False
 entry_point_errors: dict[str, str] = {}
 
 
-def register_method(name: str, fn: MethodFunction | None = None, *, replace: bool = False):
+def register_method(name: str, fn: MethodFunction | None = None, *, replace: bool = False,
+                    reads: Any = None, fixed: Mapping[str, str] | None = None,
+                    batched: Callable[..., list[Assignment]] | None = None, description: str = ""):
     """Register an assignment method under ``name``.
 
     Parameters
@@ -161,6 +221,10 @@ def register_method(name: str, fn: MethodFunction | None = None, *, replace: boo
         ``fn``, ``register_method`` returns a decorator.
     replace : bool, default False
         Allow replacing a method already registered under ``name``.
+    reads, fixed, batched, description : optional
+        How the method describes itself (see :class:`Method`): the options that shape its result
+        (default: from its signature; a method whose signature takes ``seed`` is seeded), the
+        options it fixes itself, a batched form, and a phrase for model cards.
 
     Returns
     -------
@@ -193,14 +257,16 @@ def register_method(name: str, fn: MethodFunction | None = None, *, replace: boo
     >>> unregister_method("first-k")
     """
     if fn is None:
-        return lambda f: register_method(name, f, replace=replace)
+        return lambda f: register_method(name, f, replace=replace, reads=reads, fixed=fixed, batched=batched,
+                                         description=description)
     if not isinstance(name, str) or not name or any(c.isspace() or c == "," for c in name):
         raise SpeechPruneError(f"method name {name!r} must be a non-empty string without spaces or commas")
     if not callable(fn):
         raise SpeechPruneError(f"method {name!r}: {fn!r} is not callable; register fn(unit, k, **options)")
     if name in _REGISTRY and not replace:
         raise SpeechPruneError(f"method {name!r} is already registered; pass replace=True to replace it")
-    _REGISTRY[name] = Method(name, fn)
+    _REGISTRY[name] = Method(name, fn, None if reads is None else frozenset(reads), dict(fixed or {}), batched,
+                             description)
     return fn
 
 
@@ -227,11 +293,17 @@ def load_entry_points(*, reload: bool = False) -> dict[str, str]:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             fn = ep.load()
+            described = fn if isinstance(fn, Method) else None  # a Method describes itself; a function by signature
+            fn = described.fn if described else fn
             if ep.name in _REGISTRY:
                 if _REGISTRY[ep.name].fn is fn:  # loaded before
                     continue
                 raise SpeechPruneError(f"the name {ep.name!r} is already taken by another method")
-            register_method(ep.name, fn)
+            if described:
+                register_method(ep.name, fn, reads=described.reads, fixed=described.fixed, batched=described.batched,
+                                description=described.description)
+            else:
+                register_method(ep.name, fn)
         except Exception as err:  # an uninstalled dependency, a syntax error, a clash: report, go on
             entry_point_errors[ep.name] = f"{type(err).__name__}: {err}"
     for name, why in entry_point_errors.items():
@@ -295,6 +367,22 @@ def assign(unit: Unit, k: int, method: str | MethodFunction | Method = "cluster"
     return get_method(method)(unit, k, **options)
 
 
-register_method("cluster", assign_cluster)
-register_method("magnitude", _magnitude)
-register_method("pairs", assign_pairs)
+def is_registered(method: Method) -> bool:
+    """Whether ``method`` is the one registered under its name (a plain callable is not)."""
+    return method.name in _REGISTRY and _REGISTRY[method.name].fn is method.fn
+
+
+def describe_method(name: str) -> str:
+    """A registered method's description, or ``'NAME' assignment method``."""
+    method = _REGISTRY.get(name)
+    return method.description if method is not None and method.description else f"{name!r} assignment method"
+
+
+register_method("cluster", assign_cluster, reads=("features", "weighting", "merge", "seed"), batched=cluster_many,
+                description="channel k-means clustering (channels merged: producers averaged, consumers summed)")
+# one member per new channel: no merge, no seed; it ranks channels by their producer norm
+register_method("magnitude", _magnitude, reads=(), fixed={"features": "producer"},
+                description="magnitude pruning (the channels with the largest producer norm kept)")
+register_method("pairs", assign_pairs,  # from its signature: features, weighting, merge; no seed
+                description="closest-pairs-first merging (the nearest channels merged until the budget is met; "
+                            "no seed)")

@@ -14,11 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from speechprune._version import __version__
 from speechprune.data import load_speech
+from speechprune.errors import SpeechPruneError, check_device
 from speechprune.models import load_model
+from speechprune.options import CompressionOptions
 from speechprune.outputs import write_json
 from speechprune.stats import paired_difference, summarize
 from speechprune.study import execute, make_run, per_utterance
@@ -43,32 +44,38 @@ def _speech(spec: str, max_samples: int | None):
     return _loaded[key]
 
 
-def measure(model: str, data: str, *, method: str | None = None, sparsity: float = 0.0, scope: str = "ffn",
-            allocation: str = "uniform", seed: int = 0, features: str = "both", max_samples: int | None = None,
+def measure(model: str, data: str, options: CompressionOptions | None = None, *, max_samples: int | None = None,
             batch_size: int = 8, device: str | None = None, cache_dir: str | Path | None = None,
-            build_id: str | None = None) -> dict:
-    """WER record of ``model`` on ``data``: dense when ``method`` is None, else compressed first.
+            build_id: str | None = None, **fields: Any) -> dict:
+    """WER record of ``model`` on ``data``: dense without ``options``, else compressed with them first.
 
+    ``options`` is a :class:`~speechprune.options.CompressionOptions`; its fields may be given as
+    keywords instead (``method="cluster", sparsity=0.2, scope="ffn", ...``; no ``method``: dense).
     The record is :func:`speechprune.evaluate.evaluate`'s, plus ``compression`` (the
     :class:`~speechprune.compress.CompressionReport` as a dict, or None), ``settings`` and
-    ``build_id``. ``features`` is the cluster feature set (see
-    :func:`speechprune.prune.channel_features`). With ``cache_dir``, a record saved for the same
-    settings is loaded instead of measured again; delete the folder to measure afresh.
+    ``build_id``. With ``cache_dir``, a record saved for the same settings is loaded instead of
+    measured again; delete the folder to measure afresh.
     """
+    if options is None and fields.get("method") not in (None, "dense"):
+        options = CompressionOptions(**fields)
+    elif options is not None and fields:
+        raise SpeechPruneError(f"measure: give options or their fields ({', '.join(fields)}), not both")
+    f = options.record_fields() if options is not None else {}
+    method = f.get("method")
     settings = dict(model=model, data=data, max_samples=max_samples, method=method,
-                    sparsity=sparsity if method else 0.0, scope=scope if method else None,
-                    allocation=allocation if method else None, seed=seed if method else None,
-                    features=features if method == "cluster" else None, speechprune=__version__)
+                    sparsity=f.get("sparsity", 0.0), scope=f.get("scope"), allocation=f.get("allocation"),
+                    seed=f.get("seed"), features=f.get("features") if method == "cluster" else None,
+                    speechprune=__version__)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"{method or 'dense'}-{digest}.json" if cache_dir else None
     if path is not None and path.is_file():
         return json.loads(path.read_text())
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device)
     dense, processor = dense_model(model, device)
+    allocation = f.get("allocation")
     label = "dense" if not method else method if allocation == "uniform" else f"{method} ({allocation})"
-    run = make_run(model, data, method=method or "dense", scope=scope, sparsity=sparsity, allocation=allocation,
-                   features=features, seed=seed, batch_size=batch_size, max_samples=max_samples, label=label)
+    run = make_run(model, data, options, batch_size=batch_size, max_samples=max_samples, label=label)
     record = execute(run, dense, processor, _speech(data, max_samples), device=device)
     record.update(settings=settings, build_id=build_id)
     if path is not None:

@@ -31,7 +31,6 @@ from speechprune.kmeans import kmeans, kmeans_many, memory_budget
 from speechprune.pairs import closest_pairs
 from speechprune.structure import Unit
 
-METHODS = ("cluster", "magnitude", "pairs")  # pairs: closest pairs first, no seed (pairs.closest_pairs)
 
 
 @dataclass
@@ -203,24 +202,6 @@ def cluster_many(units: list[Unit], ks: list[int], *, seed: int = 0, max_iter: i
     if group:
         flush()
     return out
-
-
-def assign(unit: Unit, k: int, method: str, **cluster_options) -> Assignment:
-    """Assign ``unit``'s channels to ``k`` new ones with a built-in method.
-
-    ``cluster_options`` go to k-means only. :func:`speechprune.methods.assign` takes any
-    registered method or callable and checks what it returns.
-    """
-    n = unit.n_channels
-    if not 1 <= k <= n:
-        raise SpeechPruneError(f"{unit.name}: cannot keep {k} of {n} channels")
-    check_choice("method", method, METHODS)
-    if method == "cluster":
-        return assign_cluster(unit, k, **cluster_options)
-    if method == "pairs":
-        return assign_pairs(unit, k, features=cluster_options.get("features", "both"),
-                            weighting=cluster_options.get("weighting", "none"))
-    return assign_magnitude(unit, k)
 
 
 def assign_pairs(unit: Unit, k: int, *, features: str = "both", weighting: str = "none") -> Assignment:

@@ -27,6 +27,8 @@ RECIPES_OPTIONS: dict[str, dict[str, str]] = {
 }
 RECIPES = tuple(RECIPES_OPTIONS)
 DEFAULT_RECIPE = "paper"
+#: The baseline every recipe is compared with (its role in studies, tables and the main job).
+BASELINE = "magnitude"
 
 
 def recipe_options(name: str) -> dict[str, str]:

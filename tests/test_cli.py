@@ -39,7 +39,7 @@ def test_compress_recipe_flags_reach_the_report_and_the_config(tmp_path, tiny_fo
     assert main(["compress", str(tiny_folder), "--sparsity", "0.25", "--scope", "ffn", "--features", "normalized",
                  "--weighting", "consumer", "--merge", "weighted", "--out", str(out)]) == 0
     report = json.loads((out / "speechprune_report.json").read_text())
-    assert (report["features"], report["weighting"], report["merge_rule"]) == ("normalized", "consumer", "weighted")
+    assert (report["features"], report["weighting"], report["merge"]) == ("normalized", "consumer", "weighted")
     config = json.loads((out / "config.json").read_text())
     assert config["speechprune"]["compressions"][-1]["features"] == "normalized"
     assert load_checkpoint(out).model.encoder.layers[0].fc1.out_features == 48

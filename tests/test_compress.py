@@ -11,7 +11,8 @@ from conftest import make_tiny_hubert, make_tiny_wav2vec2, make_tiny_whisper
 from speechprune.allocation import allocate
 from speechprune.compress import compress
 from speechprune.errors import SpeechPruneError
-from speechprune.prune import assign, magnitude_scores, merge
+from speechprune.methods import assign
+from speechprune.prune import magnitude_scores, merge
 from speechprune.structure import iter_units, model_family, parse_scope, units_in_scope, widths
 from speechprune.testing import plant_duplicate_channels
 
@@ -72,8 +73,8 @@ def test_zero_sparsity_leaves_outputs_unchanged(family, method):
 
 
 @pytest.mark.parametrize("family", list(MAKERS))
-@pytest.mark.parametrize("recipe", [dict(merge_rule="mean"), dict(merge_rule="projection"),
-                                    dict(features="normalized", weighting="consumer", merge_rule="weighted")],
+@pytest.mark.parametrize("recipe", [dict(merge="mean"), dict(merge="projection"),
+                                    dict(features="normalized", weighting="consumer", merge="weighted")],
                          ids=["mean", "projection", "normalized-weighted"])
 def test_duplicate_channels_and_heads_merge_exactly(family, recipe):
     model = MAKERS[family]()
@@ -262,7 +263,7 @@ def test_normalized_features_see_through_the_layernorm(tiny_whisper):
     assert not torch.allclose(channel_features(a, "producer"), channel_features(b, "producer"), atol=1e-3)
     twin2 = copy.deepcopy(twin)
     recipe = dict(method="cluster", sparsity=0.5, scope="encoder.ffn", features="normalized", weighting="consumer",
-                  merge_rule="weighted", progress=False)
+                  merge="weighted", progress=False)
     compress(twin, **recipe)
     compress(tiny_whisper, **recipe)
     torch.testing.assert_close(_forward(twin, x), _forward(tiny_whisper, x), rtol=1e-4, atol=1e-5)
@@ -280,9 +281,55 @@ def test_normalized_features_with_a_plain_layernorm_are_the_producer_rows(tiny_w
     torch.testing.assert_close(channel_features(unit, "normalized"), channel_features(unit, "producer"))
 
 
-@pytest.mark.parametrize("option", [dict(features="output"), dict(weighting="inputs"), dict(merge_rule="median")])
+@pytest.mark.parametrize("option", [dict(features="output"), dict(weighting="inputs"), dict(merge="median")])
 def test_unknown_recipe_options_are_named(tiny_whisper, option):
     before = widths(tiny_whisper)
     with pytest.raises(SpeechPruneError, match=str(next(iter(option.values())))):
         compress(tiny_whisper, sparsity=0.5, progress=False, **option)
     assert widths(tiny_whisper) == before
+
+
+def test_old_option_names_warn_and_still_work():
+    """``merge_rule`` and ``keep`` are the names of 0.3: they work for one more release, with a warning."""
+    with pytest.warns(DeprecationWarning, match="merge_rule= is deprecated"):
+        old = compress(make_tiny_whisper(), sparsity=0.25, merge_rule="weighted", progress=False)
+    new = compress(make_tiny_whisper(), sparsity=0.25, merge="weighted", progress=False)
+    assert old.merge == new.merge == "weighted"
+    with pytest.warns(DeprecationWarning, match="keep= is deprecated"):
+        report = compress(make_tiny_whisper(), keep={"decoder.layers.1.ffn": 10}, progress=False)
+    assert report.allocation == "explicit" and report.options.budget == {"decoder.layers.1.ffn": 10}
+    with pytest.raises(SpeechPruneError, match="give merge= or its old name merge_rule=, not both"):
+        compress(make_tiny_whisper(), merge="mean", merge_rule="mean", progress=False)
+
+
+def test_a_report_from_0_3_still_loads():
+    """A saved report of 0.3 (``merge_rule``, seed 0 for magnitude) reads back."""
+    from speechprune import CompressionReport
+
+    report = compress(make_tiny_whisper(), method="magnitude", sparsity=0.25, progress=False)
+    old = report.to_dict()
+    old["merge_rule"] = old.pop("merge")
+    old["seed"] = 0
+    del old["recipe"]
+    back = CompressionReport.from_dict(old)
+    assert back.merge == "none" and back.options.seed is None and back.options.method == "magnitude"
+
+
+@pytest.mark.parametrize("method", ["magnitude", "pairs"])
+def test_a_seed_free_method_records_no_seed(method):
+    """A seed given to a method that takes none is recorded as None ("no seed"), not as the seed."""
+    report = compress(make_tiny_whisper(), method=method, sparsity=0.25, seed=7, progress=False)
+    assert report.seed is None and report.options.seed is None
+    assert compress(make_tiny_whisper(), method="cluster", sparsity=0.25, seed=7, progress=False).seed == 7
+
+
+def test_options_object_and_keywords_give_the_same_model():
+    from speechprune.options import CompressionOptions
+
+    a, b = make_tiny_whisper(), make_tiny_whisper()
+    ra = compress(a, CompressionOptions(recipe="recommended", sparsity=0.25, scope="encoder.ffn"), progress=False)
+    rb = compress(b, recipe="recommended", sparsity=0.25, scope="encoder.ffn", progress=False)
+    assert ra.options == rb.options and ra.method == "pairs" and ra.recipe == "recommended"
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(SpeechPruneError, match="not both"):
+        compress(make_tiny_whisper(), CompressionOptions(), sparsity=0.3, progress=False)

@@ -65,7 +65,7 @@ def test_recipe_sets_compress_options_and_explicit_options_override(tiny_whisper
                                            weighting="none")
     assert resolve("paper", features="producer", merge=None)["features"] == "producer"
     plain = compress(copy.deepcopy(tiny_whisper), sparsity=0.25, scope="ffn", progress=False)
-    assert (plain.features, plain.allocation, plain.merge_rule, plain.weighting) == ("both", "uniform", "mean", "none")
+    assert (plain.features, plain.allocation, plain.merge, plain.weighting) == ("both", "uniform", "mean", "none")
     override = compress(copy.deepcopy(tiny_whisper), sparsity=0.25, scope="ffn", recipe="paper",
                         features="producer", progress=False)
     assert override.features == "producer" and override.allocation == "uniform"
@@ -79,13 +79,19 @@ def test_compare_cli_fills_options_from_the_recipe_unless_given():
     from speechprune.commands import _apply_recipe
     from speechprune.recipes import recipe_options
 
-    args = argparse.Namespace(recipe=None, allocations=None, merges=None, features=None, weighting=None)
+    args = argparse.Namespace(recipe=None, method=None, allocations=None, merges=None, features=None, weighting=None)
     _apply_recipe(args)
     assert (args.features, args.merges, args.allocations, args.weighting) == ("both,producer", "mean", "uniform", "none")
-    args = argparse.Namespace(recipe="recommended", allocations=None, merges="projection", features=None, weighting=None)
+    assert args.methods == ("cluster", "magnitude")
+    args = argparse.Namespace(recipe="recommended", method=None, allocations=None, merges="projection", features=None,
+                              weighting=None)
     _apply_recipe(args)
     rec = recipe_options("recommended")
     assert (args.features, args.merges, args.allocations) == (rec["features"], "projection", rec["allocation"])
+    assert args.methods == (rec["method"], "magnitude")
+    args = argparse.Namespace(recipe=None, method="pairs", allocations=None, merges=None, features=None, weighting=None)
+    _apply_recipe(args)
+    assert args.methods == ("pairs", "magnitude")
 
 
 @pytest.mark.slow

@@ -115,7 +115,7 @@ def test_unsupported_models_get_the_list_of_supported_ones(tmp_path):
 def test_new_families_with_per_layer_widths_refuse_plain_loading(tmp_path, family):
     model = tiny_model(family)
     keep = {u.name: 40 + 5 * i for i, u in enumerate(iter_units(model)) if u.kind == "ffn"}
-    compress(model, keep=keep, progress=False)
+    compress(model, budget=keep, progress=False)
     folder = save_pruned(model, tmp_path / "pruned")
     with pytest.raises(Exception, match="intermediate_size.*widths differ per layer.*speechprune.load_checkpoint"):
         getattr(transformers, ARCH[family]).from_pretrained(folder, ignore_mismatched_sizes=True)

@@ -89,7 +89,7 @@ def test_card_metadata_and_body(tmp_path):
     assert meta["base_model"] == "facebook/hubert-large-ls960-ft"
     card = (folder / "README.md").read_text()
     assert ("speechprune compress facebook/hubert-large-ls960-ft --method magnitude --sparsity 0.5 --scope "
-            "encoder.ffn --allocation uniform --seed 0 --out hubert-half") in card
+            "encoder.ffn --allocation uniform --out hubert-half") in card  # magnitude takes no seed
     assert f"{report.params_before:,} -> {report.params_after:,}" in card
     assert "| encoder.ffn | 32 neurons |" in card
     assert "upload_folder(" in card and "Not measured yet" in card
@@ -113,7 +113,7 @@ def test_card_command_reproduces_closest_pairs_on_producer_features():
     args = build_parser().parse_args(shlex.split(command)[1:])
     again = copy.deepcopy(dense)
     compress(again, method=args.method, sparsity=args.sparsity, scope=args.scope, allocation=args.allocation,
-             seed=args.seed, features=args.features, weighting=args.weighting, merge_rule=args.merge_rule,
+             seed=args.seed, features=args.features, weighting=args.weighting, merge=args.merge,
              recipe=args.recipe, progress=False)
     a, b = first.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -83,8 +84,8 @@ def test_a_method_from_outside_the_package_compresses_by_name_and_as_a_callable(
 def test_options_reach_a_method_that_names_them(registered):
     registered("pair-up", pair_up)
     model = make_tiny_whisper()
-    report = compress(model, method="pair-up", sparsity=0.5, seed=3, progress=False, merge_rule="weighted")
-    assert report.seed == 3 and report.merge_rule == "weighted" and report.features == "none"
+    report = compress(model, method="pair-up", sparsity=0.5, seed=3, progress=False, merge="weighted")
+    assert report.seed == 3 and report.merge == "weighted" and report.features == "none"
     assert widths(model)["encoder.layers.0.ffn"] == 32
 
 
@@ -163,7 +164,7 @@ def test_a_bad_method_is_named_and_the_model_left_unchanged(bad, message):
 def test_explicit_budget_changes_only_the_named_units():
     model = make_tiny_whisper()
     keep = {"encoder.layers.1.ffn": 40, "decoder.layers.0.self_attn": 2}
-    report = compress(model, keep=keep, progress=False)
+    report = compress(model, budget=keep, progress=False)
     after = widths(model)
     assert {n: after[n] for n in keep} == keep
     assert after["encoder.layers.0.ffn"] == 64 and after["decoder.layers.1.self_attn"] == 4
@@ -177,20 +178,20 @@ def test_allocate_output_is_an_explicit_budget():
     a, b = make_tiny_hubert(), make_tiny_hubert()
     keep = allocate(units_in_scope(a, "ffn"), 0.4, "variance")
     compress(a, sparsity=0.4, allocation="variance", progress=False)
-    compress(b, keep=keep, progress=False)
+    compress(b, budget=keep, progress=False)
     assert widths(a) == widths(b)
     x = _input("hubert")
     torch.testing.assert_close(_forward(a, x), _forward(b, x))
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(keep={"encoder.layers.9.ffn": 3}), "does not have"),
-    (dict(keep={"encoder.layers.0.ffn": 0}), "integer from 1 to 64"),
-    (dict(keep={"encoder.layers.0.ffn": 65}), "integer from 1 to 64"),
-    (dict(keep={"encoder.layers.0.ffn": 3.5}), "integer from 1 to 64"),
-    (dict(keep={}), "non-empty dict"),
-    (dict(keep={"encoder.layers.0.ffn": 3}, sparsity=0.2), "either sparsity or keep"),
-    (dict(keep={"encoder.layers.0.ffn": 3}, scope="attention"), "outside the scope"),
+    (dict(budget={"encoder.layers.9.ffn": 3}), "does not have"),
+    (dict(budget={"encoder.layers.0.ffn": 0}), "integer from 1 to 64"),
+    (dict(budget={"encoder.layers.0.ffn": 65}), "integer from 1 to 64"),
+    (dict(budget={"encoder.layers.0.ffn": 3.5}), "integer from 1 to 64"),
+    (dict(budget={}), "non-empty dict"),
+    (dict(budget={"encoder.layers.0.ffn": 3}, sparsity=0.2), "either sparsity or budget"),
+    (dict(budget={"encoder.layers.0.ffn": 3}, scope="attention"), "outside the scope"),
 ])
 def test_bad_budgets_are_refused_before_any_change(kwargs, message):
     model = make_tiny_hubert()
@@ -281,6 +282,7 @@ def test_compress_evaluate_and_compare_default_to_cuda_when_available(monkeypatc
     from speechprune.cli import main
     from speechprune.device import default_device
     from speechprune.experiment import run_comparison
+    from speechprune.options import CompressionOptions
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_device() == "cuda" and default_device("cpu") == "cpu"
@@ -295,8 +297,41 @@ def test_compress_evaluate_and_compare_default_to_cuda_when_available(monkeypatc
     assert main(["compress", "some-model", "--sparsity", "0.2", "--out", str(tmp_path / "o")]) == 2
     assert main(["evaluate", "some-model", "--max-samples", "1"]) == 2
     with pytest.raises(SpeechPruneError, match="stop here"):
-        run_comparison("some-model", max_samples=1, progress=False)
+        run_comparison("some-model", options=[CompressionOptions()], max_samples=1, progress=False)
     assert seen == ["cuda", "cuda", "cuda"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["evaluate", "some-model", "--max-samples", "1"]) == 2
     assert seen[-1] == "cpu"
+
+
+def test_a_plugin_method_runs_in_compare_and_study_like_a_builtin(tmp_path):
+    """The plug-in of an entry point runs wherever the built-ins do: ``compare --method`` and a study file."""
+    site = _install_plugin(tmp_path / "site")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), str(ROOT), os.environ.get("PYTHONPATH")])))
+    common = ["--model", "embedded:whisper-tiny.en", "--max-samples", "1", "--device", "cpu"]
+    run = subprocess.run(
+        [sys.executable, "-m", "speechprune", "compare", *common, "--method", "plugin-keep-last", "--sparsity", "0.1",
+         "--out", str(tmp_path / "compare")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert run.returncode == 0, run.stderr
+    saved = json.loads((tmp_path / "compare" / "results.json").read_text())
+    methods = [(r.get("compression") or {}).get("method") for r in saved["records"]]
+    assert methods == [None, "plugin-keep-last", "magnitude"]
+    plugin = saved["records"][1]["compression"]
+    assert plugin["seed"] is None and plugin["features"] == "none"  # it takes no seed and reads no features
+    (tmp_path / "plugin.toml").write_text(textwrap.dedent('''
+        name = "plugin"
+        models = ["embedded:whisper-tiny.en"]
+        data = ["embedded"]
+        max_samples = 1
+        seeds = 2
+        dense = false
+        settings = [{scope = "encoder.ffn", sparsity = 0.1}]
+        options = [{method = "plugin-keep-last"}, {method = "magnitude"}]
+    '''))
+    run = subprocess.run(
+        [sys.executable, "-m", "speechprune", "study", str(tmp_path / "plugin.toml"), "--out",
+         str(tmp_path / "plugin.json"), "--device", "cpu"], capture_output=True, text=True, env=env, cwd=tmp_path,
+        timeout=900)
+    assert run.returncode == 0, run.stderr
+    records = json.loads((tmp_path / "plugin.json").read_text())["records"]
+    assert sorted((r["method"], r["seed"]) for r in records) == [("magnitude", None), ("plugin-keep-last", None)]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from speechprune.errors import SpeechPruneError, cli_int
 from speechprune.outputs import check_output_file
-from speechprune.recipes import resolve
+from speechprune.options import CompressionOptions
+from speechprune.recipes import BASELINE
 from speechprune.stats import study_summary
 from speechprune.study.runner import run_study
 from speechprune.study.selection import grid_cells, markdown_scores
@@ -122,8 +123,8 @@ def _check_results_out(out: Path, study: Study, args: argparse.Namespace) -> Non
 
 def _with_recipe(study: Study, recipe: str) -> Study:
     spec = copy.deepcopy(study.spec)
-    label = f"{resolve(recipe)['method']} ({recipe})"  # cluster (paper), pairs (recommended)
-    spec["options"] = [o if o.get("method") == "magnitude" else {"recipe": recipe, "label": label}
+    label = f"{CompressionOptions(recipe=recipe).method_name} ({recipe})"  # cluster (paper), pairs (recommended)
+    spec["options"] = [o if o.get("method") == BASELINE else {"recipe": recipe, "label": label}
                        for o in spec["options"]]
     dedup = []
     for o in spec["options"]:

@@ -37,9 +37,7 @@ def execute(run: Run, dense, processor, speech, *, device: str | None = None, pr
     target = dense
     if run.method != "dense":
         target = copy.deepcopy(dense)
-        report = compress(target, method=run.method, sparsity=run.sparsity, scope=run.scope,
-                          allocation=run.allocation, seed=run.seed or 0, features=run.features,
-                          weighting=run.weighting, merge_rule=run.merge, progress=progress)
+        report = compress(target, run.options(), progress=progress)
     record = evaluate(target, processor, speech, batch_size=run.batch_size, device=device, progress=progress,
                       label=run.label or run.method, decoding=run.decoding)
     record.update(label=run.label or run.method, compression=report.to_dict() if report else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 
+from speechprune.recipes import BASELINE
 from speechprune.stats import comparisons, groups, option_label, setting_key
 from speechprune.study.spec import Study
 
@@ -111,7 +112,7 @@ def recommend(records: list[dict], *, fallback: str, tie: float = 1.0, need: int
     """
     by_option: dict[str, dict[tuple, dict]] = {}
     for row in comparisons(records, n_boot=n_boot):
-        if row["method"] == "magnitude":
+        if row["method"] == BASELINE:
             continue
         by_option.setdefault(row["option"], {})[row["setting"]] = row
     every = set().union(*by_option.values()) if by_option else set()

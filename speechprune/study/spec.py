@@ -19,14 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speechprune.allocation import ALLOCATIONS
 from speechprune.errors import SpeechPruneError
-from speechprune.prune import FEATURES, MERGES, METHODS, WEIGHTINGS
-from speechprune.recipes import RECIPES, recipe_options
+from speechprune.options import CompressionOptions, check_sparsity
+from speechprune.recipes import RECIPES
 from speechprune.structure import parse_scope, units_in_scope
 
 DECODINGS = ("greedy", "fallback")
-SEEDLESS = ("magnitude", "pairs")  # methods without a k-means seed: one run per setting
 
 # the settings that make a run; the key of a record is a hash of these
 KEY_FIELDS = ("model", "data", "max_samples", "scope", "sparsity", "method", "features", "allocation",
@@ -60,6 +58,14 @@ class Run:
     def key(self) -> str:
         return run_key(self.settings())
 
+    def options(self) -> CompressionOptions | None:
+        """The :class:`~speechprune.options.CompressionOptions` this run compresses with (None: dense)."""
+        if self.method == "dense":
+            return None
+        return CompressionOptions(method=self.method, sparsity=self.sparsity, scope=self.scope,
+                                  allocation=self.allocation, features=self.features, merge=self.merge,
+                                  weighting=self.weighting, seed=self.seed, recipe=self.recipe)
+
     def describe(self) -> str:
         if self.method == "dense":
             return f"{self.model} dense on {self.data}"
@@ -76,36 +82,23 @@ def run_key(settings: dict) -> str:
     return hashlib.sha1(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_run(model: str, data: str, *, method: str = "dense", scope: str | None = None, sparsity: float = 0.0,
-             features: str = "both", allocation: str = "uniform", merge: str = "mean", weighting: str = "none",
-             seed: int | None = 0, decoding: str = "greedy", batch_size: int = 8, max_samples: int | None = None,
-             label: str = "", recipe: str | None = None) -> Run:
-    """A :class:`Run` with the fields that do not apply to ``method`` set to None.
+def make_run(model: str, data: str, options: CompressionOptions | None = None, *, decoding: str = "greedy",
+             batch_size: int = 8, max_samples: int | None = None, label: str = "", **fields: Any) -> Run:
+    """A :class:`Run` of ``options`` (None, or ``method="dense"``: the dense model) on ``model`` and ``data``.
 
-    Magnitude pruning has no k-means: no seed, features, merge rule or weighting; ``pairs``
-    (closest pairs first) has no seed. The dense model has no compression at all.
+    The fields come from :meth:`CompressionOptions.record_fields`: those the method does not read
+    are None (magnitude pruning: no seed, features, merge rule or weighting; closest pairs: no
+    seed). Instead of ``options``, its fields may be given as keywords.
     """
-    if method == "dense":
-        return Run(model, data, max_samples, decoding=decoding, batch_size=batch_size, label=label or "dense")
-    if method == "pairs":  # no seed: closest pairs first is deterministic
-        return Run(model, data, max_samples, scope, float(sparsity), method, features, allocation, merge, weighting,
-                   None, decoding, batch_size, label or _label(method, allocation, features, merge, weighting),
-                   recipe)
-    if method == "magnitude":
-        return Run(model, data, max_samples, scope, float(sparsity), method, None, allocation, None, None, None,
-                   decoding, batch_size, label or _label(method, allocation, features, merge, weighting), recipe)
-    return Run(model, data, max_samples, scope, float(sparsity), method, features, allocation, merge, weighting,
-               int(seed or 0), decoding, batch_size, label or _label(method, allocation, features, merge, weighting),
-               recipe)
-
-
-def _label(method: str, allocation: str, features: str, merge: str, weighting: str) -> str:
-    """``cluster``, ``magnitude variance``, ``cluster producer projection``: what differs from the defaults."""
-    parts = [method] + ([allocation] if allocation != "uniform" else [])
-    if method != "magnitude":
-        parts += [x for x, default in ((features, "both"), (merge, "mean"), (weighting, "none")) if x != default]
-    return " ".join(parts)
-
+    if options is None:
+        if fields.get("method", "dense") == "dense":
+            return Run(model, data, max_samples, decoding=decoding, batch_size=batch_size, label=label or "dense")
+        options = CompressionOptions(**fields)
+    elif fields:
+        raise SpeechPruneError(f"make_run: give options or their fields ({', '.join(fields)}), not both")
+    f = options.record_fields()
+    return Run(model, data, max_samples, f["scope"], f["sparsity"], f["method"], f["features"], f["allocation"],
+               f["merge"], f["weighting"], f["seed"], decoding, batch_size, label or options.label(), options.recipe)
 
 
 # --- the study file ---------------------------------------------------------------------------
@@ -205,9 +198,13 @@ def parse_study(spec: dict, where: str = "study") -> Study:
         if not isinstance(s["scope"], str) or not s["scope"].strip():
             raise _fail(w, f"'scope' must be a non-empty string, got {s['scope']!r}")
         sp = s["sparsity"]
-        if not isinstance(sp, (int, float)) or isinstance(sp, bool) or not (0.0 < sp < 1.0):
-            raise _fail(w, f"'sparsity' must be a number in (0, 1), got {sp!r}")
-        settings.append((s["scope"], float(sp), _list(s.get("models", models), "models", w)))
+        if not isinstance(sp, (int, float)) or isinstance(sp, bool):
+            raise _fail(w, f"'sparsity' must be a number in [0, 1), got {sp!r}")
+        try:
+            sp = check_sparsity(sp)  # the one rule of every entry point
+        except SpeechPruneError:
+            raise _fail(w, f"'sparsity' must be a number in [0, 1), got {sp!r}") from None
+        settings.append((s["scope"], sp, _list(s.get("models", models), "models", w)))
 
     options = []
     for i, o in enumerate(_list(spec["options"], "options", where, dict)):
@@ -216,13 +213,11 @@ def parse_study(spec: dict, where: str = "study") -> Study:
             if key not in OPTION_KEYS:
                 raise _fail(w, f"unknown key '{key}': use {', '.join(OPTION_KEYS)}")
         recipe = _choice(o["recipe"], "recipe", RECIPES, w) if "recipe" in o else None
-        chosen = {**(recipe_options(recipe) if recipe else {"method": "cluster"}),
-                  **{k: v for k, v in o.items() if k not in ("recipe", "label")}}
-        opt = dict(method=_choice(chosen.get("method", "cluster"), "method", METHODS, w),
-                   features=_choice(chosen.get("features", "both"), "features", FEATURES, w),
-                   allocation=_choice(chosen.get("allocation", "uniform"), "allocation", ALLOCATIONS, w),
-                   merge=_choice(chosen.get("merge", "mean"), "merge", MERGES, w),
-                   weighting=_choice(chosen.get("weighting", "none"), "weighting", WEIGHTINGS, w))
+        opt = {k: v for k, v in o.items() if k not in ("recipe", "label")}
+        try:  # checked by the options themselves (a plug-in method is one of them), once per option
+            CompressionOptions(recipe=recipe, **opt)
+        except SpeechPruneError as err:
+            raise _fail(w, str(err)) from None
         label = o.get("label", "")
         if not isinstance(label, str):
             raise _fail(w, f"'label' must be a string, got {label!r}")
@@ -246,19 +241,20 @@ def parse_study(spec: dict, where: str = "study") -> Study:
                 for scope, sparsity, setting_models in settings:
                     for model in setting_models:
                         for opt, label, recipe in options:
-                            if opt["method"] in SEEDLESS and s_index > 0:
+                            chosen = CompressionOptions(recipe=recipe, scope=scope, sparsity=sparsity, seed=seed,
+                                                        **opt)
+                            if not chosen.takes_seed and s_index > 0:  # one run: the method takes no seed
                                 continue
-                            add(make_run(model, d, scope=scope, sparsity=sparsity, seed=seed, decoding=decoding,
-                                         batch_size=batch_size, max_samples=max_samples, label=label,
-                                         recipe=recipe, **opt))
+                            add(make_run(model, d, chosen, decoding=decoding, batch_size=batch_size,
+                                         max_samples=max_samples, label=label))
     return Study(name=name, runs=runs, description=spec.get("description", ""), spec=spec)
 
 
 def _check_labels_unique(options: list[tuple[dict, str, str | None]], where: str) -> None:
     """Refuse two different options under one label: the tables would merge them into one row."""
     seen: dict[str, tuple] = {}
-    for i, (opt, label, _) in enumerate(options):
-        run = make_run("m", "d", scope="s", sparsity=0.5, label=label, **opt)
+    for i, (opt, label, recipe) in enumerate(options):
+        run = make_run("m", "d", CompressionOptions(recipe=recipe, scope="s", sparsity=0.5, **opt), label=label)
         what = (run.method, run.features, run.allocation, run.merge, run.weighting)
         if run.label in seen and seen[run.label][1] != what:
             raise _fail(f"{where}: options[{i}]",

@@ -49,7 +49,8 @@ def per_utterance(record: dict) -> dict:
     scored = [u for u in record["utterances"] if u["errors"] is not None]
     return dict(utterance_ids=[u["id"] for u in scored], utterance_errors=[u["errors"] for u in scored],
                 utterance_words=[len(u["reference_normalized"].split()) for u in scored],
-                hypotheses=[u["hypothesis"] for u in scored])
+                hypotheses=[u.get("hypothesis") for u in scored])  # records made by hand may lack them
+
 
 def study_record(run: Run, full: dict, seconds: float) -> dict:
     """The compact record a study saves: settings, WER, S/D/I and per-utterance counts for the bootstrap."""

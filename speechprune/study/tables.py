@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from speechprune.recipes import RECIPES_OPTIONS
+from speechprune.recipes import BASELINE, RECIPES_OPTIONS
 from speechprune.stats import comparisons, groups, setting_key, versus
 from speechprune.study.store import load_records
 
@@ -139,7 +139,7 @@ def markdown_summary(records: list[dict], n_boot: int = 2000) -> str:
     out = []
     for (model, data, decoding), settings in tables.items():
         options = sorted({o for by in settings.values() for o in by}, key=lambda o: (o != "magnitude", o))
-        baselines = {o for by in settings.values() for o, r in by.items() if r["method"] == "magnitude"}
+        baselines = {o for by in settings.values() for o, r in by.items() if r["method"] == BASELINE}
         compared = [o for o in options if o not in baselines]
         dense = next((r["dense"] for by in settings.values() for r in by.values() if "dense" in r), None)
         n_utts = next(iter(next(iter(settings.values())).values()))["summary"].n_utterances
@@ -177,7 +177,7 @@ def markdown_target(records: list[dict], n_boot: int = 2000) -> str:
     rows = comparisons(records, n_boot=n_boot)
     blocks: dict[tuple, dict] = {}
     for r in rows:
-        role = "magnitude" if r["method"] == "magnitude" else _recipe_of(r["records"][0])
+        role = BASELINE if r["method"] == BASELINE else _recipe_of(r["records"][0])
         if role:
             blocks.setdefault((r["model"], r["data"], r["decoding"]), {}).setdefault(
                 (r["scope"], r["sparsity"]), {})[role] = r
@@ -217,10 +217,10 @@ def target_rows(records: list[dict], ratio: float = 0.5, n_boot: int = 2000) -> 
     Each row carries the comparison with magnitude pruning in words (``sentence``), so that
     :func:`target_sentences` and :func:`target_table` need no second bootstrap."""
     rows = comparisons(records, n_boot=n_boot)
-    magnitude = {r["setting"]: r["summary"].median for r in rows if r["method"] == "magnitude"}
+    magnitude = {r["setting"]: r["summary"].median for r in rows if r["method"] == BASELINE}
     out = []
     for r in rows:
-        if r["method"] == "magnitude" or r["setting"] not in magnitude:
+        if r["method"] == BASELINE or r["setting"] not in magnitude:
             continue
         m, base = r["summary"].median, magnitude[r["setting"]]
         out.append(dict(model=r["model"], data=r["data"], decoding=r["decoding"], scope=r["scope"],
