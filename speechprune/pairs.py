@@ -14,7 +14,8 @@ import math
 import torch
 from torch import Tensor
 
-from speechprune.kmeans import KMeansResult, _check_arguments, _check_weights, _sq_distances
+from speechprune.kmeans import KMeansResult, _check_arguments, _check_weights
+from speechprune.kmeans_seeding import _sq_distances
 
 
 def closest_pairs(x: Tensor, k: int, *, sample_weight: Tensor | None = None) -> KMeansResult:

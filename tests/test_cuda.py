@@ -89,7 +89,7 @@ def test_kmeans_on_cuda_matches_cpu():
 
 def test_graphed_seeding_matches_eager_on_cuda(monkeypatch):
     """k-means++ steps replayed from CUDA graphs pick the seeds the eager loop picks, faster."""
-    module = sys.modules["speechprune.kmeans"]
+    module = sys.modules["speechprune.kmeans_seeding"]  # where k-means++ looks _stepper_wanted up
     x = (0.02 * torch.randn(5120, 2561, generator=torch.Generator().manual_seed(2))).cuda()
     results, seconds = {}, {}
     for name, wanted in (("eager", False), ("graphed", True)):

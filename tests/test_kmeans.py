@@ -277,7 +277,8 @@ def test_device_counted_seeding_steps_give_the_plain_loops_seeds(
         monkeypatch.setattr(module, "MAX_DISTANCE_ELEMENTS", 100)
     plain = kmeans(x, 200, seed=5, sample_weight=weights)
     calls = []
-    monkeypatch.setattr(module, "_stepper_wanted", lambda x, k: calls.append(k) or True)
+    seeding = importlib.import_module("speechprune.kmeans_seeding")  # where k-means++ looks it up
+    monkeypatch.setattr(seeding, "_stepper_wanted", lambda x, k: calls.append(k) or True)
     stepped = kmeans(x, 200, seed=5, sample_weight=weights)
     assert calls == [200]
     assert torch.equal(plain.labels, stepped.labels) and plain.inertia == stepped.inertia
@@ -293,7 +294,8 @@ def test_batched_seeding_of_same_shaped_problems(monkeypatch: pytest.MonkeyPatch
     ws = [torch.rand(x.shape[0], generator=g) + 0.5 for x in xs] if weighted else None
     alone = [kmeans(x, 250 if x.shape[0] == 300 else 150, seed=2,
                     sample_weight=None if ws is None else ws[i]) for i, x in enumerate(xs)]
-    monkeypatch.setattr(module, "_stepper_wanted", lambda x, k: True)
+    monkeypatch.setattr(module, "_stepper_wanted", lambda x, k: True)  # kmeans_many's choice to batch
+    monkeypatch.setattr(importlib.import_module("speechprune.kmeans_seeding"), "_stepper_wanted", lambda x, k: True)
     monkeypatch.setattr(module, "MAX_BATCH_ELEMENTS", 300 * 300 * 3)  # batches of 3, then 1: chunking too
     seeded = []
     real = module._seed_batch
@@ -322,7 +324,7 @@ def _closest_pairs_masked(x: torch.Tensor, k: int, w: torch.Tensor | None = None
     """closest_pairs as first written: a masked copy of the cost matrix on every pass (the reference)."""
     import math
 
-    from speechprune.kmeans import _sq_distances
+    from speechprune.kmeans_seeding import _sq_distances
 
     n = x.shape[0]
     w = torch.ones(n, dtype=torch.float64) if w is None else w.to(torch.float64)
