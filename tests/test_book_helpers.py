@@ -51,3 +51,14 @@ def test_presets_names_are_the_presets_objects():
 
 def test_shipped_results_are_found_from_the_new_home():
     assert (book.PACKAGE_RESULTS / "finetune_demo.json").is_file()
+
+
+def test_the_study_table_over_seeds_has_its_own_name():
+    """The book's ``comparison_table`` (the paper against this project) and the study's table over seeds
+    had one name; the study's is ``seeds_table``, and its old name warns for one release."""
+    import speechprune.study as study
+    from speechprune import book
+
+    assert study.seeds_table is not book.comparison_table
+    with pytest.warns(DeprecationWarning, match="seeds_table"):
+        assert study.comparison_table is study.seeds_table

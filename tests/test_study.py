@@ -400,7 +400,7 @@ def test_screening_scores_and_the_selection_rule():
 
 
 def test_comparison_table_can_leave_the_sentences_to_the_page():
-    from speechprune.study import comparison_table, saved_study
+    from speechprune.study import saved_study, seeds_table as comparison_table
 
     records = saved_study("allocations-encoder-ffn20")["records"]
     full, short = comparison_table(records, n_boot=100), comparison_table(records, n_boot=100, sentences=False)

@@ -35,7 +35,7 @@ from speechprune.study.store import (CLAIM_TIMEOUT_S, RECORD_FORMAT, REQUIRED_RE
                                      load_records, per_utterance, read_results, records_of, reusable_records,
                                      study_record, write_results)
 from speechprune.study.store import _claims_path, _locked  # noqa: F401  (private, but tests use them)
-from speechprune.study.tables import (PACKAGE_STUDIES, comparison_table, markdown_summary, markdown_target,
+from speechprune.study.tables import (PACKAGE_STUDIES, seeds_table, markdown_summary, markdown_target,
                                       plot_records, saved_comparison, saved_study, status_headline, study_status,
                                       target_rows, target_sentences, target_table)
 
@@ -51,9 +51,21 @@ __all__ = [
     # the selection rule
     "PAPER_OPTION", "grid_cells", "markdown_scores", "recommend", "screening_scores", "select_options",
     # the book's tables and figures
-    "PACKAGE_STUDIES", "comparison_table", "markdown_summary", "markdown_target", "plot_records",
+    "PACKAGE_STUDIES", "seeds_table", "markdown_summary", "markdown_target", "plot_records",
     "saved_comparison", "saved_study", "status_headline", "study_status", "target_rows", "target_sentences",
     "target_table",
     # the command line
     "register_cli",
 ]
+
+
+def __getattr__(name: str):
+    """``comparison_table``, the name of :func:`seeds_table` in 0.3 (the book's helpers have another
+    ``comparison_table``, the paper against this project): it works for one release, with a warning."""
+    if name == "comparison_table":
+        import warnings
+
+        warnings.warn("speechprune.study.comparison_table is deprecated and will be removed in the next release; "
+                      "it is speechprune.study.seeds_table", DeprecationWarning, stacklevel=2)
+        return seeds_table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

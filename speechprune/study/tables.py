@@ -261,7 +261,7 @@ def target_table(rows: list[dict], seeds: int = 5):
     return pd.DataFrame(table).set_index(["setting", "option"]) if table else pd.DataFrame()
 
 
-def comparison_table(records: list[dict], n_boot: int = 2000, *, sentences: bool = True):
+def seeds_table(records: list[dict], n_boot: int = 2000, *, sentences: bool = True):
     """A pandas table: per setting and option, WER over seeds, the interval and (with ``sentences``)
     the comparison with magnitude pruning in words; a page that lists the sentences below its
     table leaves them out, so that the table fits a phone."""
