@@ -392,6 +392,7 @@ LOW_LEVEL_WRITERS = {
     "finetune.py": "writes only inside its run folder, planned by plan_out_dir and published staged",
     "testing.py": "test helpers writing into folders the caller made",
     "export.py": "writes into the staging folder of staged_output",
+    "onnx_export.py:_quantize_onnx": "renames an ONNX file within the staging folder of export's staged_output",
 }
 _WRITE_CALLS = {"write_text", "write_bytes", "savefig", "save_pretrained", "rename", "replace", "dump", "save"}
 
