@@ -33,10 +33,12 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -134,14 +136,58 @@ def parameters_for(notebook: Path, scale: str, build_id: str) -> dict:
     return {k: v for k, v in values.items() if k in declared}
 
 
-def execute(notebook: Path, parameters: dict) -> float:
-    """Run ``notebook`` into the staging folder; returns seconds. Raises on the first failing cell."""
+class LoadMeter:
+    """Wall time, CPU time (this process and its finished children: the papermill kernel) and the
+    machine's mean 1-minute load average, sampled every few seconds, over a ``with`` block.
+
+    The load average counts every runnable process of the machine, this build's own included, so a
+    time measured on a busy machine says so beside it: ``other_load`` is the load that was not this
+    build's (mean load minus the cores this build kept busy)."""
+
+    def __init__(self, every: float = 5.0):
+        self.every, self.samples = every, []
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> "LoadMeter":
+        self.samples = [os.getloadavg()[0]]
+        self._cpu0 = self._cpu()
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        self.cpu_seconds = self._cpu() - self._cpu0
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+        self.load = sum(self.samples) / len(self.samples)
+        self.other_load = max(0.0, self.load - self.cpu_seconds / max(self.seconds, 1e-9))
+
+    @staticmethod
+    def _cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    def as_dict(self) -> dict:
+        return dict(seconds=round(self.seconds, 1), cpu_seconds=round(self.cpu_seconds, 1),
+                    load_average=round(self.load, 2), other_load=round(self.other_load, 2))
+
+
+def execute(notebook: Path, parameters: dict) -> dict:
+    """Run ``notebook`` into the staging folder; returns its :class:`LoadMeter` figures (wall and CPU
+    seconds, load average). Raises on the first failing cell."""
     source, target = ROOT / notebook, STAGE / notebook
     target.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
-                               cwd=str(source.parent), progress_bar=False, start_timeout=120)
-    return time.perf_counter() - started
+    with LoadMeter() as meter:
+        papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
+                                   cwd=str(source.parent), progress_bar=False, start_timeout=120)
+    return meter.as_dict()
 
 
 def solution_span(nb) -> set[int]:
@@ -201,19 +247,33 @@ def publish_ready(notebook: Path, student: bool = False) -> dict:
                 solutions_seconds=round(solution_seconds, 1), exercises=exercises)
 
 
+#: Above this much load that was not the build's own, its times are not the book's speed.
+BUSY = 0.5
+
+
 def chapter_times_table(durations: dict) -> str:
-    """The course guide's run-time table (MyST markdown), from this build's papermill durations."""
-    rows = ["| chapter | run time | of which exercise solutions | exercises |", "|---|---:|---:|---:|"]
-    for entry in durations["notebooks"]:
-        if not entry["notebook"].startswith("notebooks/"):
-            continue
+    """The course guide's run-time table (MyST markdown), from this build's papermill durations, with
+    the CPU time and the machine's load beside each wall time."""
+    rows = ["| chapter | run time | CPU time | load average (not this build's) | of which exercise solutions "
+            "| exercises |", "|---|---:|---:|---:|---:|---:|"]
+    chapters = [e for e in durations["notebooks"] if e["notebook"].startswith("notebooks/")]
+    for entry in chapters:
         link = f"[{entry['title']}](../{entry['notebook']})"
-        rows.append(f"| {link} | {entry['seconds'] / 60:.1f} min | {entry['solutions_seconds'] / 60:.1f} min "
-                    f"| {entry['exercises']} |")
+        load = (f"{entry['load_average']:.1f} ({entry['other_load']:.1f})" if "load_average" in entry else "n/a")
+        cpu = f"{entry['cpu_seconds'] / 60:.1f} min" if "cpu_seconds" in entry else "n/a"
+        rows.append(f"| {link} | {entry['seconds'] / 60:.1f} min | {cpu} | {load} "
+                    f"| {entry['solutions_seconds'] / 60:.1f} min | {entry['exercises']} |")
+    busy = [e for e in chapters if e.get("other_load", 0.0) > BUSY]
+    verdict = (f" The machine was busy with other work during {len(busy)} of the {len(chapters)} chapters (a load "
+               f"of more than {BUSY} that was not this build's): their wall times overstate what a student's "
+               "machine takes; the CPU time is the better guide." if busy else
+               " The machine ran nothing else meanwhile (the load average is this build's own), so the wall "
+               "times are what an idle machine of this kind takes.")
     return "\n".join([
         f"Measured by the build `{durations['build_id']}` at `SCALE = \"{durations['scale']}\"` on "
         f"{durations['machine']}, {durations['date']}: the wall time of each chapter's papermill run, "
-        "kernel start included."
+        "kernel start included, its CPU time, and the machine's 1-minute load average while it ran (in "
+        "brackets, the part that was not this build's)." + verdict
         + (" This build reused measurements cached by an earlier one (`--keep-cache`), so chapters that "
            "measure WERs ran faster than a fresh run." if durations.get("reused_cache") else ""),
         "",
@@ -542,19 +602,21 @@ def main(argv: list[str] | None = None) -> int:
     for notebook in notebooks_in_toc():
         print(f"executing {notebook} ...", flush=True)
         try:
-            seconds = execute(notebook, parameters_for(notebook, scale, build_id))
+            measured = execute(notebook, parameters_for(notebook, scale, build_id))
         except papermill.PapermillExecutionError as err:
             print(f"\nFAILED: {notebook}: {err.ename}: {err.evalue}\n"
                   f"the executed notebook is kept for inspection: {(STAGE / notebook).relative_to(ROOT)}",
                   file=sys.stderr)
             return 1
+        seconds = measured["seconds"]
         timings.append((str(notebook), seconds))
         problems = check_executed(notebook, build_id)
         if problems:
             print("\n".join(["FAILED: the executed notebook is incomplete:", *problems]), file=sys.stderr)
             return 1
-        durations["notebooks"].append(dict(publish_ready(notebook, student=args.student), seconds=round(seconds, 1)))
-        print(f"  done in {seconds:.0f} s", flush=True)
+        durations["notebooks"].append(dict(publish_ready(notebook, student=args.student), **measured))
+        print(f"  done in {seconds:.0f} s (CPU {measured['cpu_seconds']:.0f} s, load average "
+              f"{measured['load_average']:.1f}, of which not this build's {measured['other_load']:.1f})", flush=True)
 
     (BUILD / "durations.json").write_text(json.dumps(durations, indent=1))
     (STAGE / "book" / "chapter_times.md").write_text(chapter_times_table(durations))

@@ -312,9 +312,28 @@ def test_course_guide_includes_the_generated_run_times():
         dict(notebook="notebooks/01_x.ipynb", title="1. X", seconds=90.0, solutions_seconds=30.0, exercises=3),
         dict(notebook="book/results.ipynb", title="Results", seconds=10.0, solutions_seconds=0.0, exercises=0)])
     table = build_book.chapter_times_table(durations)
-    assert "| [1. X](../notebooks/01_x.ipynb) | 1.5 min | 0.5 min | 3 |" in table
+    assert "| [1. X](../notebooks/01_x.ipynb) | 1.5 min | n/a | n/a | 0.5 min | 3 |" in table  # an old durations.json
     assert "Results" not in table and "b-1" in table and "--keep-cache" not in table
     assert "--keep-cache" in build_book.chapter_times_table(dict(durations, reused_cache=True))
+    # a build on a busy machine says so beside its times, and an idle one says that too
+    busy = dict(durations, notebooks=[dict(durations["notebooks"][0], cpu_seconds=150.0, load_average=6.0,
+                                           other_load=4.3)])
+    table = build_book.chapter_times_table(busy)
+    assert "| 1.5 min | 2.5 min | 6.0 (4.3) |" in table and "busy with other work during 1 of the 1" in table
+    idle = dict(durations, notebooks=[dict(durations["notebooks"][0], cpu_seconds=170.0, load_average=1.9,
+                                           other_load=0.0)])
+    assert "ran nothing else meanwhile" in build_book.chapter_times_table(idle)
+
+
+def test_the_load_meter_counts_the_cpu_of_a_child_process():
+    import subprocess
+    import sys
+
+    with build_book.LoadMeter(every=0.1) as meter:
+        subprocess.run([sys.executable, "-c", "x = sum(i * i for i in range(3_000_000))"], check=True)
+    figures = meter.as_dict()
+    assert figures["cpu_seconds"] > 0.05 and figures["seconds"] >= figures["cpu_seconds"] * 0.5
+    assert figures["load_average"] >= 0 and figures["other_load"] >= 0
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
