@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from speechprune.compress import compress
 from speechprune.data import load_speech
+from speechprune.errors import check_device
 from speechprune.evaluate import evaluate
 from speechprune.models import load_model
 from speechprune.study.spec import Run, Study, check_scopes
@@ -89,7 +89,7 @@ def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool
     worker only: it clears the study's saved records when it starts).
     """
     out = Path(out)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device)
     loaded: dict[str, Any] = {}
 
     def model(name: str):

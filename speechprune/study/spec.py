@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from speechprune.errors import SpeechPruneError
+from speechprune.evaluate import DECODINGS
 from speechprune.options import CompressionOptions, check_sparsity
 from speechprune.recipes import RECIPES
 from speechprune.structure import parse_scope, units_in_scope
 
-DECODINGS = ("greedy", "fallback")
 
 # the settings that make a run; the key of a record is a hash of these
 KEY_FIELDS = ("model", "data", "max_samples", "scope", "sparsity", "method", "features", "allocation",
