@@ -62,3 +62,39 @@ def test_the_study_table_over_seeds_has_its_own_name():
     assert study.seeds_table is not book.comparison_table
     with pytest.warns(DeprecationWarning, match="seeds_table"):
         assert study.comparison_table is study.seeds_table
+
+
+def _sweep_records():
+    import random
+
+    rng = random.Random(0)
+    ids = [f"u{i}" for i in range(30)]
+    words = [10] * 30
+
+    def rec(label, method, sparsity, seed, rate):
+        errors = [min(10, max(0, round(rng.gauss(rate * 10, 1)))) for _ in ids]
+        return dict(label=label, method=method, sparsity=sparsity, seed=seed, wer=100 * sum(errors) / 300,
+                    utterance_ids=ids, utterance_errors=errors, utterance_words=words)
+
+    records = [rec("dense", "dense", 0.0, None, 0.05)]
+    for s, (paper, mag) in zip((0.1, 0.3, 0.5), ((0.06, 0.2), (0.3, 0.6), (0.9, 0.95))):
+        records += [rec("cluster (paper)", "cluster", s, seed, paper) for seed in range(5)]
+        records.append(rec("magnitude", "magnitude", s, None, mag))
+    return records
+
+
+def test_the_sweep_says_where_each_method_breaks():
+    from speechprune.book.sweep import breaking_points, plot_sweep, sweep_rows, sweep_sentences
+
+    records = _sweep_records()
+    rows = sweep_rows(records)
+    assert [(r["option"], r["sparsity"], r["runs"]) for r in rows] == [
+        ("cluster (paper)", 0.1, 5), ("cluster (paper)", 0.3, 5), ("cluster (paper)", 0.5, 5),
+        ("magnitude", 0.1, 1), ("magnitude", 0.3, 1), ("magnitude", 0.5, 1)]
+    assert all(r["low"] <= r["median"] <= r["high"] for r in rows)
+    points = breaking_points(records)
+    assert points["cluster (paper)"] == 0.1 and points["magnitude"] is None
+    said = sweep_sentences(records, n_boot=200)
+    assert "cluster (paper) is lower than magnitude" in said[0.3][0]
+    fig = plot_sweep(records)
+    assert len(fig.axes) == 1
