@@ -258,6 +258,38 @@ def versus(records: list[dict], a: str, b: str, *, n_boot: int = N_BOOT, **where
     return d, sentence(d, a, b)
 
 
+def versus_dense(records: list[dict], a: str, *, n_boot: int = N_BOOT, **where) -> tuple[Difference, str] | None:
+    """Option ``a`` against the uncompressed model it was pruned from, on the same utterances, over
+    ``a``'s seeds: the paired difference (positive: the pruned model makes more errors) and a sentence
+    that says whether the increase is significant (the 95% interval lies above 0).
+
+    ``where`` narrows ``a``'s records (``scope=``, ``sparsity=`` ...); None when ``a`` or its dense
+    model is missing.
+    """
+    runs = [r for r in records if option_label(r) == a and r["method"] != "dense"
+            and all(r.get(k) == v for k, v in where.items())]
+    if not runs:
+        return None
+    model, data, decoding = runs[0]["model"], runs[0]["data"], runs[0].get("decoding")
+    dense = [r for r in records if r["method"] == "dense" and r["model"] == model and r["data"] == data
+             and r.get("decoding") == decoding]
+    if not dense:
+        return None
+    d = paired_difference(runs, dense[:1], n_boot=n_boot)
+    lo, hi = d.interval
+    seeds = f"median over {d.n_seeds} seed{'s' if d.n_seeds != 1 else ''}" if d.seeded else "one run"
+    over = "seeds and utterances" if d.seeded else "utterances"
+    numbers = f"{_points(d.median)} points ({seeds}; 95% interval over {over} [{_points(lo)}, {_points(hi)}])"
+    if lo > 0:
+        verdict = f"{a} has a significant WER increase over the uncompressed model: {numbers}"
+    else:
+        verdict = f"{a} has no significant WER increase over the uncompressed model: {numbers}"
+    reason = undecided_reason(d)
+    if reason and "interval contains 0" not in reason:
+        verdict += f" (few data: {reason})"
+    return d, verdict
+
+
 def decodings(records: list[dict], a: str = "fallback", b: str = "greedy", *, n_boot: int = N_BOOT) -> list[dict]:
     """Each setting and option decoded both ways: WER over seeds under decoding ``a`` and ``b``, the
     share of insertions in the errors (loops are insertions), and the paired difference a − b on the

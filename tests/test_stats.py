@@ -191,3 +191,22 @@ def test_decodings_pair_each_option_with_itself_under_the_other_decoding():
     assert row["sentence"].startswith("fallback decoding is lower than greedy decoding in 5 of 5 seeds, "
                                       "median difference −50.0 points")
     assert stats.decodings([r for r in recs if r["decoding"] == "greedy"]) == []  # nothing to pair
+
+
+def test_versus_dense_says_whether_the_increase_is_significant():
+    """Chapter 4's claim, tested over seeds: a pruned option against its own uncompressed model."""
+    ids, words = [f"u{i}" for i in range(40)], [10] * 40
+
+    def rec(label, method, seed, errors):
+        return dict(label=label, method=method, seed=seed, model="m", data="d", decoding="greedy", scope="ffn",
+                    sparsity=0.1 if method != "dense" else 0.0, wer=100 * sum(errors) / 400,
+                    utterance_ids=ids, utterance_errors=errors, utterance_words=words)
+
+    dense = rec("dense", "dense", None, [1] * 40)
+    worse = [rec("cluster", "cluster", s, [2 + (i + s) % 2 for i in range(40)]) for s in range(5)]
+    same = [rec("pairs", "pairs", None, [1 + (i % 3 == 0) - (i % 3 == 1) for i in range(40)])]
+    d, said = stats.versus_dense([dense, *worse, *same], "cluster", scope="ffn")
+    assert d.interval[0] > 0 and said.startswith("cluster has a significant WER increase") and "5 seeds" in said
+    d, said = stats.versus_dense([dense, *worse, *same], "pairs")
+    assert d.interval[0] <= 0 <= d.interval[1] and "no significant WER increase" in said and "one run" in said
+    assert stats.versus_dense([dense], "cluster") is None
