@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -60,9 +61,19 @@ def _files_size(folder: Path, names: list[str]) -> int:
     return sum((folder / n).stat().st_size for n in names)
 
 
+def _timed(fn) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, every thread) of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def _measure(key: str, folder: str, backend: str, precision: str, max_samples: int, speed_clips: int,
-             queue) -> None:
-    """Runs in a child process: WER, batch-1 speed on 1 and 2 threads, size and peak memory."""
+             queue, speed_only: bool = False) -> None:
+    """Runs in a child process: WER, batch-1 and batch-8 speed on 1 and 2 threads, size and peak memory.
+
+    Each timing is kept as wall seconds and as CPU seconds: on 1 thread the CPU time is what an idle
+    machine's wall time would be, whatever else the machine runs (a load that makes wall times noise)."""
     import torch
 
     from speechprune.data import load_speech
@@ -75,45 +86,46 @@ def _measure(key: str, folder: str, backend: str, precision: str, max_samples: i
     batch8 = [u.audio for u in speech.utterances[:8]]  # one batch of 8, timed per thread count
     out = dict(key=key, backend=backend, precision=precision)
     path = Path(folder)
+    record = None
     if backend == "transformers":
         model, processor = load_model(path)
         out["size_bytes"] = _files_size(path, [p.name for p in path.glob("*.safetensors")])
-        record = evaluate(model, processor, speech, batch_size=8, progress=False)
-        for threads in (1, 2):
+        if not speed_only:
+            record = evaluate(model, processor, speech, batch_size=8, progress=False)
+
+        def runner(threads):
             torch.set_num_threads(threads)
-            times = []
-            for clip in clips:
-                started = time.perf_counter()
-                transcribe(model, processor, [clip], batch_size=1, progress=False)
-                times.append(time.perf_counter() - started)
-            out[f"seconds_per_utt_{threads}t"] = statistics.median(times)
-            started = time.perf_counter()
-            transcribe(model, processor, batch8, batch_size=8, progress=False)
-            out[f"seconds_per_utt_b8_{threads}t"] = (time.perf_counter() - started) / len(batch8)
+            return lambda audios, b: transcribe(model, processor, audios, batch_size=b, progress=False)
     else:
         settings = json.loads((path / "speechprune_export.json").read_text())
         out["size_bytes"] = _files_size(path, settings["model_files"])
-        record = evaluate_exported(path, speech, batch_size=8, progress=False)
-        for threads in (1, 2):
+        if not speed_only:
+            record = evaluate_exported(path, speech, batch_size=8, progress=False)
+
+        def runner(threads):
             deployed = DeployedModel(path, threads=threads)
-            times = []
-            for clip in clips:
-                started = time.perf_counter()
-                deployed.transcribe([clip], batch_size=1, progress=False)
-                times.append(time.perf_counter() - started)
-            out[f"seconds_per_utt_{threads}t"] = statistics.median(times)
-            started = time.perf_counter()
-            deployed.transcribe(batch8, batch_size=8, progress=False)
-            out[f"seconds_per_utt_b8_{threads}t"] = (time.perf_counter() - started) / len(batch8)
-    out.update(wer=record["wer"], n_utterances=record["n_utterances"], ref_words=record["ref_words"],
-               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, speed_clips=len(clips))
+            return lambda audios, b: deployed.transcribe(audios, batch_size=b, progress=False)
+    for threads in (1, 2):
+        run = runner(threads)
+        run(clips[:1], 1)  # warm-up: first-call allocations are not the model's speed
+        times = [_timed(lambda clip=clip: run([clip], 1)) for clip in clips]
+        out[f"seconds_per_utt_{threads}t"] = statistics.median(t[0] for t in times)
+        out[f"cpu_per_utt_{threads}t"] = statistics.median(t[1] for t in times)
+        wall, cpu = _timed(lambda: run(batch8, 8))
+        out[f"seconds_per_utt_b8_{threads}t"], out[f"cpu_per_utt_b8_{threads}t"] = wall / len(batch8), cpu / len(batch8)
+    out.update(speed_clips=len(clips), load_average=os.getloadavg()[0])
+    if record is not None:
+        out.update(wer=record["wer"], n_utterances=record["n_utterances"], ref_words=record["ref_words"],
+                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     queue.put(out)
 
 
-def run_case(key: str, folder: Path, backend: str, precision: str, max_samples: int, speed_clips: int) -> dict:
+def run_case(key: str, folder: Path, backend: str, precision: str, max_samples: int, speed_clips: int,
+             speed_only: bool = False) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_measure, args=(key, str(folder), backend, precision, max_samples, speed_clips, queue))
+    child = ctx.Process(target=_measure, args=(key, str(folder), backend, precision, max_samples, speed_clips, queue,
+                                               speed_only))
     child.start()
     result = queue.get()
     child.join()
@@ -129,6 +141,17 @@ def load_results(path: Path) -> dict:
 
 def save_results(path: Path, results: dict) -> None:
     write_file(path, json.dumps(results, indent=1) + "\n")  # atomic, parents made: the package's own writer
+
+
+def _loads(results: dict) -> str:
+    loads = [c["load_average"] for c in results["cases"].values() if "load_average" in c]
+    return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "not recorded"
+
+
+def one_thread(case: dict) -> float:
+    """Seconds per utterance on 1 thread: the CPU time where it was measured (what an idle machine's wall
+    time would be, whatever else ran), else the wall time."""
+    return case.get("cpu_per_utt_1t", case["seconds_per_utt_1t"])
 
 
 def _ratio(dense: dict, case: dict, field: str) -> str:
@@ -152,7 +175,7 @@ def table(results: dict) -> str:
         rows.append(
             f"| {model} | {setting} | {backend} | {precision} | {c['size_bytes'] / 1e6:.0f} "
             f"| {c['size_bytes'] / dense['size_bytes']:.2f} | {c['peak_rss_mb']:.0f} "
-            f"| {c['seconds_per_utt_1t']:.2f} | {dense['seconds_per_utt_1t'] / c['seconds_per_utt_1t']:.2f}x "
+            f"| {one_thread(c):.2f} | {one_thread(dense) / one_thread(c):.2f}x "
             f"| {dense['seconds_per_utt_2t'] / c['seconds_per_utt_2t']:.2f}x "
             f"| {_ratio(dense, c, 'seconds_per_utt_b8_2t')} | {c['wer']:.2f} "
             f"| {c['wer'] - dense['wer']:+.2f} |")
@@ -161,25 +184,33 @@ def table(results: dict) -> str:
 
 def recommendation(results: dict, max_wer_increase: float = 1.0) -> str:
     """Per model, the fastest case (1 thread) whose WER is within ``max_wer_increase`` points of the dense
-    float32 transformers model, and the fastest pruned one, each compared with that model."""
+    float32 transformers model; and the pruned setting with the lowest WER on its fastest runtime (within
+    ``max_wer_increase`` of that setting's float32 WER), each compared with the dense float32 model."""
     lines = []
     cases = results["cases"]
     for model in dict.fromkeys(k.split("/")[0] for k in cases):
         base = cases.get(f"{model}/dense/transformers/float32")
         if base is None:
             continue
-        fits = [(c["seconds_per_utt_1t"], c["size_bytes"], k) for k, c in cases.items()
+        fits = [(one_thread(c), c["size_bytes"], k) for k, c in cases.items()
                 if k.startswith(model + "/") and c["wer"] <= base["wer"] + max_wer_increase]
         picks = [("fastest", min(fits))]
-        pruned = [f for f in fits if f[2].split("/")[1] != "dense"]
+        # the pruned setting that keeps the lowest WER (in float32 transformers), on its fastest runtime
+        # within 1 point of that setting's own float32 WER: what the benchmark can recommend to prune with
+        pruned = {k.split("/")[1]: c for k, c in cases.items()
+                  if k.startswith(model + "/") and k.endswith("/transformers/float32") and "/dense/" not in k}
         if pruned:
-            picks.append(("fastest pruned", min(pruned)))
+            setting = min(pruned, key=lambda s: pruned[s]["wer"])
+            own = pruned[setting]["wer"]
+            fast = [(one_thread(c), c["size_bytes"], k) for k, c in cases.items()
+                    if k.startswith(f"{model}/{setting}/") and c["wer"] <= own + max_wer_increase]
+            picks.append(("fastest pruned", min(fast)))
         for label, (seconds, size, key) in picks:
             c = cases[key]
             _, setting, backend, precision = key.split("/")
             lines.append(
                 f"{model}, {label}: {setting} on {backend} with {precision} weights, {base['size_bytes'] / size:.1f}x "
-                f"smaller and {base['seconds_per_utt_1t'] / seconds:.2f}x as fast on 1 thread "
+                f"smaller and {one_thread(base) / seconds:.2f}x as fast on 1 thread "
                 f"({base['seconds_per_utt_2t'] / c['seconds_per_utt_2t']:.2f}x on 2) as the dense float32 "
                 f"transformers model, WER {c['wer'] - base['wer']:+.2f} points ({c['wer']:.2f}% vs {base['wer']:.2f}% "
                 f"on {c['n_utterances']} embedded clips, {c['ref_words']} words)")
@@ -188,16 +219,67 @@ def recommendation(results: dict, max_wer_increase: float = 1.0) -> str:
 
 def write_table(results: dict, path: Path) -> None:
     """The table and the recommendation as markdown, generated from the saved results (the book includes it)."""
-    note = results.get("note", "")
     text = (f"{table(results)}\n\nSpeed-ups and size ratios are to the dense model on the same backend and "
             f"precision; seconds per utterance at batch 1 are medians over {results.get('speed_clips')} clips, and at "
-            f"batch 8 the time of one batch of the first 8 clips divided by 8; "
+            f"batch 8 the time of one batch of the first 8 clips divided by 8. On 1 thread they are CPU seconds "
+            f"(what an idle machine's wall time would be, whatever else ran); on 2 threads wall seconds, under the "
+            f"machine's load ({_loads(results)}); "
             f"WER is greedy on the first {results.get('max_samples') or 'all'} embedded clips. Peak memory is the "
             f"resident peak of the process that loaded and ran the case (Python, torch and the runtime included). "
-            f"Machine: {results['machine']['cpus']} CPUs. {note}\n\n"
+            f"Machine: {results['machine']['cpus']} CPUs.\n\n"
             f"**What to pick** (the fastest on 1 thread within 1 WER point of the dense float32 transformers "
-            f"model):\n\n" + "\n".join(f"- {line}" for line in recommendation(results).splitlines()) + "\n")
+            f"model; and the pruned setting with the lowest WER, on its fastest runtime within 1 point of its own "
+            f"float32 WER):\n\n" + "\n".join(f"- {line}" for line in recommendation(results).splitlines()) + "\n")
     path.write_text(text)
+
+
+README = ROOT / "README.md"
+README_BLOCK = ("<!-- python benchmarks/bench_deploy.py --readme -->\n", "<!-- end of deploy table -->")
+
+
+def readme_block(results: dict, model: str = "base") -> str:
+    """The README's deployment table: every case of ``model`` against the dense float32 transformers model
+    (what a user starts from), then the combinations to pick, generated from the saved results."""
+    cases = results["cases"]
+    base = cases.get(f"{model}/dense/transformers/float32")
+    if base is None:
+        return "(no saved results for this model yet: run python benchmarks/bench_deploy.py)\n"
+    rows = ["| setting | runtime | weights | size (MB) | smaller | faster, 1 thread | faster, 2 threads | WER % |",
+            "|---|---|---|---:|---:|---:|---:|---:|"]
+    for key, c in cases.items():
+        m, setting, backend, precision = key.split("/")
+        if m != model:
+            continue
+        rows.append(f"| {setting} | {backend} | {precision} | {c['size_bytes'] / 1e6:.0f} "
+                    f"| {base['size_bytes'] / c['size_bytes']:.1f}x | {one_thread(base) / one_thread(c):.2f}x "
+                    f"| {base['seconds_per_utt_2t'] / c['seconds_per_utt_2t']:.2f}x | {c['wer']:.2f} |")
+    picks = [line for line in recommendation(results).splitlines() if line.startswith(model + ",")]
+    return "\n".join([
+        f"Whisper {model} (`embedded:whisper-{model}`), dense and `--recipe recommended`, against the dense float32 "
+        f"`transformers` model: size of the weight files, seconds per utterance at batch 1 (median over "
+        f"{results.get('speed_clips')} clips; on 1 thread CPU seconds, which the machine's other work does not "
+        f"change; on 2 threads wall seconds, under a load average of {_loads(results)}), greedy WER on the first "
+        f"{results.get('max_samples') or 'all'} embedded clips; one run on {results['machine']['cpus']} CPU cores.",
+        "", *rows, "", *[f"- {line}" for line in picks], ""])
+
+
+def write_readme(results: dict, check: bool = False) -> int:
+    """Rewrite (or, with ``check``, compare) the README's block between :data:`README_BLOCK`'s markers."""
+    text = README.read_text(encoding="utf-8")
+    start, end = README_BLOCK
+    if text.count(start) != 1 or text.count(end) != 1:
+        print(f"README.md needs one {start.strip()} ... {end} block", file=sys.stderr)
+        return 1
+    head, rest = text.split(start)
+    old, tail = rest.split(end)
+    new = readme_block(results)
+    if check:
+        if old != new:
+            print("README.md's deployment table differs from benchmarks/bench_deploy.py --readme", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(head + start + new + end + tail, encoding="utf-8")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,8 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--table", action="store_true", help="print the saved results as a table and stop")
     parser.add_argument("--note", default="", help="recorded with the results (e.g. how loaded the machine was)")
+    parser.add_argument("--readme", action="store_true", help="rewrite README.md's deployment table and stop")
+    parser.add_argument("--check-readme", action="store_true", help="exit 1 when README.md's table is stale")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="time the saved cases again (CPU and wall time, load average), keeping their WER")
     args = parser.parse_args(argv)
     results = load_results(args.out)
+    if args.readme or args.check_readme:
+        return write_readme(results, check=args.check_readme)
     if args.table:
         write_table(results, args.out.with_name(args.out.stem + "_table.md"))
         print(table(results))
@@ -222,14 +310,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.note:
         results["note"] = args.note
-    results.update(max_samples=args.max_samples, speed_clips=args.speed_clips)
+    if not args.speed_only:
+        results.update(max_samples=args.max_samples)
+    results.update(speed_clips=args.speed_clips)
     for model in args.models.split(","):
         for setting in args.settings.split(","):
             folder = prepare(model, setting, args.work)
             for item in args.backends.split(","):
                 backend, precision = item.split(":")
                 key = f"{model}/{setting}/{backend}/{precision}"
-                if key in results["cases"]:
+                if key in results["cases"] and (not args.speed_only or "cpu_per_utt_1t" in results["cases"][key]):
                     continue
                 target = folder
                 if backend != "transformers":
@@ -237,10 +327,12 @@ def main(argv: list[str] | None = None) -> int:
                     if not (target / "speechprune_export.json").is_file():
                         export(folder, to=backend, out=target, quantize=precision, overwrite=True)
                 started = time.perf_counter()
-                result = run_case(key, target, backend, precision, args.max_samples, args.speed_clips)
+                result = run_case(key, target, backend, precision, results.get("max_samples"), args.speed_clips,
+                                  speed_only=args.speed_only and key in results["cases"])
                 result["seconds"] = round(time.perf_counter() - started, 1)
                 result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                results["cases"][key] = result
+                results["cases"][key] = {**results["cases"].get(key, {}), **result}
+                result = results["cases"][key]
                 save_results(args.out, results)
                 write_table(results, args.out.with_name(args.out.stem + "_table.md"))
                 print(f"{key}: WER {result['wer']:.2f}%, {result['seconds_per_utt_1t']:.2f} s/utt (1 thread), "

@@ -29,3 +29,12 @@ def test_the_readme_is_a_front_door():
         assert must in text, must
     image = re.search(r"!\[[^\]]+\]\(([^)]+)\)", text)
     assert image and (ROOT / image.group(1)).is_file()
+
+
+def test_the_deployment_table_is_what_the_benchmark_saved():
+    done = subprocess.run([sys.executable, "benchmarks/bench_deploy.py", "--check-readme"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- python benchmarks/bench_deploy.py --readme -->")[1].split("<!-- end of deploy table")[0]
+    assert "| setting | runtime |" in block and "fastest pruned" in block
