@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from speechprune.allocation import allocate
+from speechprune.gpu import out_of_memory_as_error
 from speechprune.errors import SpeechPruneError, check_int, warn
 from speechprune.outputs import check_output_file, write_json
 from speechprune.methods import assign, check_labels
@@ -297,10 +298,37 @@ def compress(
     def cost_fn(unit, k):
         return assign_cluster(unit, k, **{**_kmeans_knobs(options, max_iter, n_init), "max_iter": min(max_iter, 20)}).cost
 
-    if keep is None:
-        keep = allocate(units, sparsity, options.allocation, cost_fn=cost_fn,
-                        progress=(lambda name: bar.set_postfix_str(f"allocating: {name}")) if progress else None)
-    # every assignment first, so that a failing or invalid method leaves the model untouched
+    with out_of_memory_as_error(f"allocating and assigning the channels of {len(units)} units with {chosen.name!r} "
+                                "(the model is unchanged)", "lower the k-means batch (speechprune.kmeans."
+                                "MAX_BATCH_ELEMENTS, default 2**29 elements), or compress on the CPU "
+                                "(--device cpu, DEVICE = 'cpu' in the chapters)"):
+        if keep is None:  # the cost allocation runs k-means too
+            keep = allocate(units, sparsity, options.allocation, cost_fn=cost_fn,
+                            progress=(lambda name: bar.set_postfix_str(f"allocating: {name}")) if progress else None)
+        # every assignment first, so that a failing or invalid method leaves the model untouched
+        assignments = _assignments(units, keep, chosen, method_kwargs, bar)
+    reports = []
+    for unit, (a, seconds) in zip(units, assignments):
+        bar.set_postfix_str(f"merging: {unit.name}")
+        t0 = time.perf_counter()
+        n, p0 = unit.n_channels, unit.num_parameters()
+        merge(unit, a, options.merge or "mean")
+        reports.append(UnitReport(unit.name, unit.part, n, a.k, p0, unit.num_parameters(), a.cost,
+                                  seconds + time.perf_counter() - t0))
+        bar.update(1)
+    bar.close()
+    if sparsity is None:
+        sparsity = 1.0 - sum(r.channels_after for r in reports) / sum(r.channels_before for r in reports)
+    features, merge_rule, weighting = options.shaped()
+    report = CompressionReport(family, chosen.name, sparsity, list(parts), options.allocation, options.seed,
+                               params_before, count_parameters(model), time.perf_counter() - start, reports,
+                               features, merge_rule, weighting, options.recipe)
+    record_widths(model, {k: v for k, v in report.to_dict().items() if k != "units"})
+    return report
+
+
+def _assignments(units: list[Unit], keep: dict[str, int], chosen, method_kwargs: dict, bar) -> list[tuple]:
+    """Every unit's checked assignment and its seconds (the batched form when the method has one)."""
     assignments = []
     if chosen.batched is not None and len(units) > 1:  # e.g. k-means: on a GPU, same-shaped layers seeded together
         bar.set_postfix_str(f"assigning {len(units)} units together")
@@ -320,24 +348,7 @@ def compress(
             t0 = time.perf_counter()
             assignments.append((assign(unit, keep[unit.name], chosen, **method_kwargs), time.perf_counter() - t0))
             bar.update(1)
-    reports = []
-    for unit, (a, seconds) in zip(units, assignments):
-        bar.set_postfix_str(f"merging: {unit.name}")
-        t0 = time.perf_counter()
-        n, p0 = unit.n_channels, unit.num_parameters()
-        merge(unit, a, options.merge or "mean")
-        reports.append(UnitReport(unit.name, unit.part, n, a.k, p0, unit.num_parameters(), a.cost,
-                                  seconds + time.perf_counter() - t0))
-        bar.update(1)
-    bar.close()
-    if sparsity is None:
-        sparsity = 1.0 - sum(r.channels_after for r in reports) / sum(r.channels_before for r in reports)
-    features, merge_rule, weighting = options.shaped()
-    report = CompressionReport(family, chosen.name, sparsity, list(parts), options.allocation, options.seed,
-                               params_before, count_parameters(model), time.perf_counter() - start, reports,
-                               features, merge_rule, weighting, options.recipe)
-    record_widths(model, {k: v for k, v in report.to_dict().items() if k != "units"})
-    return report
+    return assignments
 
 
 def _kmeans_knobs(options: CompressionOptions, max_iter: int, n_init: int) -> dict:

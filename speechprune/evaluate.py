@@ -24,6 +24,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
+from speechprune.gpu import out_of_memory_as_error
 from speechprune._version import __version__
 from speechprune.checkpoint import transformers_quiet
 from speechprune.data import SAMPLE_RATE, SpeechSet
@@ -231,7 +232,11 @@ def transcribe(model: torch.nn.Module, processor, audios: Sequence[np.ndarray], 
     with tqdm(total=len(audios), desc="transcribing", unit="utt", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            for i, text in zip(batch, decode(model, processor, [audios[i] for i in batch], device)):
+            with out_of_memory_as_error(f"transcribing a batch of {len(batch)} utterances",
+                                        f"lower the batch size (--batch-size, BATCH_SIZE in the chapters; now "
+                                        f"{batch_size})"):
+                decoded = decode(model, processor, [audios[i] for i in batch], device)
+            for i, text in zip(batch, decoded):
                 texts[i] = text.strip()
             bar.update(len(batch))
     return texts

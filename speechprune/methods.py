@@ -129,6 +129,8 @@ class Method:
             out = self.fn(unit, k, **self.accepted(options))
         except SpeechPruneError as err:
             raise SpeechPruneError(f"method {self.name!r} failed on {unit.name}: {err}") from err
+        except torch.cuda.OutOfMemoryError:  # not a bug of the method: compress says which step and what to lower
+            raise
         except Exception as err:  # a plug-in's bug: name it, keep the traceback as the cause
             raise SpeechPruneError(
                 f"method {self.name!r} failed on {unit.name}: {type(err).__name__}: {err}"

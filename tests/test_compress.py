@@ -333,3 +333,44 @@ def test_options_object_and_keywords_give_the_same_model():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     with pytest.raises(SpeechPruneError, match="not both"):
         compress(make_tiny_whisper(), CompressionOptions(), sparsity=0.3, progress=False)
+
+
+def test_a_gpu_out_of_memory_is_one_line_that_says_what_to_lower(monkeypatch):
+    """Out of GPU memory while clustering: one line naming the step, the size asked and the parameter to
+    lower, and the model as it was (every assignment comes before the first layer changes)."""
+    import speechprune.methods as methods
+
+    def boom(units, ks, **options):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 14.75 GiB total)")
+
+    cluster = methods.get_method("cluster")
+    monkeypatch.setitem(methods._REGISTRY, "cluster", methods.Method("cluster", cluster.fn, cluster.reads, {}, boom))
+    model = make_tiny_whisper()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(SpeechPruneError) as err:
+        compress(model, sparsity=0.25, progress=False)
+    message = str(err.value)
+    assert "ran out of memory while allocating and assigning" in message and "2.00 GiB" in message
+    assert "MAX_BATCH_ELEMENTS" in message and "--device cpu" in message and "\n" not in message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_out_of_memory_while_transcribing_names_the_batch_size(monkeypatch):
+    import sys
+
+    from speechprune.evaluate import transcribe
+
+    evaluate_module = sys.modules["speechprune.evaluate"]  # the package attribute is the function
+
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB")
+
+    monkeypatch.setattr(evaluate_module, "_transcribe_whisper", boom)
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    with pytest.raises(SpeechPruneError, match=r"transcribing a batch of 2 utterances \(it asked for 512.00 MiB.*"
+                                               r"--batch-size.*now 4"):
+        transcribe(make_tiny_whisper(), SimpleNamespace(feature_extractor=None, tokenizer=None),
+                   [np.zeros(1600, dtype=np.float32)] * 2, batch_size=4, progress=False)
