@@ -21,8 +21,11 @@
    notebook's page shows this build's ``BUILD_ID``; no published file shows an absolute path of this
    machine; every figure has alt text or a caption; no page shows an unrendered MyST role (``{glue:text}``,
    ``{term}``, ``{cite:p}`` ...) or a word about how the project was organised (``INSIDER_WORDS``); every
-   page loads MathJax from the copy served with the book (``_static/mathjax``), never a CDN; and, where
-   Chromium is installed, no page scrolls sideways at phone width (390 px).
+   page loads MathJax from the copy served with the book (``_static/mathjax``), never a CDN; every figure
+   (logged by ``speechprune.book.figure_log`` while its notebook ran) has its panels one per row and its
+   smallest text at 9 CSS px or more on a phone (390 px viewport) and 8 px or more on a desktop page
+   (1280 px), its image scaled to the output column Chromium measures (``COLUMN`` without Chromium); and,
+   where Chromium is installed, no page scrolls sideways at phone width (390 px).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ SCALES = {
     "smoke": dict(MODEL="embedded:whisper-base", DATA="embedded", DATA_SETS=["embedded"], MAX_SAMPLES=16),
 }
 PHONE, DESKTOP = 390, 1280  # viewport widths in CSS pixels
+FIGURE_LOG = "SPEECHPRUNE_FIGURE_LOG"  # speechprune.book.figure_log.ENV: where a notebook's figures are logged
 
 
 def environment_fingerprint(prefix: str = sys.prefix) -> str:
@@ -555,6 +559,105 @@ def check_phone_overflow(html: Path, width: int = PHONE) -> list[str]:
     return problems
 
 
+# Run at the end of a copy of a page: the width, in CSS pixels, that an image of a code cell's output may
+# take (images are shown at their own size up to the width of their output box, then scaled down to it).
+_COLUMN_PROBE = """<script>
+(() => {
+  const box = document.querySelector("div.cell_output") || document.querySelector("article.bd-article")
+              || document.querySelector("main") || document.body;
+  const probe = document.createElement("div");
+  probe.style.cssText = "width:100%;height:1px;padding:0;margin:0;border:0";
+  box.appendChild(probe);
+  parent.document.body.setAttribute("data-column-probe",
+    JSON.stringify({viewport: document.documentElement.clientWidth, column: probe.getBoundingClientRect().width,
+                    box: box.tagName.toLowerCase() + "." + String(box.className).trim().split(/\\s+/).join(".")}));
+})();
+</script>"""
+
+# The width of the book's output column when no Chromium measures it, CSS pixels (sphinx-book-theme 1.3,
+# measured with column_width on a chapter: a 390 px viewport gives 358 px, 1280 px gives 688 px, the width of
+# div.cell_output; images wider than it are scaled down to it exactly).
+COLUMN = {PHONE: 358.0, DESKTOP: 688.0}
+# The smallest text a figure may show, CSS pixels, at each viewport.
+MIN_TEXT_PX = {PHONE: 9.0, DESKTOP: 8.0}
+# Whether a figure that breaks them fails the build (else the build prints it as a warning).
+FIGURE_CHECK_FAILS = False
+
+
+def column_width(page: Path, width: int) -> float | None:
+    """The width an output image may take on ``page`` at a ``width`` CSS-pixel viewport, measured in
+    headless Chromium (None when it does not report)."""
+    probe = page.with_name(f".column-{page.name}")
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _COLUMN_PROBE + "</body>", 1),
+                     encoding="utf-8")
+    frame = page.with_name(f".frame-{page.name}")
+    frame.write_text(f'<html><body style="margin:0"><iframe src="{probe.name}" width="{width}" height="900" '
+                     f'style="border:0;display:block"></iframe></body></html>', encoding="utf-8")
+    try:
+        done = _chromium([f"--window-size={max(width, 800)},900", "--dump-dom", frame.as_uri()])
+    finally:
+        probe.unlink()
+        frame.unlink()
+    found = re.search(r'data-column-probe="([^"]*)"', done.stdout)
+    return float(json.loads(unescape(found.group(1)))["column"]) if found else None
+
+
+def figure_log(notebook: Path) -> Path:
+    """The JSON-lines file where a notebook's figures are logged (speechprune.book.figure_log)."""
+    return BUILD / "figures" / (str(notebook.with_suffix("")).replace("/", "__") + ".jsonl")
+
+
+def read_figure_log(notebook: Path) -> list[dict]:
+    path = figure_log(notebook)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def figure_problems(page: str, records: list[dict], columns: dict[int, float] = COLUMN,
+                    minimum: dict[int, float] = MIN_TEXT_PX) -> list[str]:
+    """One line per figure of ``page`` whose smallest text the page shows below ``minimum`` CSS pixels at a
+    viewport (its image scaled down to the output column ``columns[viewport]`` when wider), or whose panels
+    stand side by side (a phone cannot show two panels in one row legibly: they go one per row)."""
+    from speechprune.book.figure_log import shown_text_px
+
+    problems = []
+    for i, record in enumerate(records, 1):
+        name = f"{page}, figure {i} {record.get('title', '')!r}"
+        if "error" in record:
+            problems.append(f"{name}: could not be measured ({record['error']})")
+            continue
+        if record.get("columns", 1) > 1:
+            problems.append(f"{name}: {record['columns']} panels side by side; draw them one per row "
+                            "(or as separate figures)")
+        for viewport, column in columns.items():
+            shown = shown_text_px(record, column)
+            if shown is not None and shown < minimum[viewport] - 1e-6:
+                where = "a phone" if viewport == PHONE else "a desktop page"
+                problems.append(
+                    f"{name}: its smallest text ({record.get('min_text')!r}, {record['min_text_px']:.1f} px in a "
+                    f"{record['width_px']:.0f} px wide image) shows at {shown:.1f} px on {where} ({viewport} px "
+                    f"viewport, {column:.0f} px column); at least {minimum[viewport]:g} px is needed")
+    return problems
+
+
+def check_figure_text(notebooks: list[Path], html: Path) -> list[str]:
+    """Every logged figure of the build against :data:`MIN_TEXT_PX` at phone and desktop width, with the
+    output column measured in Chromium where it is installed (else :data:`COLUMN`)."""
+    columns = dict(COLUMN)
+    if chromium():
+        page = next((html / nb.with_suffix(".html") for nb in notebooks if (html / nb.with_suffix(".html")).is_file()
+                     and read_figure_log(nb)), None)
+        for viewport in columns if page else ():
+            measured = column_width(page, viewport)
+            if measured:
+                columns[viewport] = measured
+    print("figure text check: output column " + ", ".join(f"{w:.0f} px at a {v} px viewport" for v, w in columns.items()),
+          flush=True)
+    problems = []
+    for nb in notebooks:
+        problems += figure_problems(str(nb.with_suffix(".html")), read_figure_log(nb), columns)
+    return problems
+
+
 def screenshot(page: Path, out: Path, width: int, height: int = 2400) -> Path:
     """A PNG of the top ``height`` CSS pixels of ``page`` at ``width`` CSS pixels."""
     from PIL import Image
@@ -601,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
                      notebooks=[])
     for notebook in notebooks_in_toc():
         print(f"executing {notebook} ...", flush=True)
+        log = figure_log(notebook)  # speechprune.book logs the notebook's figures there (figure_log.py)
+        log.unlink(missing_ok=True)
+        os.environ[FIGURE_LOG] = str(log)
         try:
             measured = execute(notebook, parameters_for(notebook, scale, build_id))
         except papermill.PapermillExecutionError as err:
@@ -635,6 +741,11 @@ def main(argv: list[str] | None = None) -> int:
 
     problems = [p for nb, _ in timings[:-1] for p in check_html(Path(nb), build_id)]
     problems += check_paths(HTML) + check_figures(HTML) + check_text(HTML) + check_mathjax(HTML)
+    figures = check_figure_text([Path(nb) for nb, _ in timings[:-1]], HTML)
+    if FIGURE_CHECK_FAILS:
+        problems += figures
+    elif figures:
+        print("\n".join(["warning: figures too small to read (not failing the build):", *figures]), file=sys.stderr)
     if chromium():
         started = time.perf_counter()
         problems += check_phone_overflow(HTML)

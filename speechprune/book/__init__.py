@@ -7,7 +7,9 @@ what it belongs to:
   ``SETTINGS``, ``paper_numbers``, ``CITATION``, ``ARXIV_URL``, ``TEST_SETS``, ``ROUNDING``);
 - :mod:`speechprune.book.tables`: descriptions and tables (``describe``, ``describe_comparison``,
   ``scale_note``, ``reductions``, ``comparison_table``, ``summary_table``, ``QUANTITIES``);
-- :mod:`speechprune.book.figures`: figures (``plot_paper_vs_ours``, ``plot_reductions``);
+- :mod:`speechprune.book.figures`: figures (``plot_paper_vs_ours``, ``plot_reductions``) and their
+  phone-sized style (``book_style``, ``BOOK_STYLE``, ``FIGURE_WIDTH``, ``wrap``);
+- :mod:`speechprune.book.figure_log`: while the book is built, each figure's pixel sizes, for its check;
 - :mod:`speechprune.book.full_scale`: full-scale result files (``save_full_scale``,
   ``load_full_scale``, ``saved_result``, ``is_full_scale``, ``PACKAGE_RESULTS``);
 - :mod:`speechprune.book.prose`: ``glue``, numbers pasted into the book's prose;
@@ -22,7 +24,12 @@ is made.
 
 from __future__ import annotations
 
+from speechprune.book.figure_log import register as _register_figure_log
+from speechprune.book.figures import BOOK_STYLE as BOOK_STYLE  # the figures' style, for the notebooks' setup cells
+from speechprune.book.figures import FIGURE_WIDTH as FIGURE_WIDTH
+from speechprune.book.figures import book_style as book_style
 from speechprune.book.figures import plot_paper_vs_ours, plot_reductions
+from speechprune.book.figures import wrap as wrap
 from speechprune.book.full_scale import PACKAGE_RESULTS, is_full_scale, load_full_scale, save_full_scale, saved_result
 from speechprune.book.prose import glue
 from speechprune.book.reference import (
@@ -53,3 +60,5 @@ __all__ = [
     "plot_reductions", "reductions", "save_full_scale", "saved_result", "scale_note", "summary_table",
     "wer_difference", "wer_interval",
 ]
+
+_register_figure_log()  # only while scripts/build_book.py builds the book (SPEECHPRUNE_FIGURE_LOG set)

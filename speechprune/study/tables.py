@@ -8,6 +8,7 @@ on Colab, finds them (:func:`saved_study`). Every comparison in words comes from
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from speechprune.recipes import BASELINE, RECIPES_OPTIONS
@@ -84,7 +85,9 @@ def study_status(saved: dict) -> str:
 
 
 def plot_records(records: list[dict], *, title: str | None = None):
-    """One panel per setting: a dot per seed and a box per option, magnitude as a single run, dense as a line."""
+    """One panel per setting, one above the other: a dot per seed and a box per option, magnitude as a single
+    run, dense as a line. Drawn 5 inches wide with 10-point text or larger, so that a phone (which scales
+    the image to its column) shows the text at 9 px or more."""
     import matplotlib.pyplot as plt
 
     by_setting: dict[tuple, dict[str, list[dict]]] = {}
@@ -97,8 +100,10 @@ def plot_records(records: list[dict], *, title: str | None = None):
         by_setting.setdefault(setting_key(r0), {})[r0.get("label") or r0["method"]] = rs
     if not by_setting:
         return None
-    fig, axes = plt.subplots(1, len(by_setting), figsize=(3.6 * len(by_setting) + 0.6, 3.8), squeeze=False)
-    for ax, (setting, options) in zip(axes[0], sorted(by_setting.items(), key=str)):
+    width, font = 5.0, 10  # inches and points: speechprune.book.figures.FIGURE_WIDTH and MIN_FONT
+    fig, axes = plt.subplots(len(by_setting), 1, figsize=(width, 3.6 * len(by_setting) + (0.5 if title else 0)),
+                             squeeze=False)
+    for ax, (setting, options) in zip(axes[:, 0], sorted(by_setting.items(), key=str)):
         names = sorted(options, key=lambda n: (not n.startswith("magnitude"), n))
         for i, name in enumerate(names):
             wers = [r["wer"] for r in options[name]]
@@ -110,20 +115,26 @@ def plot_records(records: list[dict], *, title: str | None = None):
             else:
                 ax.scatter([i], wers, color=colour, marker="D", s=30, zorder=3)
                 ax.annotate("single run", (i, wers[0]), textcoords="offset points", xytext=(0, 6),
-                            ha="center", fontsize=7)
+                            ha="center", fontsize=font)
         key = setting[:3] + (setting[3],)
         if key in dense:
             ax.axhline(dense[key], color="black", linestyle="--", linewidth=1, label=f"dense {dense[key]:.1f}%")
-            ax.legend(fontsize=7, loc="upper right")
-        ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=7)
+            ax.legend(fontsize=font, loc="upper right")
+        shown = [n.replace(" ", "\n", 1) for n in names]
+        # names that would run into each other side by side (about 0.6 em a character, 4 inches of axis): slanted
+        slant = max(len(line) for n in shown for line in n.split("\n")) * 0.62 * font > 0.9 * 4.0 * 72 / len(names)
+        ax.set_xticks(range(len(names)), names if slant else shown, fontsize=font, rotation=35 if slant else 0,
+                      ha="right" if slant else "center", rotation_mode="anchor")
+        ax.set_xlim(-0.7, len(names) - 0.3)  # room for the "single run" labels at the ends
         n_seeds = max(len(v) for v in options.values())
         ax.set_title(f"{setting[0].removeprefix('embedded:')}, {setting[4]} {setting[5]:.0%}\n"
-                     f"{setting[1]}, {setting[3]}, {n_seeds} seed{'s' if n_seeds > 1 else ''}", fontsize=8)
-        ax.set_ylabel("WER (%)")
+                     f"{setting[1]}, {setting[3]}, {n_seeds} seed{'s' if n_seeds > 1 else ''}", fontsize=font)
+        ax.set_ylabel("WER (%)", fontsize=font)
+        ax.tick_params(axis="y", labelsize=font)
         top = max(r["wer"] for v in options.values() for r in v)
         ax.set_ylim(0, top * 1.15 + 1)  # room for the "single run" labels above the points
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(textwrap.fill(title, 46, break_on_hyphens=False), fontsize=font + 1)
     fig.tight_layout()
     return fig
 
