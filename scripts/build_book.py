@@ -581,7 +581,7 @@ COLUMN = {PHONE: 358.0, DESKTOP: 688.0}
 # The smallest text a figure may show, CSS pixels, at each viewport.
 MIN_TEXT_PX = {PHONE: 9.0, DESKTOP: 8.0}
 # Whether a figure that breaks them fails the build (else the build prints it as a warning).
-FIGURE_CHECK_FAILS = False
+FIGURE_CHECK_FAILS = True
 
 
 def column_width(page: Path, width: int) -> float | None:
