@@ -80,6 +80,9 @@ def renamed(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
 class CompressionOptions:
     """What to compress and how: resolved from ``recipe`` and checked when it is made.
 
+    Options the method does not read are set to ``None`` (``features``, ``merge``, ``weighting``,
+    ``seed``): what the report, the study record, the label and the command line show is what ran.
+
     Parameters
     ----------
     method : str or callable, optional
@@ -102,9 +105,6 @@ class CompressionOptions:
         An explicit per-unit budget ``{unit name: channels kept}`` (what
         :func:`speechprune.allocate` returns); then ``sparsity`` is not given and ``allocation``
         is ``"explicit"``.
-
-    Options the method does not read are set to ``None`` (``features``, ``merge``, ``weighting``,
-    ``seed``): what the report, the study record, the label and the command line show is what ran.
 
     Raises
     ------
@@ -211,7 +211,8 @@ class CompressionOptions:
     # -- names, keys, command lines ---------------------------------------------------------
 
     def record_fields(self) -> dict[str, Any]:
-        """The fields a study record and its key store (:data:`RECORD_FIELDS`)."""
+        """The fields a study record and its key store (``RECORD_FIELDS``: scope, sparsity, method, features,
+        allocation, merge, weighting, seed)."""
         out = {k: getattr(self, k) for k in RECORD_FIELDS}
         out["method"] = self.method_name
         return out
