@@ -148,10 +148,17 @@ def _loads(results: dict) -> str:
     return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "not recorded"
 
 
-def one_thread(case: dict) -> float:
-    """Seconds per utterance on 1 thread: the CPU time where it was measured (what an idle machine's wall
-    time would be, whatever else ran), else the wall time."""
-    return case.get("cpu_per_utt_1t", case["seconds_per_utt_1t"])
+def _one_thread_words(results: dict) -> str:
+    if one_thread_field(results) == "cpu_per_utt_1t":
+        return "CPU seconds (what an idle machine's wall time would be, whatever else the machine ran)"
+    return "wall seconds (on a machine that was busy with other work: read them as rough)"
+
+
+def one_thread_field(results: dict) -> str:
+    """The 1-thread timing every case is compared by: CPU seconds (what an idle machine's wall time would
+    be, whatever else ran) when every case has them, else wall seconds (never a mix of the two)."""
+    cases = results["cases"].values()
+    return "cpu_per_utt_1t" if cases and all("cpu_per_utt_1t" in c for c in cases) else "seconds_per_utt_1t"
 
 
 def _ratio(dense: dict, case: dict, field: str) -> str:
@@ -163,6 +170,7 @@ def _ratio(dense: dict, case: dict, field: str) -> str:
 
 def table(results: dict) -> str:
     """A markdown table: each case beside the dense model of the same model, backend and precision."""
+    F = one_thread_field(results)
     cases = results["cases"]
     rows = ["| model | setting | backend | weights | size (MB) | size / dense | peak RSS (MB) | s/utt 1 thread "
             "| speed-up 1 thread | speed-up 2 threads | speed-up batch 8, 2 threads | WER % | WER - dense |",
@@ -175,7 +183,7 @@ def table(results: dict) -> str:
         rows.append(
             f"| {model} | {setting} | {backend} | {precision} | {c['size_bytes'] / 1e6:.0f} "
             f"| {c['size_bytes'] / dense['size_bytes']:.2f} | {c['peak_rss_mb']:.0f} "
-            f"| {one_thread(c):.2f} | {one_thread(dense) / one_thread(c):.2f}x "
+            f"| {c[F]:.2f} | {dense[F] / c[F]:.2f}x "
             f"| {dense['seconds_per_utt_2t'] / c['seconds_per_utt_2t']:.2f}x "
             f"| {_ratio(dense, c, 'seconds_per_utt_b8_2t')} | {c['wer']:.2f} "
             f"| {c['wer'] - dense['wer']:+.2f} |")
@@ -186,13 +194,14 @@ def recommendation(results: dict, max_wer_increase: float = 1.0) -> str:
     """Per model, the fastest case (1 thread) whose WER is within ``max_wer_increase`` points of the dense
     float32 transformers model; and the pruned setting with the lowest WER on its fastest runtime (within
     ``max_wer_increase`` of that setting's float32 WER), each compared with the dense float32 model."""
+    F = one_thread_field(results)
     lines = []
     cases = results["cases"]
     for model in dict.fromkeys(k.split("/")[0] for k in cases):
         base = cases.get(f"{model}/dense/transformers/float32")
         if base is None:
             continue
-        fits = [(one_thread(c), c["size_bytes"], k) for k, c in cases.items()
+        fits = [(c[F], c["size_bytes"], k) for k, c in cases.items()
                 if k.startswith(model + "/") and c["wer"] <= base["wer"] + max_wer_increase]
         picks = [("fastest", min(fits))]
         # the pruned setting that keeps the lowest WER (in float32 transformers), on its fastest runtime
@@ -202,7 +211,7 @@ def recommendation(results: dict, max_wer_increase: float = 1.0) -> str:
         if pruned:
             setting = min(pruned, key=lambda s: pruned[s]["wer"])
             own = pruned[setting]["wer"]
-            fast = [(one_thread(c), c["size_bytes"], k) for k, c in cases.items()
+            fast = [(c[F], c["size_bytes"], k) for k, c in cases.items()
                     if k.startswith(f"{model}/{setting}/") and c["wer"] <= own + max_wer_increase]
             picks.append(("fastest pruned", min(fast)))
         for label, (seconds, size, key) in picks:
@@ -210,7 +219,7 @@ def recommendation(results: dict, max_wer_increase: float = 1.0) -> str:
             _, setting, backend, precision = key.split("/")
             lines.append(
                 f"{model}, {label}: {setting} on {backend} with {precision} weights, {base['size_bytes'] / size:.1f}x "
-                f"smaller and {one_thread(base) / seconds:.2f}x as fast on 1 thread "
+                f"smaller and {base[F] / seconds:.2f}x as fast on 1 thread "
                 f"({base['seconds_per_utt_2t'] / c['seconds_per_utt_2t']:.2f}x on 2) as the dense float32 "
                 f"transformers model, WER {c['wer'] - base['wer']:+.2f} points ({c['wer']:.2f}% vs {base['wer']:.2f}% "
                 f"on {c['n_utterances']} embedded clips, {c['ref_words']} words)")
@@ -221,9 +230,9 @@ def write_table(results: dict, path: Path) -> None:
     """The table and the recommendation as markdown, generated from the saved results (the book includes it)."""
     text = (f"{table(results)}\n\nSpeed-ups and size ratios are to the dense model on the same backend and "
             f"precision; seconds per utterance at batch 1 are medians over {results.get('speed_clips')} clips, and at "
-            f"batch 8 the time of one batch of the first 8 clips divided by 8. On 1 thread they are CPU seconds "
-            f"(what an idle machine's wall time would be, whatever else ran); on 2 threads wall seconds, under the "
-            f"machine's load ({_loads(results)}); "
+            f"batch 8 the time of one batch of the first 8 clips divided by 8. On 1 thread they are "
+            f"{_one_thread_words(results)}; on 2 threads wall seconds, under the machine's load "
+            f"({_loads(results)}); "
             f"WER is greedy on the first {results.get('max_samples') or 'all'} embedded clips. Peak memory is the "
             f"resident peak of the process that loaded and ran the case (Python, torch and the runtime included). "
             f"Machine: {results['machine']['cpus']} CPUs.\n\n"
@@ -240,6 +249,7 @@ README_BLOCK = ("<!-- python benchmarks/bench_deploy.py --readme -->\n", "<!-- e
 def readme_block(results: dict, model: str = "base") -> str:
     """The README's deployment table: every case of ``model`` against the dense float32 transformers model
     (what a user starts from), then the combinations to pick, generated from the saved results."""
+    F = one_thread_field(results)
     cases = results["cases"]
     base = cases.get(f"{model}/dense/transformers/float32")
     if base is None:
@@ -251,14 +261,14 @@ def readme_block(results: dict, model: str = "base") -> str:
         if m != model:
             continue
         rows.append(f"| {setting} | {backend} | {precision} | {c['size_bytes'] / 1e6:.0f} "
-                    f"| {base['size_bytes'] / c['size_bytes']:.1f}x | {one_thread(base) / one_thread(c):.2f}x "
+                    f"| {base['size_bytes'] / c['size_bytes']:.1f}x | {base[F] / c[F]:.2f}x "
                     f"| {base['seconds_per_utt_2t'] / c['seconds_per_utt_2t']:.2f}x | {c['wer']:.2f} |")
     picks = [line for line in recommendation(results).splitlines() if line.startswith(model + ",")]
     return "\n".join([
         f"Whisper {model} (`embedded:whisper-{model}`), dense and `--recipe recommended`, against the dense float32 "
         f"`transformers` model: size of the weight files, seconds per utterance at batch 1 (median over "
-        f"{results.get('speed_clips')} clips; on 1 thread CPU seconds, which the machine's other work does not "
-        f"change; on 2 threads wall seconds, under a load average of {_loads(results)}), greedy WER on the first "
+        f"{results.get('speed_clips')} clips; on 1 thread {_one_thread_words(results)}; on 2 threads wall "
+        f"seconds, under a load average of {_loads(results)}), greedy WER on the first "
         f"{results.get('max_samples') or 'all'} embedded clips; one run on {results['machine']['cpus']} CPU cores.",
         "", *rows, "", *[f"- {line}" for line in picks], ""])
 
