@@ -383,6 +383,8 @@ LOW_LEVEL_WRITERS = {
     "checkpoint.py:write_pruned": "writes into the staging folder of staged_output",
     "hub.py:finish_folder": "the card and config of a folder being staged (or a speechprune folder)",
     "hub.py:processor_view": "a private temporary folder",
+    "book/figure_log.py:log_figure": "appends a line per saved figure to the log the book's build names in "
+                                     "SPEECHPRUNE_FIGURE_LOG (its own _build/figures/ file); nothing without it",
     "models.py:_convert_embedded": "the embedded models' own cache, published by rename",
     "models.py:ensure_embedded": "the embedded models' own cache, published by rename",
     "ct2.py:save_whisper": "called on the embedded cache's temporary folder (models._convert_embedded)",
