@@ -40,10 +40,11 @@ def breaking_points(records: list[dict], factor: float = 2.0) -> dict[str, float
     """Per option, the largest sparsity up to which its median WER stays within ``factor`` times the
     uncompressed WER at every sparsity swept (None: not even at the smallest)."""
     limit = factor * dense_wer(records)
+    rows = sweep_rows(records)
     out: dict[str, float | None] = {}
     for label in _options(records):
         last = None
-        for row in (r for r in sweep_rows(records) if r["option"] == label):
+        for row in (r for r in rows if r["option"] == label):
             if row["median"] > limit:
                 break
             last = row["sparsity"]

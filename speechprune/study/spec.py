@@ -133,6 +133,13 @@ def _fail(where: str, message: str) -> SpeechPruneError:
     return SpeechPruneError(f"{where}: {message}")
 
 
+def _known_keys(table: dict, allowed: Iterable[str], where: str) -> None:
+    """Refuse a key of ``table`` that is not in ``allowed``, naming the ones that are."""
+    for key in table:
+        if key not in allowed:
+            raise _fail(where, f"unknown key '{key}': use {', '.join(allowed)}")
+
+
 def _list(value: Any, key: str, where: str, kind: type = str) -> list:
     items = value if isinstance(value, list) else [value]
     if not items:
@@ -156,9 +163,7 @@ def parse_study(spec: dict, where: str = "study") -> Study:
     Every key and value is checked here; nothing about the models is (see :func:`check_scopes`).
     """
 
-    for key in spec:
-        if key not in STUDY_KEYS:
-            raise _fail(where, f"unknown key '{key}': use {', '.join(STUDY_KEYS)}")
+    _known_keys(spec, STUDY_KEYS, where)
     for key in ("name", "models", "data", "settings", "options"):
         if key not in spec:
             raise _fail(where, f"missing key '{key}' ({STUDY_KEYS[key]})")
@@ -190,9 +195,7 @@ def parse_study(spec: dict, where: str = "study") -> Study:
     settings = []
     for i, s in enumerate(_list(spec["settings"], "settings", where, dict)):
         w = f"{where}: settings[{i}]"
-        for key in s:
-            if key not in SETTING_KEYS:
-                raise _fail(w, f"unknown key '{key}': use {', '.join(SETTING_KEYS)}")
+        _known_keys(s, SETTING_KEYS, w)
         if "scope" not in s or "sparsity" not in s:
             raise _fail(w, "needs 'scope' and 'sparsity'")
         if not isinstance(s["scope"], str) or not s["scope"].strip():
@@ -209,9 +212,7 @@ def parse_study(spec: dict, where: str = "study") -> Study:
     options = []
     for i, o in enumerate(_list(spec["options"], "options", where, dict)):
         w = f"{where}: options[{i}]"
-        for key in o:
-            if key not in OPTION_KEYS:
-                raise _fail(w, f"unknown key '{key}': use {', '.join(OPTION_KEYS)}")
+        _known_keys(o, OPTION_KEYS, w)
         recipe = _choice(o["recipe"], "recipe", RECIPES, w) if "recipe" in o else None
         opt = {k: v for k, v in o.items() if k not in ("recipe", "label")}
         try:  # checked by the options themselves (a plug-in method is one of them), once per option
