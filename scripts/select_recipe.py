@@ -2,6 +2,8 @@
 
     python scripts/select_recipe.py final   # step 1 -> step 2: write the final studies from the screening
     python scripts/select_recipe.py pick    # step 3: the recommended recipe from the final study
+    python scripts/select_recipe.py final --round 2   # the same for round 2 (issue 20; studies/README.md)
+    python scripts/select_recipe.py pick --round 2
 
 ``final`` reads ``results/studies/screen-recipes.json``, keeps the two options with the lowest
 screening score (``speechprune.study.select_options``) and writes two study files: the kept
@@ -32,33 +34,50 @@ SCREEN = "screen-recipes"
 FINAL = "recipe-final"
 MODEL = "embedded:whisper-base"
 FINAL_DATA = {FINAL: "embedded-full", f"{FINAL}-heldout": "embedded:train"}
+#: The recommended recipe that round 1 picked, as its studies label it: round 2's incumbent.
+INCUMBENT = "G pairs producer"
+#: Each round of the rule: its screening and final studies, the options carried into the final study
+#: besides the kept ones, the options the screening may not keep, and the incumbent a pick must beat.
+ROUNDS = {
+    1: dict(screen=SCREEN, final=FINAL, carried=[PAPER], exclude=("magnitude",), incumbent=None, fallback=PAPER),
+    2: dict(screen="screen-recipes-2", final="recipe-final-2", carried=[PAPER, INCUMBENT],
+            exclude=("magnitude", PAPER, INCUMBENT), incumbent=INCUMBENT, fallback=INCUMBENT),
+}
 
 
-def final_spec_text(screen_spec: dict, kept: list[str], name: str, data: str, scores: list[dict]) -> str:
-    """The final study's TOML: magnitude, the paper's recipe and the kept options of the screening."""
+def final_spec_text(screen_spec: dict, kept: list[str], name: str, data: str, scores: list[dict],
+                    carried: list[str] | None = None, screen: str = SCREEN) -> str:
+    """The final study's TOML: magnitude, the carried options (the paper's recipe; in round 2 also the
+    incumbent) and the kept options of the screening."""
+    carried = [PAPER] if carried is None else carried
     by_label = {o.get("label"): o for o in screen_spec["options"]}
-    missing = [k for k in kept + [PAPER] if k not in by_label]
+    missing = [k for k in kept + carried if k not in by_label]
     if missing:
         raise SystemExit(f"the screening file has no option labelled {missing[0]!r}")
-    options = [dict(method="magnitude")] + [by_label[PAPER]] + [by_label[k] for k in kept if k != PAPER]
+    options = [dict(method="magnitude")] + [by_label[c] for c in carried] + [by_label[k] for k in kept
+                                                                              if k not in carried]
     score = {r["option"]: r for r in scores}
     comment = (f"Step 2 of the selection rule in studies/README.md, written by scripts/select_recipe.py final from\n"
-               f"results/studies/{SCREEN}.json: the screening kept "
+               f"results/studies/{screen}.json: the screening kept "
                + " and ".join(f"{k!r} (score {score[k]['score']:.2f}, worst {score[k]['worst']:.2f})" for k in kept)
                + ".")
     spec = dict(name=name,
-                description=f"Final recipe study: magnitude, the paper's recipe and the screening's two kept options; "
-                            f"{MODEL} on {data}, three settings, 5 k-means seeds",
+                description=f"Final recipe study: magnitude, the paper's recipe"
+                            + "".join(f", the incumbent {c!r}" for c in carried if c != PAPER)
+                            + f" and the screening's two kept options; {MODEL} on {data}, three settings, "
+                              "5 k-means seeds",
                 models=[MODEL], data=[data], seeds=5, decoding=["greedy"],
                 settings=[{k: v for k, v in s.items() if k != "models"} for s in screen_spec["settings"]],
                 options=options)
     return dump_study(spec, comment=comment)
 
 
-def final(root: Path = ROOT) -> list[Path]:
+def final(root: Path = ROOT, round: int = 1) -> list[Path]:
     from speechprune.study import load_records, screening_scores, select_options
 
-    results = root / "results" / "studies" / f"{SCREEN}.json"
+    plan = ROUNDS[round]
+    screen, final_name = plan["screen"], plan["final"]
+    results = root / "results" / "studies" / f"{screen}.json"
     if not results.is_file():
         raise SystemExit(f"{results.relative_to(root)} is absent: run the screening first")
     saved = load_records(results)
@@ -66,14 +85,14 @@ def final(root: Path = ROOT) -> list[Path]:
     if n_runs is None or n_done < n_runs:
         raise SystemExit(f"the screening is not complete ({n_done} of {n_runs} runs): step 1 needs all of them")
     scores = screening_scores(saved["records"])
-    kept = select_options(scores)
-    spec = tomllib.loads((root / "studies" / f"{SCREEN}.toml").read_text(encoding="utf-8"))
+    kept = select_options(scores, exclude=plan["exclude"])
+    spec = tomllib.loads((root / "studies" / f"{screen}.toml").read_text(encoding="utf-8"))
     written = []
-    for name, data in FINAL_DATA.items():
+    for name, data in {final_name: "embedded-full", f"{final_name}-heldout": "embedded:train"}.items():
         path = root / "studies" / f"{name}.toml"
         if path.exists():
             raise SystemExit(f"{path.relative_to(root)} exists already: it is never overwritten (remove it by hand)")
-        text = final_spec_text(spec, kept, name, data, scores)
+        text = final_spec_text(spec, kept, name, data, scores, plan["carried"], screen)
         tomllib.loads(text)  # the file must parse
         path.write_text(text, encoding="utf-8")
         written.append(path)
@@ -81,21 +100,23 @@ def final(root: Path = ROOT) -> list[Path]:
     return written
 
 
-def pick(root: Path = ROOT) -> dict:
+def pick(root: Path = ROOT, round: int = 1) -> dict:
     from speechprune.study import load_records, recommend
 
-    results = root / "results" / "studies" / f"{FINAL}.json"
+    plan = ROUNDS[round]
+    final_name = plan["final"]
+    results = root / "results" / "studies" / f"{final_name}.json"
     if not results.is_file():
-        raise SystemExit(f"{results.relative_to(root)} is absent: run `speechprune study studies/{FINAL}.toml`")
+        raise SystemExit(f"{results.relative_to(root)} is absent: run `speechprune study studies/{final_name}.toml`")
     saved = load_records(results)
     if len(saved["records"]) < saved.get("n_runs", 0):
         raise SystemExit(f"the final study is not complete ({len(saved['records'])} of {saved['n_runs']} runs)")
-    picked = recommend(saved["records"], fallback=PAPER)
+    picked = recommend(saved["records"], fallback=plan["fallback"], incumbent=plan["incumbent"])
     print(f"recommended: {picked['choice']}\nwhy: {picked['reason']}")
     for row in picked["rows"]:
         print(f"  {row['option']}: score {row['score']:.2f}, worst {row['worst']:.2f}, clear wins over magnitude "
               f"{row['wins']} of {row['of_settings']}, {row['seeds']} seeds")
-    spec = tomllib.loads((root / "studies" / f"{FINAL}.toml").read_text(encoding="utf-8"))
+    spec = tomllib.loads((root / "studies" / f"{final_name}.toml").read_text(encoding="utf-8"))
     chosen = next(o for o in spec["options"] if o.get("label") == picked["choice"])
     from speechprune.recipes import resolve
 
@@ -108,8 +129,10 @@ def pick(root: Path = ROOT) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=["final", "pick"])
+    parser.add_argument("--round", type=int, choices=sorted(ROUNDS), default=1,
+                        help="1: the first recipe search (issue 9); 2: the second (issue 20)")
     args = parser.parse_args(argv)
-    (final if args.step == "final" else pick)()
+    (final if args.step == "final" else pick)(round=args.round)
     return 0
 
 

@@ -30,6 +30,7 @@ from speechprune.errors import SpeechPruneError, check_choice
 from speechprune.kmeans import kmeans, kmeans_many, memory_budget
 from speechprune.pairs import closest_pairs
 from speechprune.structure import Unit
+from speechprune.synthetic import SYNTHETIC_INPUTS, function_features, mean_activations, synthetic_inputs
 
 
 
@@ -48,7 +49,7 @@ class Assignment:
     cost: float  # clustering inertia, or the squared norm magnitude pruning throws away
 
 
-FEATURES = ("both", "producer", "normalized")
+FEATURES = ("both", "producer", "normalized", "function")
 WEIGHTINGS = ("none", "consumer")
 
 
@@ -96,8 +97,14 @@ def channel_features(unit: Unit, features: str = "both") -> torch.Tensor:
     ``normalized``: producer rows with bias as they act on the LayerNorm-normalised input (the
     norm's scale and shift folded in; see :func:`_producer_blocks`). Data-free: it uses only the
     LayerNorm's own weights.
+    ``function``: what each channel computes, compared without data: its activations (after the
+    nonlinearity) on synthetic inputs drawn from its LayerNorm's weight and bias
+    (:func:`speechprune.synthetic.function_features`), so two channels are close when their outputs
+    are, whatever their weights.
     """
     check_choice("feature set", features, FEATURES)
+    if features == "function":
+        return function_features(unit)
     parts = _producer_blocks(unit, normalized=features == "normalized")
     if features == "both":
         parts.append(_consumer_block(unit))
@@ -215,7 +222,9 @@ def assign_pairs(unit: Unit, k: int, *, features: str = "both", weighting: str =
     return Assignment(_canonical(result.labels, k), k, float(result.inertia))
 
 
-MERGES = ("mean", "weighted", "projection")
+MERGES = ("mean", "weighted", "projection", "corrected")
+#: Synthetic inputs for the ``corrected`` merge's mean output (more than for features: a mean needs them).
+CORRECTION_INPUTS = 4 * SYNTHETIC_INPUTS
 
 
 @torch.no_grad()
@@ -229,10 +238,17 @@ def merge(unit: Unit, assignment: Assignment, rule: str = "mean") -> None:
     ``c_i`` are the members' consumer columns and ``c`` their sum. These weights sum to one
     and minimise the first-order output error ``|sum_i c_i (p_i - p)^T|`` of replacing every
     member's producer ``p_i`` by ``p``; for orthogonal consumer columns they equal the
-    ``weighted`` ones. All three are exact for identical members. Dropped channels (label -1) vanish from
-    both sides; the consumer bias is unchanged.
+    ``weighted`` ones. ``corrected``: the mean merge, then the shift of the block's mean output
+    that the merge causes, measured on synthetic inputs drawn from the LayerNorm's weights
+    (:mod:`speechprune.synthetic`, no data), is put back into the consumer's bias (feed-forward
+    units with a consumer bias; elsewhere it is the mean merge). All four are exact for identical
+    members. Dropped channels (label -1) vanish from both sides; otherwise the consumer bias is unchanged.
     """
     check_choice("merge rule", rule, MERGES)
+    correct = rule == "corrected" and unit.kind == "ffn" and unit.consumer.bias is not None
+    if correct:
+        x = synthetic_inputs(unit, CORRECTION_INPUTS)
+        mean_before = unit.consumer.weight.float() @ mean_activations(unit, x)
     labels, k = assignment.labels, assignment.k
     n, g = unit.n_channels, unit.group_size
     kept = labels >= 0
@@ -273,3 +289,6 @@ def merge(unit: Unit, assignment: Assignment, rule: str = "mean") -> None:
     unit.consumer.weight.copy_(summed.reshape(d_out, k * g))
     if old_consumer_bias is not None:
         unit.consumer.bias.copy_(old_consumer_bias)
+    if correct:
+        mean_after = unit.consumer.weight.float() @ mean_activations(unit, x)
+        unit.consumer.bias.add_((mean_before - mean_after).to(unit.consumer.bias.dtype))

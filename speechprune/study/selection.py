@@ -99,7 +99,8 @@ def select_options(scores: list[dict], n: int = 2, *, tie: float = 1.0, exclude:
 PAPER_OPTION = "A paper (both)"
 
 
-def recommend(records: list[dict], *, fallback: str, tie: float = 1.0, need: int = 2, n_boot: int = 2000) -> dict:
+def recommend(records: list[dict], *, fallback: str, tie: float = 1.0, need: int = 2, n_boot: int = 2000,
+              incumbent: str | None = None) -> dict:
     """Step 3 of the selection rule in ``studies/README.md``, from a final study's records.
 
     Per option (magnitude pruning aside): the median WER over seeds in each setting averaged over
@@ -108,7 +109,10 @@ def recommend(records: list[dict], *, fallback: str, tie: float = 1.0, need: int
     95% interval that excludes 0. The option with the lowest score among those that cover every
     setting is chosen (a score within ``tie`` points of the best goes to the lower worst case),
     provided it has at least ``need`` wins; otherwise the choice is ``fallback`` (the paper's
-    recipe). Returns the choice, the reason in words, and one row per option.
+    recipe). With an ``incumbent`` (the recommended recipe of an earlier round, round 2 of the
+    rule), a challenger must also score more than ``tie`` points below it; otherwise the incumbent
+    stays (``fallback`` is then the incumbent too). Returns the choice, the reason in words, and one
+    row per option.
     """
     by_option: dict[str, dict[tuple, dict]] = {}
     for row in comparisons(records, n_boot=n_boot):
@@ -130,6 +134,16 @@ def recommend(records: list[dict], *, fallback: str, tie: float = 1.0, need: int
         return dict(choice=fallback, reason="no option covers every setting: the recipe stays the paper's",
                     rows=rows)
     pick = next(r for r in rows if r["option"] == chosen[0])
+    held = next((r for r in rows if r["option"] == incumbent), None)
+    if held is not None and pick is not held and pick["score"] > held["score"] - tie:
+        reason = (f"{pick['option']} has the lowest median WER averaged over the settings ({pick['score']:.2f}%), "
+                  f"but not more than {tie:g} point below the incumbent {incumbent} ({held['score']:.2f}%): "
+                  f"the recipe stays {incumbent}")
+        return dict(choice=incumbent, reason=reason, rows=rows)
+    if held is not None and pick is held:
+        reason = (f"the incumbent {incumbent} keeps the lowest median WER averaged over the settings "
+                  f"({held['score']:.2f}%): the recipe stays {incumbent}")
+        return dict(choice=incumbent, reason=reason, rows=rows)
     if pick["wins"] >= need:
         reason = (f"{pick['option']} has the lowest median WER averaged over the {pick['of_settings']} settings "
                   f"({pick['score']:.2f}%) and beats magnitude pruning, with an interval that excludes 0, in "

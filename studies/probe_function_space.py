@@ -1,0 +1,77 @@
+"""A cheap diagnostic before the second recipe screening (issue 20): which data-free ideas disturb
+the model least, before any WER is measured.
+
+For both embedded Whisper models and the book's three settings, prunes with the current
+recommended recipe and the candidate ideas (function-space features on synthetic LayerNorm inputs,
+the corrected merge, the existing allocations with closest pairs, other merges), and prints two
+smooth signals on the first 8 clips of the test split (the same clips as
+``probe_encoder_error.py``): the relative error of the encoder output, and the teacher-forced
+cross-entropy of the reference transcripts (nats per token; the uncompressed model's first). No
+decoding, so neither says anything about loops; they rank ideas cheaply, and the screening
+(``studies/screen-recipes-2.toml``, rule in ``studies/README.md``) decides.
+
+    python studies/probe_function_space.py            # prints one line per model, setting and option
+"""
+
+import copy
+import sys
+import time
+
+import torch
+
+from speechprune.compress import compress
+from speechprune.data import load_speech
+from speechprune.models import load_model
+
+OPTIONS = [
+    ("magnitude", dict(method="magnitude")),
+    ("G pairs producer (recommended)", dict(recipe="recommended")),
+    ("pairs producer, variance", dict(recipe="recommended", allocation="variance")),
+    ("pairs producer, cost", dict(recipe="recommended", allocation="cost")),
+    ("pairs producer, projection", dict(recipe="recommended", merge="projection")),
+    ("pairs producer, corrected", dict(recipe="recommended", merge="corrected")),
+    ("pairs function", dict(recipe="recommended", features="function")),
+    ("pairs function, corrected", dict(recipe="recommended", features="function", merge="corrected")),
+    ("pairs function, consumer-weighted", dict(recipe="recommended", features="function", weighting="consumer",
+                                               merge="weighted")),
+    ("pairs normalized", dict(recipe="recommended", features="normalized")),
+]
+SETTINGS = [("encoder.ffn", 0.2), ("ffn", 0.1), ("encoder.ffn", 0.5)]
+
+
+def main(models=("embedded:whisper-tiny.en", "embedded:whisper-base")) -> None:
+    torch.set_num_threads(1)
+    speech = load_speech("embedded", max_samples=8)
+    for name in models:
+        model, processor = load_model(name)
+        feats = processor.feature_extractor([u.audio for u in speech.utterances], sampling_rate=16000,
+                                            return_tensors="pt").input_features
+        if processor.tokenizer.pad_token is None:
+            processor.tokenizer.pad_token = processor.tokenizer.eos_token
+        tok = processor.tokenizer([u.text for u in speech.utterances], return_tensors="pt", padding=True)
+        ids, mask = tok.input_ids, tok.attention_mask  # <|startoftranscript|> ... <|endoftext|>
+        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+
+        @torch.no_grad()
+        def probe(m):
+            enc = m.model.encoder(feats).last_hidden_state
+            logits = m(encoder_outputs=(enc,), decoder_input_ids=ids[:, :-1]).logits
+            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
+            return enc, float(loss)
+
+        reference, dense_loss = probe(model)
+        print(f"{name}: uncompressed cross-entropy {dense_loss:.3f}", flush=True)
+        for scope, sparsity in SETTINGS:
+            for label, opts in OPTIONS:
+                pruned = copy.deepcopy(model)
+                t0 = time.perf_counter()
+                compress(pruned, sparsity=sparsity, scope=scope, progress=False, **opts)
+                seconds = time.perf_counter() - t0
+                enc, loss = probe(pruned)
+                error = float((enc - reference).norm() / reference.norm())
+                print(f"  {scope} {sparsity:.0%} {label:36s} encoder error {error:.3f}  cross-entropy {loss:.3f}"
+                      f"  (compress {seconds:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main(tuple(sys.argv[1:]) or ("embedded:whisper-tiny.en", "embedded:whisper-base"))
