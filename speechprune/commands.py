@@ -70,12 +70,14 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                    help="how the budget is spread over layers (paper recipe: uniform)")
     p.add_argument("--features", choices=FEATURES, default=None,
                    help="what k-means compares: both = producer rows + consumer columns (the paper), producer, "
-                        "or normalized = producer rows as they act on the LayerNorm-normalised input")
+                        "normalized = producer rows as they act on the LayerNorm-normalised input, or function = "
+                        "each channel's activations on synthetic inputs drawn from its LayerNorm (no data)")
     p.add_argument("--weighting", choices=WEIGHTINGS, default=None,
                    help="k-means weight of a channel: none, or consumer = its consumer column's squared norm")
     p.add_argument("--merge", choices=MERGES, default=None,
-                   help="how a cluster's producers combine: mean (the paper), weighted (by consumer norm) "
-                        "or projection (first-order optimal)")
+                   help="how a cluster's producers combine: mean (the paper), weighted (by consumer norm), "
+                        "projection (first-order optimal), or corrected = mean, with the mean output shift on "
+                        "synthetic LayerNorm inputs put back into the consumer bias (no data)")
     p.add_argument("--seed", type=cli_seed, default=0)
     p.add_argument("--max-iter", type=cli_int(1), default=100, help="k-means iterations at most")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")

@@ -220,11 +220,11 @@ def compress(
         (Its old name ``keep`` works for one more release, with a warning.)
     seed : int, default 0
         The k-means seed (for a method that takes one; a seed-free method's report says None).
-    features : {"both", "producer", "normalized"}, optional
+    features : {"both", "producer", "normalized", "function"}, optional
         What k-means compares (see :func:`speechprune.prune.channel_features`).
     weighting : {"none", "consumer"}, optional
         The k-means weight of each channel.
-    merge : {"mean", "weighted", "projection"}, optional
+    merge : {"mean", "weighted", "projection", "corrected"}, optional
         How a new channel's producer combines its members' (see :func:`speechprune.prune.merge`).
         (Its old name ``merge_rule`` works for one more release, with a warning.)
     recipe : {"paper", "recommended"}, optional

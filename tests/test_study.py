@@ -542,6 +542,58 @@ def test_select_recipe_script_writes_the_final_studies_and_applies_step_3(fake, 
                                      weighting="none")
 
 
+def test_recommend_keeps_the_incumbent_unless_a_challenger_is_more_than_a_point_lower():
+    mag = {0.1: [0.8], 0.2: [0.9], 0.5: [1.0]}
+    incumbent = {0.1: [0.2] * 5, 0.2: [0.3] * 5, 0.5: [1.0] * 5}
+    close = {0.1: [0.1] * 5, 0.2: [0.3] * 5, 0.5: [1.0] * 5}  # 3.3 points lower on average: not enough for tie=5
+    picked = st.recommend(_final_records(dict(magnitude=mag, incumbent=incumbent, close=close)), fallback="incumbent",
+                          incumbent="incumbent", n_boot=200, tie=5.0)
+    assert picked["choice"] == "incumbent" and "not more than 5 points below the incumbent" in picked["reason"]
+    better = {0.1: [0.1] * 5, 0.2: [0.2] * 5, 0.5: [1.0] * 5}  # 6.7 points lower, and clear wins over magnitude
+    picked = st.recommend(_final_records(dict(magnitude=mag, incumbent=incumbent, better=better)),
+                          fallback="incumbent", incumbent="incumbent", n_boot=200)
+    assert picked["choice"] == "better"
+    worse = {0.1: [0.3] * 5, 0.2: [0.4] * 5, 0.5: [1.0] * 5}
+    picked = st.recommend(_final_records(dict(magnitude=mag, incumbent=incumbent, worse=worse)),
+                          fallback="incumbent", incumbent="incumbent", n_boot=200)
+    assert picked["choice"] == "incumbent" and "keeps the lowest" in picked["reason"]
+
+
+def test_select_recipe_round_2_keeps_two_new_candidates_and_carries_the_incumbent(fake, tmp_path, monkeypatch):
+    """Round 2 of the rule on fake measurements: magnitude, the paper's recipe and G cannot be kept, and
+    the final study carries G beside the two kept candidates."""
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
+    rate = {"G pairs producer": 1, "L pairs producer, cost allocation": 2, "O pairs function": 3}
+
+    def by_label(run, *args, **kwargs):
+        full = fake_full_record(run)
+        if run.method != "dense":
+            e = rate.get(run.label, 6 if run.method == "magnitude" else 4)
+            full["utterance_errors"] = [e] * 4
+            full["utterances"] = [dict(u, errors=e) for u in full["utterances"]]
+            full["wer"], full["substitutions"] = 100.0 * 4 * e / 40, 4 * e
+        return full
+
+    monkeypatch.setattr(runner, "execute", by_label)
+    (tmp_path / "studies").mkdir()
+    name = "screen-recipes-2"
+    (tmp_path / "studies" / f"{name}.toml").write_text((ROOT / "studies" / f"{name}.toml").read_text())
+    screen = st.load_study(tmp_path / "studies" / f"{name}.toml")
+    out = tmp_path / "results" / "studies"
+    st.run_study(screen, out / f"{name}.json", progress=False, log=lambda *_: None)
+    written = script["final"](tmp_path, round=2)
+    assert [p.name for p in written] == ["recipe-final-2.toml", "recipe-final-2-heldout.toml"]
+    final = st.load_study(written[0])
+    assert list(dict.fromkeys(r.label for r in final.runs if r.method not in ("dense", "magnitude"))) == [
+        "A paper (both)", "G pairs producer", "L pairs producer, cost allocation", "O pairs function"]
+    assert "the incumbent 'G pairs producer'" in (tmp_path / "studies" / "recipe-final-2.toml").read_text()
+    st.run_study(final, out / "recipe-final-2.json", progress=False, log=lambda *_: None)
+    picked = script["pick"](tmp_path, round=2)
+    assert picked["choice"] == "G pairs producer" and "stays G pairs producer" in picked["reason"]
+
+
 def test_limit_stops_after_that_many_new_runs(fake, tmp_path):
     execute, calls = fake
     study = st.parse_study(spec(seeds=2))

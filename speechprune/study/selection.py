@@ -137,7 +137,7 @@ def recommend(records: list[dict], *, fallback: str, tie: float = 1.0, need: int
     held = next((r for r in rows if r["option"] == incumbent), None)
     if held is not None and pick is not held and pick["score"] > held["score"] - tie:
         reason = (f"{pick['option']} has the lowest median WER averaged over the settings ({pick['score']:.2f}%), "
-                  f"but not more than {tie:g} point below the incumbent {incumbent} ({held['score']:.2f}%): "
+                  f"but not more than {tie:g} point{'' if tie == 1 else 's'} below the incumbent {incumbent} ({held['score']:.2f}%): "
                   f"the recipe stays {incumbent}")
         return dict(choice=incumbent, reason=reason, rows=rows)
     if held is not None and pick is held:
