@@ -2,6 +2,7 @@
 
     python benchmarks/bench_compress.py            # Whisper-base-sized, CPU
     python benchmarks/bench_compress.py --device cuda --large   # adds Whisper-large-v3-sized
+    python benchmarks/bench_compress.py --recipes [--large]     # the recipe candidates' cost against k-means'
 
 Random weights with Whisper's shapes (the time of k-means does not depend on the values
 much; WER does, and lives in the book). For each sparsity it prints the compression time
@@ -57,14 +58,42 @@ def forward_seconds(model, device: str, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(dense, device: str, sparsity: float, scope: str, method: str, repeats: int) -> dict:
+#: The second recipe screening's candidates (studies/screen-recipes-2.toml), by their labels there.
+CANDIDATES = {
+    "k-means, paper's features": dict(recipe="paper"),
+    "G pairs producer": dict(method="pairs", features="producer"),
+    "K ... variance allocation": dict(method="pairs", features="producer", allocation="variance"),
+    "L ... cost allocation": dict(method="pairs", features="producer", allocation="cost"),
+    "M ... corrected merge": dict(method="pairs", features="producer", merge="corrected"),
+    "O pairs function": dict(method="pairs", features="function"),
+    "P ... projection merge": dict(method="pairs", features="producer", merge="projection"),
+}
+
+
+def recipes(dense, device: str, label: str) -> None:
+    """Each candidate's compression time at the book's two budgets, and its ratio to k-means' (the issue's
+    bar: a recipe above 10x k-means' time needs a reason in the book)."""
+    print(f"\n{label}: compression time of the recipe candidates (ratio to k-means with the paper's features)")
+    head = f"{'option':28s} {'scope':12s} {'sparsity':>8s} {'compress s':>10s} {'x k-means':>9s}"
+    print(head + "\n" + "-" * len(head))
+    for scope, sparsity in [("encoder.ffn", 0.2), ("ffn", 0.1)]:
+        base = None
+        for name, options in CANDIDATES.items():
+            r = measure(dense, device, sparsity, scope, options.get("method", "cluster"), 0, **options)
+            base = base or r["seconds"]
+            print(f"{name:28s} {scope:12s} {sparsity:8.0%} {r['seconds']:10.2f} {r['seconds'] / base:8.1f}x",
+                  flush=True)
+
+
+def measure(dense, device: str, sparsity: float, scope: str, method: str, repeats: int, **options) -> dict:
     model = copy.deepcopy(dense)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     rss0 = psutil.Process().memory_info().rss
     sync(device)
     t = time.perf_counter()
-    report = compress(model, method=method, sparsity=sparsity, scope=scope, progress=False)
+    options.setdefault("method", method)
+    report = compress(model, sparsity=sparsity, scope=scope, progress=False, **options)
     sync(device)
     seconds = time.perf_counter() - t
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
@@ -79,8 +108,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--large", action="store_true", help="also a Whisper-large-v3-sized model at 10%% (GPU)")
     ap.add_argument("--repeats", type=int, default=5, help="forward passes to time (median)")
+    ap.add_argument("--recipes", action="store_true", help="only the recipe candidates' compression times")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    if args.recipes:
+        recipes(build("base", args.device), args.device, "Whisper-base-sized")
+        if args.large:
+            recipes(build("large-v3", args.device), args.device, "Whisper-large-v3-sized")
+        return
 
     dense = build("base", args.device)
     base_forward = forward_seconds(dense, args.device, args.repeats)
