@@ -58,6 +58,8 @@ BUILD = ROOT / "_build"
 STAGE = BUILD / "executed"
 CACHE = BUILD / "cache"
 HTML = BUILD / "html"
+#: The book-build benchmark's records (benchmarks/bench_book.py): one per default-scale build, newest last.
+BENCH_BUILDS = ROOT / "results" / "benchmarks" / "book_build.json"
 
 # The scales of the book's builds. Chapters take a SCALE parameter and hold these values in their own
 # PRESETS (a test keeps both in step); other notebooks get the values injected directly.
@@ -255,9 +257,30 @@ def publish_ready(notebook: Path, student: bool = False) -> dict:
 BUSY = 0.5
 
 
-def chapter_times_table(durations: dict) -> str:
+def idle_benchmark_line(path: Path = BENCH_BUILDS) -> str:
+    """One sentence on the newest default-scale build that ``benchmarks/bench_book.py`` recorded on an
+    idle machine (its whole time and each chapter's), or "" when there is none."""
+    try:
+        builds = json.loads(path.read_text())["builds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    idle = [b for b in builds if not b.get("busy", True) and b.get("scale") == "embedded" and b.get("total_seconds")]
+    if not idle:
+        return ""
+    b = idle[-1]
+    chapters = "; ".join(f"chapter {Path(name).name[:2].lstrip('0')}: {c['seconds'] / 60:.1f} min"
+                         for name, c in sorted(b["chapters"].items()))
+    return (f"The book's build benchmark (`python benchmarks/bench_book.py`, kept in "
+            f"`results/benchmarks/book_build.json`) last built the book at `SCALE = \"embedded\"` on an idle "
+            f"machine ({b['machine']}, {b['date']}, build `{b['build_id']}`) in {b['total_seconds'] / 60:.1f} min "
+            f"in all ({chapters}; {b['verdict']} of 10 min in all and 4 min per chapter).")
+
+
+def chapter_times_table(durations: dict, benchmark: str | None = None) -> str:
     """The course guide's run-time table (MyST markdown), from this build's papermill durations, with
-    the CPU time and the machine's load beside each wall time."""
+    the CPU time and the machine's load beside each wall time, and the build benchmark's newest idle
+    default-scale build (``benchmark``: that sentence; default: read from ``BENCH_BUILDS``)."""
+    benchmark = idle_benchmark_line() if benchmark is None else benchmark
     rows = ["| chapter | run time | CPU time | load average (not this build's) | of which exercise solutions "
             "| exercises |", "|---|---:|---:|---:|---:|---:|"]
     chapters = [e for e in durations["notebooks"] if e["notebook"].startswith("notebooks/")]
@@ -283,6 +306,7 @@ def chapter_times_table(durations: dict) -> str:
         "",
         *rows,
         "",
+        *([benchmark, ""] if benchmark else []),
     ])
 
 

@@ -6,6 +6,7 @@ import ast
 import contextlib
 import importlib.util
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -323,6 +324,24 @@ def test_course_guide_includes_the_generated_run_times():
     idle = dict(durations, notebooks=[dict(durations["notebooks"][0], cpu_seconds=170.0, load_average=1.9,
                                            other_load=0.0)])
     assert "ran nothing else meanwhile" in build_book.chapter_times_table(idle)
+
+
+def test_the_run_times_name_the_newest_idle_default_scale_benchmark(tmp_path):
+    chapter = dict(seconds=200.0, cpu_seconds=380.0, load_average=1.9, other_load=0.0)
+    builds = [dict(build_id="old", scale="embedded", machine="2 CPU cores, no GPU", date="2026-01-01", busy=False,
+                   total_seconds=900.0, chapters={"notebooks/02_x.ipynb": chapter}, verdict="targets missed"),
+              dict(build_id="new", scale="embedded", machine="2 CPU cores, no GPU", date="2026-01-02", busy=False,
+                   total_seconds=570.0, chapters={"notebooks/02_x.ipynb": chapter}, verdict="targets met"),
+              dict(build_id="busy", scale="embedded", machine="2 CPU cores, no GPU", date="2026-01-03", busy=True,
+                   total_seconds=1500.0, chapters={"notebooks/02_x.ipynb": chapter}, verdict="not judged")]
+    path = tmp_path / "book_build.json"
+    path.write_text(json.dumps({"builds": builds}))
+    line = build_book.idle_benchmark_line(path)
+    assert "build `new`" in line and "9.5 min in all" in line and "chapter 2: 3.3 min" in line
+    assert "targets met" in line and "busy" not in line
+    assert build_book.idle_benchmark_line(tmp_path / "absent.json") == ""
+    durations = dict(build_id="b-1", scale="smoke", date="2026-01-01", machine="2 CPU cores, no GPU", notebooks=[])
+    assert build_book.chapter_times_table(durations, benchmark=line).rstrip().endswith(line)
 
 
 def test_the_load_meter_counts_the_cpu_of_a_child_process():
