@@ -273,7 +273,7 @@ def idle_benchmark_line(path: Path = BENCH_BUILDS) -> str:
     return (f"The book's build benchmark (`python benchmarks/bench_book.py`, kept in "
             f"`results/benchmarks/book_build.json`) last built the book at `SCALE = \"embedded\"` on an idle "
             f"machine ({b['machine']}, {b['date']}, build `{b['build_id']}`) in {b['total_seconds'] / 60:.1f} min "
-            f"in all ({chapters}; {b['verdict']} of 10 min in all and 4 min per chapter).")
+            f"in all ({chapters}). Against its targets of 10 min in all and 4 min per chapter: {b['verdict']}.")
 
 
 def chapter_times_table(durations: dict, benchmark: str | None = None) -> str:
