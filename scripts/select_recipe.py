@@ -29,19 +29,20 @@ sys.path.insert(0, str(ROOT))
 
 from speechprune.study import PAPER_OPTION as PAPER  # noqa: E402  the paper's recipe, as the screening labels it
 from speechprune.study import dump_study  # noqa: E402
+from speechprune.study.selection import INCUMBENT_OPTION, SCREENING_EXCLUDES  # noqa: E402
 
 SCREEN = "screen-recipes"
 FINAL = "recipe-final"
 MODEL = "embedded:whisper-base"
 FINAL_DATA = {FINAL: "embedded-full", f"{FINAL}-heldout": "embedded:train"}
-#: The recommended recipe that round 1 picked, as its studies label it: round 2's incumbent.
-INCUMBENT = "G pairs producer"
+INCUMBENT = INCUMBENT_OPTION  # the recommended recipe that round 1 picked: round 2's incumbent
 #: Each round of the rule: its screening and final studies, the options carried into the final study
 #: besides the kept ones, the options the screening may not keep, and the incumbent a pick must beat.
 ROUNDS = {
-    1: dict(screen=SCREEN, final=FINAL, carried=[PAPER], exclude=("magnitude",), incumbent=None, fallback=PAPER),
+    1: dict(screen=SCREEN, final=FINAL, carried=[PAPER], exclude=SCREENING_EXCLUDES[SCREEN], incumbent=None,
+            fallback=PAPER),
     2: dict(screen="screen-recipes-2", final="recipe-final-2", carried=[PAPER, INCUMBENT],
-            exclude=("magnitude", PAPER, INCUMBENT), incumbent=INCUMBENT, fallback=INCUMBENT),
+            exclude=SCREENING_EXCLUDES["screen-recipes-2"], incumbent=INCUMBENT, fallback=INCUMBENT),
 }
 
 

@@ -19,7 +19,7 @@ from speechprune.options import CompressionOptions
 from speechprune.recipes import BASELINE
 from speechprune.stats import study_summary
 from speechprune.study.runner import run_study
-from speechprune.study.selection import grid_cells, markdown_scores
+from speechprune.study.selection import SCREENING_EXCLUDES, grid_cells, markdown_scores
 from speechprune.study.spec import Study, load_study, parse_study
 from speechprune.study.store import _read_claims, load_records, read_results, records_of
 from speechprune.study.tables import markdown_summary, markdown_target, study_status
@@ -72,7 +72,8 @@ def _run_cli(args: argparse.Namespace) -> int:
         print(study_status(saved) + "\n")
         records = records_of(study, saved["records"])
         if args.scores:
-            print(markdown_scores(records, complete=len(records) >= len(study.runs), n_cells=grid_cells(study)))
+            print(markdown_scores(records, complete=len(records) >= len(study.runs), n_cells=grid_cells(study),
+                                  exclude=SCREENING_EXCLUDES.get(study.name, ("magnitude",))))
         elif args.target:
             print(markdown_target(records))
         else:

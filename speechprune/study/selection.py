@@ -42,7 +42,8 @@ def grid_cells(study: Study) -> int:
     return len({setting_key(r.settings()) for r in study.runs if r.method != "dense"})
 
 
-def markdown_scores(records: list[dict], complete: bool, n_cells: int | None = None) -> str:
+def markdown_scores(records: list[dict], complete: bool, n_cells: int | None = None,
+                    exclude: tuple[str, ...] = ("magnitude",)) -> str:
     """A screening as a Markdown table: per option, its median WER over seeds in each cell (model
     and setting) with the number of seeds, its score and worst case (step 1 of the rule in
     ``studies/README.md``), and which options the rule keeps, marked provisional until ``complete``.
@@ -70,7 +71,7 @@ def markdown_scores(records: list[dict], complete: bool, n_cells: int | None = N
         by = table[row["option"]]
         lines.append(f"| {row['option']} | " + " | ".join(by.get(c, "") for c in order)
                      + f" | {row['score']:.2f} | {row['worst']:.2f} | {row['cells']} of {row['of_cells']} |")
-    kept = select_options(scores)
+    kept = select_options(scores, exclude=exclude)
     note = ("Each cell: median WER (%) over k-means seeds, the number of seeds in brackets (a single run for "
             "magnitude pruning and closest pairs, which have no seed). Score: the medians averaged over the "
             "cells; worst: the largest WER over seeds, averaged the same way.")
@@ -97,6 +98,12 @@ def select_options(scores: list[dict], n: int = 2, *, tie: float = 1.0, exclude:
 #: The paper's recipe as the screening (``studies/screen-recipes.toml``) and the final studies label
 #: it: the fallback of step 3 and the recipe the book compares the recommended one with.
 PAPER_OPTION = "A paper (both)"
+#: The recommended recipe that round 1 picked, as the studies label it: round 2's incumbent.
+INCUMBENT_OPTION = "G pairs producer"
+#: Options each screening's rule may not keep (``studies/README.md``): round 1 keeps any option but
+#: magnitude pruning; round 2 carries magnitude, the paper's recipe and the incumbent for reference.
+SCREENING_EXCLUDES = {"screen-recipes": ("magnitude",),
+                      "screen-recipes-2": ("magnitude", PAPER_OPTION, INCUMBENT_OPTION)}
 
 
 def recommend(records: list[dict], *, fallback: str, tie: float = 1.0, need: int = 2, n_boot: int = 2000,
