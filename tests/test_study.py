@@ -499,14 +499,8 @@ def test_recommend_applies_step_3_of_the_rule():
     assert picked["choice"] == "paper" and "only 0 of 3" not in picked["reason"]
 
 
-def test_select_recipe_script_writes_the_final_studies_and_applies_step_3(fake, tmp_path, monkeypatch):
-    """The rule end to end on fake measurements: screening -> final study files -> recommended options."""
-    import runpy
-
-    script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
-    execute, calls = fake
-    rate = {"J producer, cost allocation": 1, "B producer": 2, "E producer consumer-weighted": 3}
-
+def _errors_by_label(rate: dict[str, int]):
+    """A fake ``runner.execute`` whose runs make ``rate[label]`` errors per utterance (magnitude 6, others 4)."""
     def by_label(run, *args, **kwargs):
         full = fake_full_record(run)
         if run.method != "dense":
@@ -515,8 +509,18 @@ def test_select_recipe_script_writes_the_final_studies_and_applies_step_3(fake, 
             full["utterances"] = [dict(u, errors=e) for u in full["utterances"]]
             full["wer"], full["substitutions"] = 100.0 * 4 * e / 40, 4 * e
         return full
+    return by_label
 
-    monkeypatch.setattr(runner, "execute", by_label)
+
+def test_select_recipe_script_writes_the_final_studies_and_applies_step_3(fake, tmp_path, monkeypatch):
+    """The rule end to end on fake measurements: screening -> final study files -> recommended options."""
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
+    execute, calls = fake
+    rate = {"J producer, cost allocation": 1, "B producer": 2, "E producer consumer-weighted": 3}
+
+    monkeypatch.setattr(runner, "execute", _errors_by_label(rate))
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "screen-recipes.toml").write_text((ROOT / "studies" / "screen-recipes.toml").read_text())
     screen = st.load_study(tmp_path / "studies" / "screen-recipes.toml")
@@ -567,16 +571,7 @@ def test_select_recipe_round_2_keeps_two_new_candidates_and_carries_the_incumben
     script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
     rate = {"G pairs producer": 1, "L pairs producer, cost allocation": 2, "O pairs function": 3}
 
-    def by_label(run, *args, **kwargs):
-        full = fake_full_record(run)
-        if run.method != "dense":
-            e = rate.get(run.label, 6 if run.method == "magnitude" else 4)
-            full["utterance_errors"] = [e] * 4
-            full["utterances"] = [dict(u, errors=e) for u in full["utterances"]]
-            full["wer"], full["substitutions"] = 100.0 * 4 * e / 40, 4 * e
-        return full
-
-    monkeypatch.setattr(runner, "execute", by_label)
+    monkeypatch.setattr(runner, "execute", _errors_by_label(rate))
     (tmp_path / "studies").mkdir()
     name = "screen-recipes-2"
     (tmp_path / "studies" / f"{name}.toml").write_text((ROOT / "studies" / f"{name}.toml").read_text())
