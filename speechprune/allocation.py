@@ -113,11 +113,17 @@ def _cost_keep(units: Sequence[Unit], total_keep: int, sparsity: float, min_frac
                 ks.append(k)
             f -= step
         grids.append(ks)
-    costs: list[list[float]] = []
-    for u, ks in zip(units, grids):
-        if progress:
-            progress(u.name)
-        costs.append([0.0] + [cost_fn(u, k) for k in ks[1:]])
+    # Lazy: a layer's cost at a grid point is measured only when the greedy reaches the point
+    # before it, so the choices are those of measuring the whole grid, at a fraction of the k-means.
+    costs: list[list[float]] = [[0.0] for _ in units]
+
+    def cost_at(i: int, j: int) -> float:
+        while len(costs[i]) <= j:
+            if progress:
+                progress(units[i].name)
+            costs[i].append(cost_fn(units[i], grids[i][len(costs[i])]))
+        return costs[i][j]
+
     pos = [0] * len(units)
     to_remove = sum(u.n_channels for u in units) - total_keep
     removed = 0
@@ -126,7 +132,7 @@ def _cost_keep(units: Sequence[Unit], total_keep: int, sparsity: float, min_frac
         for i, ks in enumerate(grids):
             j = pos[i]
             if j + 1 < len(ks):
-                rate = (costs[i][j + 1] - costs[i][j]) / (ks[j] - ks[j + 1])
+                rate = (cost_at(i, j + 1) - costs[i][j]) / (ks[j] - ks[j + 1])
                 if rate < best_rate:
                     best, best_rate = i, rate
         if best < 0:

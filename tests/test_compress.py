@@ -131,6 +131,40 @@ def test_mixed_allocations_keep_the_uniform_budget(allocation):
     assert {u.name: u.channels_after for u in report.units} == mixed
 
 
+def test_cost_allocation_measures_only_the_grid_points_its_greedy_reaches():
+    """The greedy is lazy: it measures fewer costs than the whole grid, each once, and chooses
+    what the greedy over the whole grid, measured in advance, chooses."""
+    units = units_in_scope(make_tiny_whisper(), "ffn")
+    slope = {u.name: 1.0 + 3 * i for i, u in enumerate(units)}  # later layers cost more per channel
+    calls = []
+
+    def cost(unit, k):
+        calls.append((unit.name, k))
+        return slope[unit.name] * (unit.n_channels - k) ** 1.5
+
+    lazy = allocate(units, 0.2, "cost", cost_fn=cost)
+    assert len(calls) == len(set(calls))
+    # the whole grid, measured in advance: step 5% from each width down to 40% kept
+    grid = {u.name: sorted({max(1, round(u.n_channels * (1 - 0.05 * s))) for s in range(13)}, reverse=True)
+            for u in units}
+    assert len(calls) < sum(len(ks) - 1 for ks in grid.values())
+    keep = {u.name: u.n_channels for u in units}
+    to_remove = sum(keep.values()) - sum(allocate(units, 0.2, "uniform").values())
+    while to_remove > 0:  # remove a grid step where the cost grows least per channel
+        def rate(u):
+            ks = grid[u.name]
+            j = ks.index(keep[u.name])
+            return (cost(u, ks[j + 1]) - cost(u, ks[j])) / (ks[j] - ks[j + 1]) if j + 1 < len(ks) else float("inf")
+
+        u = min(units, key=rate)
+        ks = grid[u.name]
+        step = min(keep[u.name] - ks[ks.index(keep[u.name]) + 1], to_remove)
+        keep[u.name] -= step
+        to_remove -= step
+    assert lazy == keep
+    assert lazy != allocate(units, 0.2, "uniform")
+
+
 @pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, float("nan"), "abc"])
 def test_sparsity_out_of_range_is_refused_before_any_change(tiny_hubert, sparsity):
     before = copy.deepcopy(tiny_hubert.state_dict())
