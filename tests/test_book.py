@@ -662,3 +662,18 @@ def test_freshness_check_rejects_stale_or_unexecuted_notebooks(tmp_path, monkeyp
     nbformat.write(nb, tmp_path / "fresh.ipynb")
     assert build_book.check_executed(Path("fresh.ipynb"), "build-123") == []
     assert build_book.check_executed(Path("fresh.ipynb"), "build-456") != []
+
+
+def test_each_chapters_time_line_agrees_with_the_newest_idle_build_benchmark():
+    """A chapter's "**Time:** about N min ... at SCALE embedded" is the newest idle default-scale build's
+    time in whole minutes (at least 1), so a teacher planning labs reads measured figures."""
+    builds = json.loads(build_book.BENCH_BUILDS.read_text())["builds"]
+    idle = [b for b in builds if not b["busy"] and b["scale"] == "embedded"]
+    assert idle, "no idle default-scale build in results/benchmarks/book_build.json"
+    newest = idle[-1]["chapters"]
+    for path in CHAPTERS:
+        text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+        said = re.search(r"\*\*Time:\*\* about (\d+) min .*?on 2 idle CPU cores at `SCALE = \"embedded\"`", text)
+        assert said, f"{path.name}: no '**Time:** about N min ... on 2 idle CPU cores' line"
+        seconds = newest[f"notebooks/{path.name}"]["seconds"]
+        assert int(said.group(1)) == max(1, round(seconds / 60)), (path.name, seconds)
