@@ -213,7 +213,7 @@ def test_chapter_has_objectives_summary_and_exercises_with_solutions(path):
     objectives = [line for line in about.split("After this chapter you can")[1].split("**Prerequisites")[0].splitlines()
                   if line.startswith("- ")]
     assert 3 <= len(objectives) <= 4
-    assert "**Prerequisites:**" in about and "on a CPU" in about and "Colab T4" in about
+    assert "**Prerequisites:**" in about and "on 2 idle CPU cores" in about and "Colab T4" in about
     assert "## Summary" in text and "## Exercises" in text
     assert text.index("## Summary") > text.index("After this chapter you can")
     exercises = re.findall(r"```\{exercise\}.*\n:label: (\S+)", text)

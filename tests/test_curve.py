@@ -1,0 +1,53 @@
+"""Chapter 3's fine-tuning curve (speechprune.book.curve): the comparisons and the sentences it generates."""
+
+from __future__ import annotations
+
+import json
+
+from speechprune.book.curve import curve_comparisons, curve_sentences, first_decided_win, saved_curve
+
+
+def _record(method: str, step: int, errors: list[int]) -> dict:
+    n = len(errors)
+    return dict(method=method, step=step, seed=None, wer=100 * sum(errors) / (2 * n), n_utterances=n,
+                train_seconds=6.0 * step, utterance_ids=[f"u{i}" for i in range(n)], utterance_errors=errors,
+                utterance_words=[2] * n)
+
+
+def _saved(records: list[dict], steps=(10, 20)) -> dict:
+    return dict(model="embedded:whisper-base", scope="encoder.ffn", sparsity=0.5, train=dict(name="embedded:train"),
+                test=dict(name="embedded"), date="2026-12-05T10:00:00+00:00", records=records,
+                training=dict(freeze="encoder", learning_rate=1e-4, batch_size=8, max_steps=20, seed=0,
+                              snapshot_steps=list(steps)))
+
+
+def test_the_first_decided_win_is_the_first_step_whose_paired_interval_excludes_0():
+    same, fewer = [1] * 40, [1, 0] * 20
+    saved = _saved([_record("magnitude", s, same) for s in (0, 10, 20)]
+                   + [_record("recommended", 0, same), _record("recommended", 10, [1] * 39 + [0]),
+                      _record("recommended", 20, fewer)])
+    rows = curve_comparisons(saved)
+    assert [r["step"] for r in rows] == [0, 10, 20]
+    assert [r["decided_lower"] for r in rows] == [False, False, True]  # one utterance better decides nothing
+    assert first_decided_win(rows)["step"] == 20
+    said = curve_sentences(saved)
+    assert "first after 20 steps (160 training utterances seen, 2.0 min" in said["answer"]
+    assert "the decoder only" in said["status"] and "40 utterances of embedded" in said["status"]
+    assert said["steps"].count("after ") == 3
+
+
+def test_a_complete_curve_without_a_win_says_so_and_an_incomplete_one_says_it_is_incomplete():
+    same = [1] * 40
+    complete = _saved([_record(m, s, same) for m in ("magnitude", "recommended") for s in (0, 10, 20)])
+    assert curve_sentences(complete)["answer"].startswith("within the 20 steps measured")
+    partial = _saved([_record(m, 0, same) for m in ("magnitude", "recommended")])
+    assert "not complete" in curve_sentences(partial)["answer"]
+
+
+def test_an_absent_curve_is_named_with_the_command_that_makes_it(tmp_path):
+    assert saved_curve(tmp_path, name="no-such-curve") is None
+    said = curve_sentences(None)
+    assert all("python studies/finetune_curve.py" in text for text in said.values())
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "mine.json").write_text(json.dumps(_saved([])))
+    assert saved_curve(tmp_path, name="mine")["model"] == "embedded:whisper-base"
