@@ -48,6 +48,7 @@ from speechprune.evaluate import evaluate
 from speechprune.finetune import check_overlap, finetune
 from speechprune.models import load_model
 from speechprune.outputs import write_json
+from speechprune.recipes import resolve
 from speechprune.study import per_utterance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,9 @@ def run(methods: list[str], steps: list[int], max_steps: int, out: Path, *, max_
         description="Whisper base pruned at encoder FFN 50% by each method, fine-tuned once on embedded:train, "
                     "the weights after each listed step scored on the embedded test split",
         model=MODEL, train=train.provenance, test=test.provenance, disjoint_by=check_overlap(train, test),
-        scope=SCOPE, sparsity=SPARSITY, allocation="uniform", methods={m: METHODS[m] for m in methods},
+        scope=SCOPE, sparsity=SPARSITY, allocation="uniform",
+        methods={m: dict(METHODS[m], resolved=resolve(METHODS[m].get("recipe"), method=METHODS[m].get("method")))
+                 for m in methods},  # what a recipe name meant when this ran
         training=dict(TRAINING, max_steps=max_steps, scheduler="linear decay to 0 at max_steps",
                       optimizer="AdamW (Trainer default)", precision="fp32", snapshot_steps=steps),
         evaluation=dict(decoding="greedy", normalizer="Whisper EnglishTextNormalizer", batch_size=EVAL_BATCH),

@@ -31,7 +31,7 @@ def test_the_first_decided_win_is_the_first_step_whose_paired_interval_excludes_
     assert [r["decided_lower"] for r in rows] == [False, False, True]  # one utterance better decides nothing
     assert first_decided_win(rows)["step"] == 20
     said = curve_sentences(saved)
-    assert "first after 20 steps (160 training utterances seen, 2.0 min" in said["answer"]
+    assert "first after 20 steps (160 training utterances seen; 2.0 min of training" in said["answer"]
     assert "the decoder only" in said["status"] and "40 utterances of embedded" in said["status"]
     assert said["steps"].count("after ") == 3
 

@@ -17,7 +17,7 @@ from speechprune.stats import paired_difference, sentence, undecided_reason
 from speechprune.study.tables import PACKAGE_STUDIES
 
 CURVE = "finetune-curve-encoder-ffn50"
-LABELS = {"recommended": "recommended recipe (closest pairs)", "paper": "the paper's recipe (k-means, seed 0)",
+LABELS = {"recommended": "closest pairs (uniform allocation)", "paper": "the paper's recipe (k-means, seed 0)",
           "magnitude": "magnitude pruning"}
 
 
@@ -83,8 +83,9 @@ def curve_sentences(saved: dict | None, a: str = "recommended", b: str = "magnit
                   "before any fine-tuning")
     elif win:
         answer = (f"{LABELS.get(a, a)} is lower than {LABELS.get(b, b)} with an interval that excludes 0 first "
-                  f"after {win['step']} steps ({win['step'] * t['batch_size']} training utterances seen, "
-                  f"{win['train_seconds'] / 60:.1f} min of training on this run's CPU)")
+                  f"after {win['step']} steps ({win['step'] * t['batch_size']} training utterances seen; "
+                  f"{win['train_seconds'] / 60:.1f} min of training, measured on "
+                  f"{saved.get('host', {}).get('note', 'the CPU it ran on')})")
     elif complete:
         answer = (f"within the {t['max_steps']} steps measured, {LABELS.get(a, a)} is never lower than "
                   f"{LABELS.get(b, b)} with an interval that excludes 0")
