@@ -7,22 +7,23 @@ budget is fine-tuning (3 epochs of LibriSpeech on HuBERT-large). This is its emb
 * Whisper base (``embedded:whisper-base``), encoder FFN 50%, uniform allocation;
 * each method prunes the same dense model: magnitude pruning, the recommended recipe (closest
   pairs, seed-free) and, with ``--methods``, the paper's recipe (k-means seed 0);
-* each pruned model is fine-tuned once for ``--max-steps`` steps on ``embedded:train`` (the 144
-  clips held out of every recipe choice; disjoint from the test clips), AdamW, learning rate 1e-4,
-  10 warm-up steps, then linear decay to 0 at the last step, batch 8, the convolutional front-end
-  frozen, seed 0;
-* the weights after each of ``--steps`` (and before any, step 0) are scored on the 64 clips of the
+* each pruned model is fine-tuned once for ``--max-steps`` steps (40) on ``embedded:train`` (the
+  144 clips held out of every recipe choice; disjoint from the test clips), AdamW, learning rate
+  1e-4, 10 warm-up steps, then linear decay to 0 at the last step, batch 8, seed 0, the decoder only
+  (the pruned encoder frozen; ``--freeze front-end`` trains the encoder too, about twice the cost);
+* the weights after each of ``--steps`` (10, 20, 40; and before any, step 0) are scored on the 64 clips of the
   embedded test split: greedy decoding, Whisper English normaliser, per-utterance errors kept;
 * the curve is one run per method (one schedule, snapshots along it), not a separate run per
-  budget: the weights at step 30 of a 120-step run have seen a higher learning rate than a 30-step
+  budget: the weights at step 10 of a 40-step run have seen a higher learning rate than a 10-step
   run would end with.
 
 Each scored snapshot is written to the results file when it is done, and a rerun skips what is
-there (a stopped run trains again, deterministically, and scores only what is missing). The
+there (a stopped run resumes from its last checkpoint, every ``SAVE_STEPS`` steps, and scores only
+what is missing); a rerun with other settings into the same file is refused. The
 comparisons (paired over the same utterances, ``speechprune.stats``) are printed with
 ``--report`` and shown in chapter 3.
 
-    python studies/finetune_curve.py                      # magnitude and recommended, steps 15,30,60,120
+    python studies/finetune_curve.py                      # the saved curve: magnitude and recommended
     python studies/finetune_curve.py --methods magnitude,recommended,paper
     python studies/finetune_curve.py --report             # the curve and each step's comparison
 """
@@ -60,7 +61,10 @@ METHODS = {  # label -> compress options
     "recommended": dict(recipe="recommended"),
     "paper": dict(recipe="paper", seed=0),
 }
-TRAINING = dict(learning_rate=1e-4, warmup=10, batch_size=8, freeze="front-end", seed=0)
+TRAINING = dict(learning_rate=1e-4, warmup=10, batch_size=8, freeze="encoder", seed=0)
+#: What a rerun must share with the saved file to add to it.
+SAME_RUN = ("model", "scope", "sparsity", "allocation", "evaluation")
+SAME_TRAINING = ("learning_rate", "warmup", "batch_size", "freeze", "seed", "max_steps")
 EVAL_BATCH = 8
 WORK = ROOT / "runs" / "finetune-curve"  # checkpoints and snapshots (not committed)
 SAVE_STEPS = 10
@@ -93,8 +97,21 @@ def _record(method: str, step: int, train_seconds: float, full: dict, report) ->
                 parameters_removed=round(report.param_sparsity, 5), **per_utterance(full))
 
 
+def _check_same_run(saved: dict, header: dict, out: Path) -> None:
+    """Refuse to add runs of other settings to a saved curve (its records would mix two experiments)."""
+    if not saved.get("records"):
+        return
+    keys = [k for k in SAME_RUN if saved.get(k) != header[k]]
+    keys += [f"training.{k}" for k in SAME_TRAINING if saved["training"].get(k) != header["training"][k]]
+    keys += [f"{part} speech" for part in ("train", "test")
+             if (saved[part].get("name"), saved[part].get("count")) != (header[part]["name"], header[part]["count"])]
+    if keys:
+        raise SystemExit(f"{out} holds a curve with other settings ({', '.join(keys)}): give another --out")
+
+
 def run(methods: list[str], steps: list[int], max_steps: int, out: Path, *, max_samples: int | None = None,
-        train_samples: int | None = None, work: Path = WORK) -> dict:
+        train_samples: int | None = None, work: Path = WORK, training: dict | None = None) -> dict:
+    training = training or TRAINING
     saved = _load(out)
     records = saved.get("records", [])
     done = {(r["method"], r["step"]) for r in records}
@@ -105,14 +122,17 @@ def run(methods: list[str], steps: list[int], max_steps: int, out: Path, *, max_
                     "the weights after each listed step scored on the embedded test split",
         model=MODEL, train=train.provenance, test=test.provenance, disjoint_by=check_overlap(train, test),
         scope=SCOPE, sparsity=SPARSITY, allocation="uniform",
-        methods={m: dict(METHODS[m], resolved=resolve(METHODS[m].get("recipe"), method=METHODS[m].get("method")))
-                 for m in methods},  # what a recipe name meant when this ran
-        training=dict(TRAINING, max_steps=max_steps, scheduler="linear decay to 0 at max_steps",
-                      optimizer="AdamW (Trainer default)", precision="fp32", snapshot_steps=steps),
+        # what a recipe name meant when each method first ran (kept from the saved file)
+        methods={**{m: dict(METHODS[m], resolved=resolve(METHODS[m].get("recipe"), method=METHODS[m].get("method")))
+                    for m in methods}, **saved.get("methods", {})},
+        training=dict(training, max_steps=max_steps, scheduler="linear decay to 0 at max_steps",
+                      optimizer="AdamW (Trainer default)", precision="fp32",
+                      snapshot_steps=sorted({*saved.get("training", {}).get("snapshot_steps", []), *steps})),
         evaluation=dict(decoding="greedy", normalizer="Whisper EnglishTextNormalizer", batch_size=EVAL_BATCH),
-        host=dict(device="cpu", torch_threads=torch.get_num_threads(), machine=platform.machine()),
+        host=saved.get("host") or dict(device="cpu", torch_threads=torch.get_num_threads(), machine=platform.machine()),
         command="python studies/finetune_curve.py " + " ".join(sys.argv[1:]),
     )
+    _check_same_run(saved, header, out)
     for method in methods:
         wanted = [s for s in [0, *steps] if (method, s) not in done]
         if not wanted:
@@ -136,7 +156,7 @@ def run(methods: list[str], steps: list[int], max_steps: int, out: Path, *, max_
             resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("checkpoint-*"))
             finetune(model, train, processor=processor, out_dir=run_dir, max_steps=max_steps, logging_steps=5,
                      save_steps=SAVE_STEPS, resume=resume, overwrite=not resume, progress=False,
-                     callbacks=[_Snapshots(model, set(missing), folder)], **TRAINING)
+                     callbacks=[_Snapshots(model, set(missing), folder)], **training)
         for step in later:
             snap = torch.load(folder / f"step-{step}.pt", weights_only=True)
             model.load_state_dict(snap["weights"])
@@ -154,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default="magnitude,recommended",
                    help=f"comma-separated, of {', '.join(METHODS)}")
-    p.add_argument("--steps", default="15,30,60,120", help="the steps after which the weights are scored")
-    p.add_argument("--max-steps", type=int, default=120)
+    p.add_argument("--steps", default="10,20,40", help="the steps after which the weights are scored")
+    p.add_argument("--max-steps", type=int, default=40)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--freeze", default=TRAINING["freeze"], choices=["front-end", "encoder"],
                    help="what stays fixed: the convolutional front-end, or the whole (pruned) encoder")
@@ -169,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = sorted({int(s) for s in args.steps.split(",")})
     if unknown or not steps or steps[0] < 1 or steps[-1] > args.max_steps:
         p.error(f"--methods from {', '.join(METHODS)}; --steps between 1 and --max-steps ({args.max_steps})")
-    TRAINING["freeze"] = args.freeze
     saved = _load(args.out) if args.report else run(methods, steps, args.max_steps, args.out, max_samples=args.max_samples,
-                                                          train_samples=args.train_samples, work=args.work)
+                                                          train_samples=args.train_samples, work=args.work,
+                                                          training=dict(TRAINING, freeze=args.freeze))
     for row in curve_comparisons(saved):
         print(f"step {row['step']:4d} ({row['train_seconds'] / 60:.1f} min of training): recommended {row['wer_a']:.2f}%, "
               f"magnitude {row['wer_b']:.2f}%; {row['said']}")

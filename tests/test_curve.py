@@ -33,6 +33,7 @@ def test_the_first_decided_win_is_the_first_step_whose_paired_interval_excludes_
     said = curve_sentences(saved)
     assert "first after 20 steps (160 training utterances seen; 2.0 min of training" in said["answer"]
     assert "the decoder only" in said["status"] and "40 utterances of embedded" in said["status"]
+    assert said["status"].count("(") == said["status"].count(")")
     assert said["steps"].count("after ") == 3
 
 
@@ -51,3 +52,27 @@ def test_an_absent_curve_is_named_with_the_command_that_makes_it(tmp_path):
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "mine.json").write_text(json.dumps(_saved([])))
     assert saved_curve(tmp_path, name="mine")["model"] == "embedded:whisper-base"
+
+
+def test_the_curve_script_refuses_to_add_runs_of_other_settings_to_a_saved_curve(tmp_path):
+    """A rerun into the same file must share the saved curve's settings, or its records would mix two experiments;
+    the defaults are the settings of the shipped curve, so the plain command reproduces it."""
+    import copy
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("finetune_curve", Path(__file__).resolve().parents[1] / "studies"
+                                                  / "finetune_curve.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    saved = saved_curve()
+    same = copy.deepcopy(saved)
+    same["training"] = dict(script.TRAINING, max_steps=40)
+    script._check_same_run(saved, same, tmp_path / "curve.json")  # the shipped curve's settings: accepted
+    other = copy.deepcopy(same)
+    other["training"]["freeze"], other["test"]["count"] = "front-end", 2
+    with pytest.raises(SystemExit, match=r"other settings \(training.freeze, test speech\)"):
+        script._check_same_run(saved, other, tmp_path / "curve.json")
+    script._check_same_run({}, other, tmp_path / "curve.json")  # nothing saved yet: anything goes

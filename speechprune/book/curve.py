@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from speechprune.stats import paired_difference, sentence, undecided_reason
-from speechprune.study.tables import PACKAGE_STUDIES
+from speechprune.study.tables import saved_study_path
 
 CURVE = "finetune-curve-encoder-ffn50"
 LABELS = {"recommended": "closest pairs (uniform allocation)", "paper": "the paper's recipe (k-means, seed 0)",
@@ -23,11 +23,8 @@ LABELS = {"recommended": "closest pairs (uniform allocation)", "paper": "the pap
 
 def saved_curve(results_dir: str | Path | None = None, name: str = CURVE) -> dict | None:
     """The saved curve: ``results_dir/studies/NAME.json`` first, then the copy in the package; None if absent."""
-    for folder in ([Path(results_dir) / "studies"] if results_dir else []) + [PACKAGE_STUDIES]:
-        path = folder / f"{name}.json"
-        if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
-    return None
+    path = saved_study_path(name, results_dir)
+    return json.loads(path.read_text(encoding="utf-8")) if path else None
 
 
 def curve_comparisons(saved: dict, a: str = "recommended", b: str = "magnitude") -> list[dict]:
@@ -67,9 +64,10 @@ def curve_sentences(saved: dict | None, a: str = "recommended", b: str = "magnit
         return dict(status=missing, steps=missing, answer=missing)
     t = saved["training"]
     n = saved["records"][0]["n_utterances"]
+    trained = ("the decoder only: the pruned encoder frozen" if t["freeze"] == "encoder"
+               else "all but the convolutional front-end")
     status = (f"{saved['model']}, {saved['scope']} at {saved['sparsity']:.0%}, fine-tuned on "
-              f"{saved['train']['name']} ({'the decoder only: the pruned encoder frozen' if t['freeze'] == 'encoder' else 'all but the convolutional front-end'}; "
-              f"(learning rate {t['learning_rate']:g}, batch {t['batch_size']}, {t['max_steps']} steps, seed "
+              f"{saved['train']['name']} ({trained}; learning rate {t['learning_rate']:g}, batch {t['batch_size']}, {t['max_steps']} steps, seed "
               f"{t['seed']}), scored on {n} utterances of {saved['test']['name']}; one fine-tuning run per "
               f"method, measured {saved['date'][:10]}")
     rows = curve_comparisons(saved, a, b)

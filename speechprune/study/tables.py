@@ -33,10 +33,16 @@ def saved_study(name: str, results_dir: str | Path | None = None) -> dict | None
     >>> saved_study("no-such-study") is None
     True
     """
+    path = saved_study_path(name, results_dir)
+    return load_records(path) if path else None
+
+
+def saved_study_path(name: str, results_dir: str | Path | None = None) -> Path | None:
+    """Where the saved ``name.json`` is: ``results_dir/studies`` first, then the package's copy; None if absent."""
     for folder in ([Path(results_dir) / "studies"] if results_dir else []) + [PACKAGE_STUDIES]:
         path = folder / f"{name}.json"
         if path.is_file():
-            return load_records(path)
+            return path
     return None
 
 
