@@ -227,7 +227,7 @@ def compress(
     merge : {"mean", "weighted", "projection", "corrected"}, optional
         How a new channel's producer combines its members' (see :func:`speechprune.prune.merge`).
         (Its old name ``merge_rule`` works for one more release, with a warning.)
-    recipe : {"paper", "recommended"}, optional
+    recipe : {"paper", "recommended", "pairs-2026"}, optional
         A named set of the clustering options (:mod:`speechprune.recipes`, default ``paper``:
         ``cluster``, ``both``, ``uniform``, ``mean``, ``none``); every option given explicitly
         overrides it.

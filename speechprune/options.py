@@ -10,7 +10,7 @@ recorded as ``None`` (``"no seed"`` for a seed-free method), whichever entry poi
 >>> from speechprune.options import CompressionOptions
 >>> o = CompressionOptions(recipe="recommended", sparsity=0.1)
 >>> o.method, o.features, o.seed, o.label()
-('pairs', 'producer', None, 'pairs producer')
+('pairs', 'producer', None, 'pairs variance producer')
 >>> CompressionOptions(method="cluster", sparsity=0.2, scope="encoder.ffn").cli_args()[:6]
 ['--method', 'cluster', '--sparsity', '0.2', '--scope', 'encoder.ffn']
 >>> CompressionOptions(sparsity=1.0)
@@ -120,7 +120,7 @@ class CompressionOptions:
     >>> options.method, options.features, options.seed  # closest pairs first takes no seed
     ('pairs', 'producer', None)
     >>> options.label(), " ".join(options.cli_args())
-    ('pairs producer', '--method pairs --sparsity 0.25 --scope encoder.ffn --allocation uniform --features producer')
+    ('pairs variance producer', '--method pairs --sparsity 0.25 --scope encoder.ffn --allocation variance --features producer')
     >>> report = compress(tiny_model("whisper"), options, progress=False)
     >>> report.options == options
     True

@@ -5,15 +5,21 @@ option given explicitly overrides it. ``paper`` is our reading of the paper (k-m
 rows, biases and consumer columns; uniform allocation; mean merge) and stays the default.
 
 ``recommended`` is what the selection rule in ``studies/README.md`` (written before the runs)
-picked, by ``scripts/select_recipe.py``: closest pairs first (``method="pairs"``, no seed) on the
-producer rows and biases, uniform allocation, mean merge. The screening
-(``results/studies/screen-recipes.json``: both embedded Whisper models, three settings, 64 clips,
-seeds 0-2) kept it and k-means on producer features with the variance allocation; the final study
-(``results/studies/recipe-final.json``: Whisper base, all 208 clips of ``embedded-full``, the
-three settings, 5 seeds) scored them 42.86 and 42.14 (median WER averaged over the settings), a
-tie within 1 point that the rule gives to the lower worst case (42.86 against 46.64), and both
-beat magnitude pruning with an interval that excludes 0 at encoder FFN 20% and both stacks' FFN
-10%. At encoder FFN 50% no option can be told from magnitude pruning (all near 100% WER).
+picked in its second round, by ``scripts/select_recipe.py pick --round 2``: closest pairs first
+(``method="pairs"``, no seed) on the producer rows and biases, the variance allocation (each layer's
+share of the budget follows the spread of its channels), mean merge. The second screening
+(``results/studies/screen-recipes-2.json``: both embedded Whisper models, three settings, 64 clips,
+seeds 0-2) kept it and closest pairs with the corrected merge; the final study
+(``results/studies/recipe-final-2.json``: Whisper base, all 208 clips of ``embedded-full``, the
+three settings) scored it 39.03 (median WER averaged over the settings) against 42.86 for the
+round-1 pick and 44.67 for the corrected merge, and it beats magnitude pruning with an interval
+that excludes 0 at encoder FFN 20% and both stacks' FFN 10%. At encoder FFN 50% no data-free option
+beats magnitude pruning (all near 100% WER).
+
+``pairs-2026`` is the first round's pick (``scripts/select_recipe.py pick``, from
+``results/studies/recipe-final.json``), the ``recommended`` recipe of speechprune 0.3: closest pairs
+first on producer features with the uniform allocation and the mean merge. It keeps its name so that
+models, studies and commands made with it stay reproducible.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from speechprune.errors import check_choice
 
 RECIPES_OPTIONS: dict[str, dict[str, str]] = {
     "paper": dict(method="cluster", features="both", allocation="uniform", merge="mean", weighting="none"),
-    # picked by the rule in studies/README.md (scripts/select_recipe.py pick on recipe-final.json)
-    "recommended": dict(method="pairs", features="producer", allocation="uniform", merge="mean", weighting="none"),
+    # picked by the rule in studies/README.md, round 2 (scripts/select_recipe.py pick --round 2 on recipe-final-2.json)
+    "recommended": dict(method="pairs", features="producer", allocation="variance", merge="mean", weighting="none"),
+    # round 1's pick (scripts/select_recipe.py pick on recipe-final.json): `recommended` in speechprune 0.3
+    "pairs-2026": dict(method="pairs", features="producer", allocation="uniform", merge="mean", weighting="none"),
 }
 RECIPES = tuple(RECIPES_OPTIONS)
 DEFAULT_RECIPE = "paper"

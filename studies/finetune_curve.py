@@ -5,8 +5,10 @@ near or above 100% WER: ``screen-recipes-2``, ``recipe-final-2``). The paper's a
 budget is fine-tuning (3 epochs of LibriSpeech on HuBERT-large). This is its embedded form:
 
 * Whisper base (``embedded:whisper-base``), encoder FFN 50%, uniform allocation;
-* each method prunes the same dense model: magnitude pruning, the recommended recipe (closest
-  pairs, seed-free) and, with ``--methods``, the paper's recipe (k-means seed 0);
+* each method prunes the same dense model: magnitude pruning, ``pairs-2026`` (closest pairs first,
+  uniform allocation, seed-free: the recommended recipe when the curve was measured) and, with
+  ``--methods``, the recommended recipe (closest pairs first, variance allocation) or the paper's
+  recipe (k-means seed 0);
 * each pruned model is fine-tuned once for ``--max-steps`` steps (40) on ``embedded:train`` (the
   144 clips held out of every recipe choice; disjoint from the test clips), AdamW, learning rate
   1e-4, 10 warm-up steps, then linear decay to 0 at the last step, batch 8, seed 0, the decoder only
@@ -23,8 +25,8 @@ what is missing); a rerun with other settings into the same file is refused. The
 comparisons (paired over the same utterances, ``speechprune.stats``) are printed with
 ``--report`` and shown in chapter 3.
 
-    python studies/finetune_curve.py                      # the saved curve: magnitude and recommended
-    python studies/finetune_curve.py --methods magnitude,recommended,paper
+    python studies/finetune_curve.py                      # the saved curve: magnitude and pairs-2026
+    python studies/finetune_curve.py --methods magnitude,pairs-2026,recommended,paper
     python studies/finetune_curve.py --report             # the curve and each step's comparison
 """
 
@@ -58,6 +60,7 @@ MODEL, TRAIN, TEST = "embedded:whisper-base", "embedded:train", "embedded"
 SCOPE, SPARSITY = "encoder.ffn", 0.5
 METHODS = {  # label -> compress options
     "magnitude": dict(method="magnitude"),
+    "pairs-2026": dict(recipe="pairs-2026"),
     "recommended": dict(recipe="recommended"),
     "paper": dict(recipe="paper", seed=0),
 }
@@ -172,7 +175,7 @@ def run(methods: list[str], steps: list[int], max_steps: int, out: Path, *, max_
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default="magnitude,recommended",
+    p.add_argument("--methods", default="magnitude,pairs-2026",
                    help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--steps", default="10,20,40", help="the steps after which the weights are scored")
     p.add_argument("--max-steps", type=int, default=40)
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           train_samples=args.train_samples, work=args.work,
                                                           training=dict(TRAINING, freeze=args.freeze))
     for row in curve_comparisons(saved):
-        print(f"step {row['step']:4d} ({row['train_seconds'] / 60:.1f} min of training): recommended {row['wer_a']:.2f}%, "
+        print(f"step {row['step']:4d} ({row['train_seconds'] / 60:.1f} min of training): pairs-2026 {row['wer_a']:.2f}%, "
               f"magnitude {row['wer_b']:.2f}%; {row['said']}")
     print(curve_sentences(saved)["answer"])
     return 0

@@ -24,8 +24,8 @@ def _saved(records: list[dict], steps=(10, 20)) -> dict:
 def test_the_first_decided_win_is_the_first_step_whose_paired_interval_excludes_0():
     same, fewer = [1] * 40, [1, 0] * 20
     saved = _saved([_record("magnitude", s, same) for s in (0, 10, 20)]
-                   + [_record("recommended", 0, same), _record("recommended", 10, [1] * 39 + [0]),
-                      _record("recommended", 20, fewer)])
+                   + [_record("pairs-2026", 0, same), _record("pairs-2026", 10, [1] * 39 + [0]),
+                      _record("pairs-2026", 20, fewer)])
     rows = curve_comparisons(saved)
     assert [r["step"] for r in rows] == [0, 10, 20]
     assert [r["decided_lower"] for r in rows] == [False, False, True]  # one utterance better decides nothing
@@ -39,9 +39,9 @@ def test_the_first_decided_win_is_the_first_step_whose_paired_interval_excludes_
 
 def test_a_complete_curve_without_a_win_says_so_and_an_incomplete_one_says_it_is_incomplete():
     same = [1] * 40
-    complete = _saved([_record(m, s, same) for m in ("magnitude", "recommended") for s in (0, 10, 20)])
+    complete = _saved([_record(m, s, same) for m in ("magnitude", "pairs-2026") for s in (0, 10, 20)])
     assert curve_sentences(complete)["answer"].startswith("within the 20 steps measured")
-    partial = _saved([_record(m, 0, same) for m in ("magnitude", "recommended")])
+    partial = _saved([_record(m, 0, same) for m in ("magnitude", "pairs-2026")])
     assert "not complete" in curve_sentences(partial)["answer"]
 
 

@@ -650,13 +650,18 @@ def test_target_sentences_list_options_lowest_median_first_with_their_comparison
 
 
 def test_recommended_recipe_is_what_the_rule_picks_from_the_saved_final_study(capsys):
-    """`--recipe recommended` must be the output of step 3 on the shipped final study, not a hand edit."""
+    """`--recipe recommended` must be the output of step 3 on the shipped round-2 final study, and
+    `--recipe pairs-2026` round 1's (the previous `recommended`, kept by name), not hand edits."""
     import runpy
 
     from speechprune.recipes import RECIPES_OPTIONS
 
-    assert (ROOT / "results" / "studies" / "recipe-final.json").is_file()
+    for name in ("recipe-final", "recipe-final-2"):
+        assert (ROOT / "results" / "studies" / f"{name}.json").is_file()
     script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
-    picked = script["pick"](ROOT)
+    picked = script["pick"](ROOT, round=2)
     assert picked["options"] == RECIPES_OPTIONS["recommended"]
     assert "recommended: " in capsys.readouterr().out
+    first = script["pick"](ROOT, round=1)
+    assert first["options"] == RECIPES_OPTIONS["pairs-2026"]
+    assert RECIPES_OPTIONS["pairs-2026"] != RECIPES_OPTIONS["recommended"]

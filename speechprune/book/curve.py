@@ -17,8 +17,9 @@ from speechprune.stats import paired_difference, sentence, undecided_reason
 from speechprune.study.tables import saved_study_path
 
 CURVE = "finetune-curve-encoder-ffn50"
-LABELS = {"recommended": "closest pairs (uniform allocation)", "paper": "the paper's recipe (k-means, seed 0)",
-          "magnitude": "magnitude pruning"}
+#: The curve's methods (``studies/finetune_curve.py``): the saved one is magnitude against pairs-2026.
+LABELS = {"pairs-2026": "closest pairs (uniform allocation)", "recommended": "closest pairs (variance allocation)",
+          "paper": "the paper's recipe (k-means, seed 0)", "magnitude": "magnitude pruning"}
 
 
 def saved_curve(results_dir: str | Path | None = None, name: str = CURVE) -> dict | None:
@@ -27,7 +28,7 @@ def saved_curve(results_dir: str | Path | None = None, name: str = CURVE) -> dic
     return json.loads(path.read_text(encoding="utf-8")) if path else None
 
 
-def curve_comparisons(saved: dict, a: str = "recommended", b: str = "magnitude") -> list[dict]:
+def curve_comparisons(saved: dict, a: str = "pairs-2026", b: str = "magnitude") -> list[dict]:
     """Per step where both ``a`` and ``b`` were scored: both WERs and ``a − b`` paired over the same utterances.
 
     Examples
@@ -35,8 +36,8 @@ def curve_comparisons(saved: dict, a: str = "recommended", b: str = "magnitude")
     >>> rec = lambda m, step, errors: dict(method=m, step=step, seed=None, wer=100 * sum(errors) / 40,
     ...     train_seconds=6.0 * step, utterance_ids=[f"u{i}" for i in range(40)],
     ...     utterance_errors=errors, utterance_words=[1] * 40)
-    >>> saved = dict(records=[rec("magnitude", 0, [1] * 40), rec("recommended", 0, [1] * 40),
-    ...                       rec("magnitude", 10, [1] * 40), rec("recommended", 10, [0] * 40)])
+    >>> saved = dict(records=[rec("magnitude", 0, [1] * 40), rec("pairs-2026", 0, [1] * 40),
+    ...                       rec("magnitude", 10, [1] * 40), rec("pairs-2026", 10, [0] * 40)])
     >>> [(r["step"], r["decided_lower"]) for r in curve_comparisons(saved)]
     [(0, False), (10, True)]
     >>> first_decided_win(curve_comparisons(saved))["step"]
@@ -57,7 +58,7 @@ def first_decided_win(rows: list[dict]) -> dict | None:
     return next((r for r in rows if r["decided_lower"]), None)
 
 
-def curve_sentences(saved: dict | None, a: str = "recommended", b: str = "magnitude") -> dict[str, str]:
+def curve_sentences(saved: dict | None, a: str = "pairs-2026", b: str = "magnitude") -> dict[str, str]:
     """``status`` (what was run), ``steps`` (one sentence per step) and ``answer`` (the first decided win)."""
     if not saved or not saved.get("records"):
         missing = f"not measured yet (no saved run {CURVE!r}: python studies/finetune_curve.py)"
