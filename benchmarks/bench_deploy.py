@@ -4,7 +4,8 @@
     python benchmarks/bench_deploy.py --models tiny.en --backends ct2:int8,onnx:none
     python benchmarks/bench_deploy.py --table                        # the saved results as a table
 
-For embedded whisper-tiny.en and whisper-base: dense, and ``--recipe recommended`` at FFN 10%
+For embedded whisper-tiny.en and whisper-base: dense, and ``--recipe`` (default ``pairs-2026``, the
+recommended recipe when the saved results ran; ``--recipe recommended --out NEW.json`` for today's) at FFN 10%
 (scope ffn, sparsity 0.1), encoder FFN 20% and all FFN 50%; each on transformers (float32),
 CTranslate2 (float32, int8) and ONNX Runtime (float32, int8). Per case: size on disk (the weight
 files), peak resident memory of the process that loads and runs it, seconds per utterance at
@@ -38,21 +39,24 @@ MODELS = {"tiny.en": "embedded:whisper-tiny.en", "base": "embedded:whisper-base"
 #: setting -> (scope, sparsity); "dense" is the model as it comes
 SETTINGS = {"dense": None, "ffn10": ("ffn", 0.1), "encffn20": ("encoder.ffn", 0.2), "ffn50": ("ffn", 0.5)}
 BACKENDS = ("transformers:float32", "ct2:none", "ct2:int8", "onnx:none", "onnx:int8")
+#: The recipe of the saved results (``--recipe recommended`` when they ran, renamed when round 2 of the
+#: recipe search changed ``recommended``): every pruned case of one results file uses one recipe.
+RECIPE = "pairs-2026"
 
 
-def prepare(model: str, setting: str, work: Path) -> Path:
-    """The speechprune folder of a case (made once: compress with the recommended recipe, or dense)."""
+def prepare(model: str, setting: str, work: Path, recipe: str = RECIPE) -> Path:
+    """The speechprune folder of a case (made once: compress with ``recipe``, or dense)."""
     from speechprune import compress, save_pruned
     from speechprune.models import load_model
 
-    folder = work / f"{model}-{setting}"
+    folder = work / (f"{model}-{setting}" if not SETTINGS[setting] else f"{model}-{setting}-{recipe}")
     if (folder / "config.json").is_file():
         return folder
     m, processor = load_model(MODELS[model])
     report = None
     if SETTINGS[setting]:
         scope, sparsity = SETTINGS[setting]
-        report = compress(m, sparsity=sparsity, scope=scope, recipe="recommended", progress=False)
+        report = compress(m, sparsity=sparsity, scope=scope, recipe=recipe, progress=False)
     save_pruned(m, folder, processor=processor, report=report)
     return folder
 
@@ -265,7 +269,7 @@ def readme_block(results: dict, model: str = "base") -> str:
                     f"| {base['size_bytes'] / c['size_bytes']:.1f}x | {base[F] / c[F]:.2f}x | {c['wer']:.2f} |")
     picks = [line for line in recommendation(results, two_threads=False).splitlines() if line.startswith(model + ",")]
     return "\n".join([
-        f"Whisper {model} (`embedded:whisper-{model}`), dense and `--recipe recommended`, against the dense float32 "
+        f"Whisper {model} (`embedded:whisper-{model}`), dense and `--recipe {results.get('recipe', RECIPE)}`, against the dense float32 "
         f"`transformers` model: size of the weight files, seconds per utterance at batch 1 (median over "
         f"{results.get('speed_clips')} clips, on 1 thread: {_one_thread_words(results)}), greedy WER on the first "
         f"{results.get('max_samples') or 'all'} embedded clips; one run on {results['machine']['cpus']} CPU cores. "
@@ -303,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-clips", type=int, default=8, help="clips timed at batch 1")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_deploy", help="pruned and exported folders")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--recipe", default=RECIPE, help="the pruned cases' recipe (default: the saved results')")
     parser.add_argument("--table", action="store_true", help="print the saved results as a table and stop")
     parser.add_argument("--note", default="", help="recorded with the results (e.g. how loaded the machine was)")
     parser.add_argument("--readme", action="store_true", help="rewrite README.md's deployment table and stop")
@@ -320,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from speechprune.export import export
 
+    if results["cases"] and results.get("recipe", RECIPE) != args.recipe:
+        parser.error(f"{args.out} holds cases pruned with --recipe {results.get('recipe', RECIPE)}: "
+                     f"give --recipe {args.recipe} another --out")
+    results["recipe"] = args.recipe
     if args.note:
         results["note"] = args.note
     if not args.speed_only:
@@ -327,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     results.update(speed_clips=args.speed_clips)
     for model in args.models.split(","):
         for setting in args.settings.split(","):
-            folder = prepare(model, setting, args.work)
+            folder = prepare(model, setting, args.work, args.recipe)
             for item in args.backends.split(","):
                 backend, precision = item.split(":")
                 key = f"{model}/{setting}/{backend}/{precision}"

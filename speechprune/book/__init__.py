@@ -13,6 +13,9 @@ what it belongs to:
 - :mod:`speechprune.book.full_scale`: full-scale result files (``save_full_scale``,
   ``load_full_scale``, ``saved_result``, ``is_full_scale``, ``PACKAGE_RESULTS``);
 - :mod:`speechprune.book.prose`: ``glue``, numbers pasted into the book's prose;
+- :mod:`speechprune.book.recipes`: the named recipes on held-out clips, in words (``recipe_sentences``);
+- :mod:`speechprune.book.sweep` and :mod:`speechprune.book.curve`: chapter 3's saved sweep and
+  fine-tuning curve;
 - :mod:`speechprune.presets` (re-exported): the cached measurement (``measure``,
   ``measure_comparison``, ``dense_model``) and the bootstrap spread of its records
   (``wer_interval``, ``wer_difference``).

@@ -37,7 +37,8 @@ from speechprune.study.store import (CLAIM_TIMEOUT_S, RECORD_FORMAT, REQUIRED_RE
 from speechprune.study.store import _claims_path, _locked  # noqa: F401  (private, but tests use them)
 from speechprune.study.tables import (PACKAGE_STUDIES, seeds_table, markdown_summary, markdown_target,
                                       plot_records, saved_comparison, saved_study, status_headline, study_status,
-                                      target_rows, target_sentences, target_table)
+                                      target_rows, target_sentences, target_table,
+                                      LOSSLESS_TARGETS, lossless_rows)
 
 __all__ = [
     # the study file and its runs
@@ -53,7 +54,7 @@ __all__ = [
     # the book's tables and figures
     "PACKAGE_STUDIES", "seeds_table", "markdown_summary", "markdown_target", "plot_records",
     "saved_comparison", "saved_study", "status_headline", "study_status", "target_rows", "target_sentences",
-    "target_table",
+    "target_table", "LOSSLESS_TARGETS", "lossless_rows",
     # the command line
     "register_cli",
 ]

@@ -247,6 +247,40 @@ def target_rows(records: list[dict], ratio: float = 0.5, n_boot: int = 2000) -> 
     return out
 
 
+#: The second recipe search's targets (issue 20): the largest ratio to the uncompressed model's WER
+#: that a data-free recipe may reach, per ``(scope, sparsity)``, on clips no choice was made on.
+LOSSLESS_TARGETS = {("encoder.ffn", 0.2): 2.0, ("ffn", 0.1): 1.5}
+
+
+def lossless_rows(records: list[dict], limits: dict | None = None, n_boot: int = 2000) -> list[dict]:
+    """Toward lossless: per setting that has a limit (``LOSSLESS_TARGETS``) and per pruned option
+    (magnitude pruning too), the median WER over seeds with its range, the uncompressed model's
+    WER on the same clips, their ratio, and whether it is at most the limit (``met``).
+
+    >>> rec = lambda method, errors, sp=0.2: dict(
+    ...     model="m", data="d", decoding="greedy", scope="encoder.ffn", sparsity=sp, method=method,
+    ...     features="producer", allocation="uniform", merge="mean", weighting="none", seed=None,
+    ...     wer=sum(errors), utterance_ids=["a", "b"], utterance_errors=errors, utterance_words=[50, 50])
+    >>> rows = lossless_rows([rec("dense", [1, 1], sp=None), rec("pairs", [1, 2]), rec("magnitude", [20, 20])],
+    ...                      n_boot=10)
+    >>> [(r["option"], r["median"], r["ratio"], r["met"]) for r in rows]
+    [('pairs', 3.0, 1.5, True), ('magnitude', 40.0, 20.0, False)]
+    """
+    limits = LOSSLESS_TARGETS if limits is None else limits
+    out = []
+    for r in comparisons(records, n_boot=n_boot):
+        limit = limits.get((r["scope"], r["sparsity"]))
+        dense = r.get("dense")
+        if limit is None or not dense:
+            continue
+        s = r["summary"]
+        out.append(dict(model=r["model"], data=r["data"], decoding=r["decoding"], scope=r["scope"],
+                        sparsity=r["sparsity"], option=r["option"], seeds=s.n_seeds, median=s.median, low=s.low,
+                        high=s.high, dense=dense, ratio=s.median / dense, limit=limit,
+                        met=s.median <= limit * dense))
+    return sorted(out, key=lambda t: (t["scope"], t["sparsity"], t["median"]))
+
+
 def target_sentences(rows: list[dict], *, target: bool = True) -> dict[tuple, list[str]]:
     """The brief's target in words, per ``(scope, sparsity)``, from :func:`target_rows`: one sentence
     per clustering option, the lowest median first, each with its paired comparison with magnitude
