@@ -6,7 +6,8 @@
 For each stand-in (``facebook/hubert-large-ls960-ft``, ``openai/whisper-large-v3``, loaded by
 their unchanged ids from the stand-ins' offline hub cache), each method (``--recipe paper``:
 k-means on the paper's features; ``--recipe recommended``: closest pairs first on producer
-features; magnitude pruning) at the paper's settings (HuBERT-large: encoder feed-forward 50%;
+features with the variance allocation; ``--recipe pairs-2026``: the same with the uniform
+allocation; magnitude pruning; each record keeps the options the method resolved to) at the paper's settings (HuBERT-large: encoder feed-forward 50%;
 Whisper-large-v3: both stacks' feed-forward 10%), on each device:
 
 - compression time and peak memory (CPU: the process's resident memory, sampled every 20 ms,
@@ -45,7 +46,7 @@ MODELS = {
                              setting="both stacks' feed-forward 10% (the paper's Whisper-large-v3 setting)"),
 }
 METHODS = {"paper": dict(recipe="paper"), "recommended": dict(recipe="recommended"),
-           "magnitude": dict(method="magnitude")}
+           "pairs-2026": dict(recipe="pairs-2026"), "magnitude": dict(method="magnitude")}
 T4_BYTES = 15 * 2**30
 DATA = "librispeech:test-clean"
 
@@ -117,7 +118,8 @@ def run_case(model_key: str, method_key: str, device_key: str, utterances: int, 
     record.update(compress_seconds=round(seconds, 2), compress_peak_rss_gib=round(rss.peak / gib, 3),
                   compress_rss_above_model_gib=round((rss.peak - rss_loaded) / gib, 3),
                   params_after=report.params_after, param_sparsity=round(report.param_sparsity, 4),
-                  assignment=report.to_dict().get("method"))
+                  assignment=report.to_dict().get("method"),
+                  options={k: report.to_dict().get(k) for k in ("method", "features", "allocation", "merge", "weighting")})
     if device == "cuda":
         record["compress_peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / gib, 3)
         torch.cuda.reset_peak_memory_stats()

@@ -15,8 +15,9 @@ from speechprune.study.tables import LOSSLESS_TARGETS, lossless_rows
 
 HELDOUT = "recipe-final-2-heldout"
 #: Each recipe in words, as chapter 1 and the results page name them.
-NAMES = {"recommended": "closest pairs first with the variance allocation (`--recipe recommended`)",
-         "pairs-2026": "closest pairs first with the same share in every layer (`--recipe pairs-2026`)",
+#: Plain words only: they are pasted with ``glue:text``, which renders no Markdown.
+NAMES = {"recommended": "closest pairs first with the variance allocation (the recommended recipe)",
+         "pairs-2026": "closest pairs first with the same share in every layer (pairs-2026)",
          "paper": "the paper's k-means recipe", BASELINE: "magnitude pruning"}
 #: Short names for the paired sentences.
 SHORT = {"recommended": "the recommended recipe", "pairs-2026": "pairs-2026", BASELINE: "magnitude pruning"}
