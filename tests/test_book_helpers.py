@@ -84,7 +84,7 @@ def _sweep_records():
 
 
 def test_the_sweep_says_where_each_method_breaks():
-    from speechprune.book.sweep import breaking_points, plot_sweep, sweep_rows, sweep_sentences
+    from speechprune.book.sweep import breaking_points, breaking_words, plot_sweep, sweep_rows, sweep_sentences
 
     records = _sweep_records()
     rows = sweep_rows(records)
@@ -94,6 +94,9 @@ def test_the_sweep_says_where_each_method_breaks():
     assert all(r["low"] <= r["median"] <= r["high"] for r in rows)
     points = breaking_points(records)
     assert points["cluster (paper)"] == 0.1 and points["magnitude"] is None
+    assert breaking_words(records) == ["cluster (paper) up to 10%", "magnitude not even at the smallest budget"]
+    late = [r for r in records if not (r["label"] == "magnitude" and r["sparsity"] == 0.1)]
+    assert breaking_words(late)[1] == "magnitude not at 30%, its smallest budget measured so far (10% not yet)"
     said = sweep_sentences(records, n_boot=200)
     assert "cluster (paper) is lower than magnitude" in said[0.3][0]
     fig = plot_sweep(records)

@@ -2,7 +2,7 @@
 
 Read from a saved study whose settings differ only in sparsity (``studies/sweep-encoder-ffn.toml``):
 each option is a curve (the median over its k-means seeds, with the range over seeds as a band),
-the uncompressed model a line. :func:`sweep_rows` is the table, :func:`breaking_points` says where
+the uncompressed model a line. :func:`sweep_rows` is the table, :func:`breaking_points` (and :func:`breaking_words`) says where
 each method's median passes a multiple of the uncompressed WER, :func:`sweep_sentences` compares
 each option with magnitude pruning at every sparsity in the words of :mod:`speechprune.stats`.
 """
@@ -50,6 +50,25 @@ def breaking_points(records: list[dict], factor: float = 2.0) -> dict[str, float
             last = row["sparsity"]
         out[label] = last
     return out
+
+
+def breaking_words(records: list[dict], factor: float = 2.0) -> list[str]:
+    """:func:`breaking_points` in words, one phrase per option. An option whose first measured
+    sparsity is above the sweep's smallest (a run still missing) is said to be unmeasured there,
+    not to break there."""
+    points, rows = breaking_points(records, factor), sweep_rows(records)
+    smallest = min(r["sparsity"] for r in rows)
+    words = []
+    for label, s in points.items():
+        first = min(r["sparsity"] for r in rows if r["option"] == label)
+        if s is not None:
+            words.append(f"{label} up to {s:.0%}")
+        elif first > smallest:
+            words.append(f"{label} not at {first:.0%}, its smallest budget measured so far "
+                         f"({smallest:.0%} not yet)")
+        else:
+            words.append(f"{label} not even at the smallest budget")
+    return words
 
 
 def sweep_sentences(records: list[dict], *, n_boot: int = 2000) -> dict[float, list[str]]:
