@@ -115,11 +115,12 @@ def run_case(model_key: str, method_key: str, device_key: str, utterances: int, 
                           **METHODS[method_key])
         sync()
         seconds = time.perf_counter() - start
+    reported = report.to_dict()
     record.update(compress_seconds=round(seconds, 2), compress_peak_rss_gib=round(rss.peak / gib, 3),
                   compress_rss_above_model_gib=round((rss.peak - rss_loaded) / gib, 3),
                   params_after=report.params_after, param_sparsity=round(report.param_sparsity, 4),
-                  assignment=report.to_dict().get("method"),
-                  options={k: report.to_dict().get(k) for k in ("method", "features", "allocation", "merge", "weighting")})
+                  assignment=reported.get("method"),
+                  options={k: reported.get(k) for k in ("method", "features", "allocation", "merge", "weighting")})
     if device == "cuda":
         record["compress_peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / gib, 3)
         torch.cuda.reset_peak_memory_stats()

@@ -1,7 +1,7 @@
 """The named recipes on clips no choice was made on, in words (chapter 1 and the results page).
 
 Reads a saved final study (``recipe-final-2-heldout``: Whisper base on the 144 held-out clips of
-``embedded:train``), finds each named recipe by its options (:data:`speechprune.recipes.RECIPES_OPTIONS`,
+``embedded:train``), finds each named recipe by its options (:func:`speechprune.study.recipe_of`,
 so a study's own labels need not be known) and says, per setting, each recipe's WER as a multiple
 of the uncompressed model's and the recommended recipe against magnitude pruning and against the
 recipe it replaced, paired over the same utterances (:mod:`speechprune.stats`).
@@ -9,9 +9,9 @@ recipe it replaced, paired over the same utterances (:mod:`speechprune.stats`).
 
 from __future__ import annotations
 
-from speechprune.recipes import BASELINE, RECIPES_OPTIONS
+from speechprune.recipes import BASELINE
 from speechprune.stats import sentence, versus
-from speechprune.study.tables import LOSSLESS_TARGETS, lossless_rows
+from speechprune.study.tables import LOSSLESS_TARGETS, lossless_rows, recipe_of
 
 HELDOUT = "recipe-final-2-heldout"
 #: Each recipe in words, as chapter 1 and the results page name them.
@@ -25,14 +25,11 @@ SHORT = {"recommended": "the recommended recipe", "pairs-2026": "pairs-2026", BA
 
 def recipe_labels(records: list[dict]) -> dict[str, str]:
     """Recipe name -> the study's label for the runs whose options are exactly that recipe's."""
-    out = {}
-    for name, options in RECIPES_OPTIONS.items():
-        label = next((r["label"] for r in records if r["method"] != "dense"
-                      and all(r.get(k) == v for k, v in options.items())), None)
-        if label is not None:
-            out[name] = label
-    if any(r["method"] == BASELINE for r in records):
-        out[BASELINE] = next(r["label"] for r in records if r["method"] == BASELINE)
+    out: dict[str, str] = {}
+    for r in records:
+        name = BASELINE if r["method"] == BASELINE else recipe_of(r)
+        if name is not None:
+            out.setdefault(name, r["label"])
     return out
 
 

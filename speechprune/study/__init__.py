@@ -36,7 +36,8 @@ from speechprune.study.store import (CLAIM_TIMEOUT_S, RECORD_FORMAT, REQUIRED_RE
                                      study_record, write_results)
 from speechprune.study.store import _claims_path, _locked  # noqa: F401  (private, but tests use them)
 from speechprune.study.tables import (PACKAGE_STUDIES, seeds_table, markdown_summary, markdown_target,
-                                      plot_records, saved_comparison, saved_study, status_headline, study_status,
+                                      plot_records, recipe_of, saved_comparison, saved_study, status_headline,
+                                      study_status,
                                       target_rows, target_sentences, target_table,
                                       LOSSLESS_TARGETS, lossless_rows)
 
@@ -52,7 +53,7 @@ __all__ = [
     # the selection rule
     "PAPER_OPTION", "grid_cells", "markdown_scores", "recommend", "screening_scores", "select_options",
     # the book's tables and figures
-    "PACKAGE_STUDIES", "seeds_table", "markdown_summary", "markdown_target", "plot_records",
+    "PACKAGE_STUDIES", "seeds_table", "markdown_summary", "markdown_target", "plot_records", "recipe_of",
     "saved_comparison", "saved_study", "status_headline", "study_status", "target_rows", "target_sentences",
     "target_table", "LOSSLESS_TARGETS", "lossless_rows",
     # the command line

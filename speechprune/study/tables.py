@@ -180,8 +180,9 @@ def markdown_summary(records: list[dict], n_boot: int = 2000) -> str:
     return "\n".join(out)
 
 
-def _recipe_of(record: dict) -> str | None:
-    """``paper`` or ``recommended`` when a record's options are exactly that recipe's, else None."""
+def recipe_of(record: dict) -> str | None:
+    """The named recipe (``paper``, ``recommended``, ``pairs-2026``) whose options are exactly a
+    record's, else None."""
     mine = {k: record.get(k) for k in ("method", "features", "allocation", "merge", "weighting")}
     return next((name for name, opts in RECIPES_OPTIONS.items() if opts == mine), None)
 
@@ -194,7 +195,7 @@ def markdown_target(records: list[dict], n_boot: int = 2000) -> str:
     rows = comparisons(records, n_boot=n_boot)
     blocks: dict[tuple, dict] = {}
     for r in rows:
-        role = BASELINE if r["method"] == BASELINE else _recipe_of(r["records"][0])
+        role = BASELINE if r["method"] == BASELINE else recipe_of(r["records"][0])
         if role:
             blocks.setdefault((r["model"], r["data"], r["decoding"]), {}).setdefault(
                 (r["scope"], r["sparsity"]), {})[role] = r
