@@ -21,7 +21,7 @@ from speechprune.models import load_model
 from speechprune.options import CompressionOptions
 from speechprune.outputs import save_figure
 from speechprune.stats import paired_difference, sentence
-from speechprune.study import execute, make_run, study_record
+from speechprune.study import Run, execute, make_run, study_record
 
 DEFAULT_MODEL = "embedded:whisper-base"
 DEFAULT_DATA = "embedded"
@@ -170,6 +170,45 @@ ROLES = {"dense": "uncompressed", "paper": "the paper's method", "recommended": 
          "magnitude": "the baseline"}
 
 
+def main_job_plan(model: str, data: str, *, sparsity: float, scope: str, seeds: int, decoding: str = "greedy",
+                  batch_size: int = 8, max_samples: int | None = None) -> list[tuple[str, CompressionOptions | None, Run]]:
+    """The main job's runs, in order, as (role, options, run): the dense model (options None), the
+    paper's recipe at seeds 0 .. ``seeds`` - 1, ``--recipe recommended`` and magnitude pruning.
+    :func:`run_main_job` executes them; :func:`speechprune.presets.measure_main_job` measures them
+    through the book's cache."""
+    check_choice("decoding", decoding, DECODINGS)
+    seeds = check_int("seeds", seeds, minimum=1, maximum=100)
+    paper = [CompressionOptions(recipe="paper", sparsity=sparsity, scope=scope, seed=s) for s in range(seeds)]
+    recommended = CompressionOptions(recipe="recommended", sparsity=sparsity, scope=scope)
+    magnitude = CompressionOptions(method="magnitude", sparsity=sparsity, scope=scope)
+    common = dict(decoding=decoding, batch_size=batch_size, max_samples=max_samples)
+    plan: list[tuple[str, CompressionOptions | None, Run]] = [("dense", None, make_run(model, data, label="dense",
+                                                                                        **common))]
+    plan += [("paper", o, make_run(model, data, options=o, label=f"{o.method_name} (paper)", **common)) for o in paper]
+    plan += [("recommended", recommended, make_run(model, data, options=recommended,
+                                                   label=f"{recommended.method_name} (recommended)", **common)),
+             ("magnitude", magnitude, make_run(model, data, options=magnitude, label="magnitude", **common))]
+    return plan
+
+
+def main_job_record(role: str, run: Run, full: dict, seconds: float) -> dict:
+    """An evaluation record of the main job: labelled as ``run`` is, with its role and study record."""
+    full = dict(full, label=run.label)
+    full.update(role=role, seed=run.seed, study=study_record(run, full, seconds))
+    return full
+
+
+def main_job_result(model: str, data: str, records: list[dict], *, sparsity: float, scope: str, seeds: int,
+                    decoding: str = "greedy") -> dict:
+    """The main job's result: its records (:func:`main_job_record`) and the sentences that compare them."""
+    return {
+        "experiment": "the main job: the paper's method, the recommendation and the baseline at equal budget",
+        "model": model, "data": data, "sparsity": sparsity, "scope": scope, "seed": None, "seeds": seeds,
+        "decoding": decoding, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "records": records,
+        "sentences": main_job_sentences(records),
+    }
+
+
 def run_main_job(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, *, sparsity: float = 0.2,
                  scope: str = "encoder.ffn", seeds: int = 3, max_samples: int | None = None, batch_size: int = 8,
                  device: str | None = None, decoding: str = "greedy", progress: bool = True) -> dict:
@@ -180,32 +219,17 @@ def run_main_job(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, *, sparsi
     against magnitude pruning and the recommendation against the paper's recipe, in the words of
     :func:`speechprune.stats.sentence` (paired over utterances and seeds, with a 95% interval).
     """
-    check_choice("decoding", decoding, DECODINGS)
-    seeds = check_int("seeds", seeds, minimum=1, maximum=100)
-    paper = [CompressionOptions(recipe="paper", sparsity=sparsity, scope=scope, seed=s) for s in range(seeds)]
-    recommended = CompressionOptions(recipe="recommended", sparsity=sparsity, scope=scope)
-    magnitude = CompressionOptions(method="magnitude", sparsity=sparsity, scope=scope)
+    plan = main_job_plan(model, data, sparsity=sparsity, scope=scope, seeds=seeds, decoding=decoding,
+                         batch_size=batch_size, max_samples=max_samples)
     device = check_device(device)
     speech = load_speech(data, max_samples=max_samples)
     dense, processor = load_model(model, device=device)
-    common = dict(decoding=decoding, batch_size=batch_size, max_samples=max_samples)
-    plan = [("dense", make_run(model, data, label="dense", **common))]
-    plan += [("paper", make_run(model, data, options=o, label=f"{o.method_name} (paper)", **common)) for o in paper]
-    plan += [("recommended", make_run(model, data, options=recommended,
-                                      label=f"{recommended.method_name} (recommended)", **common)),
-             ("magnitude", make_run(model, data, options=magnitude, label="magnitude", **common))]
     records = []
-    for role, run in tqdm(plan, desc="main job", unit="model", disable=not progress):
+    for role, _, run in tqdm(plan, desc="main job", unit="model", disable=not progress):
         started = time.perf_counter()
         full = execute(run, dense, processor, speech, device=device, progress=False)
-        full.update(role=role, seed=run.seed, study=study_record(run, full, time.perf_counter() - started))
-        records.append(full)
-    return {
-        "experiment": "the main job: the paper's method, the recommendation and the baseline at equal budget",
-        "model": model, "data": data, "sparsity": sparsity, "scope": scope, "seed": None, "seeds": seeds,
-        "decoding": decoding, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "records": records,
-        "sentences": main_job_sentences(records),
-    }
+        records.append(main_job_record(role, run, full, time.perf_counter() - started))
+    return main_job_result(model, data, records, sparsity=sparsity, scope=scope, seeds=seeds, decoding=decoding)
 
 
 def main_job_sentences(records: list[dict]) -> list[str]:

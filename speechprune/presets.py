@@ -4,7 +4,8 @@
 :func:`speechprune.study.execute` and caches the record as JSON keyed by its settings, so that
 the chapters and the results page share runs instead of repeating them. :func:`wer_interval` and
 :func:`wer_difference` hand such records to :mod:`speechprune.stats` (per-utterance bootstrap).
-``speechprune compare`` (:func:`speechprune.experiment.run_comparison`) is the study runner's other preset.
+``speechprune compare`` (:func:`speechprune.experiment.run_comparison`) is the study runner's other preset;
+:func:`measure_main_job` is its main job (:func:`speechprune.experiment.run_main_job`) through :func:`measure`'s cache.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 from speechprune._version import __version__
 from speechprune.data import load_speech
 from speechprune.errors import SpeechPruneError, check_device
+from speechprune.experiment import main_job_plan, main_job_record, main_job_result
 from speechprune.models import load_model
-from speechprune.options import CompressionOptions
+from speechprune.options import RECORD_FIELDS, CompressionOptions
 from speechprune.outputs import write_json
 from speechprune.stats import paired_difference, summarize
 from speechprune.study import execute, make_run, per_utterance
@@ -62,10 +64,11 @@ def measure(model: str, data: str, options: CompressionOptions | None = None, *,
         raise SpeechPruneError(f"measure: give options or their fields ({', '.join(fields)}), not both")
     f = options.record_fields() if options is not None else {}
     method = f.get("method")
-    settings = dict(model=model, data=data, max_samples=max_samples, method=method,
-                    sparsity=f.get("sparsity", 0.0), scope=f.get("scope"), allocation=f.get("allocation"),
-                    seed=f.get("seed"), features=f.get("features") if method == "cluster" else None,
-                    speechprune=__version__)
+    # every field that can change the compressed model (CompressionOptions.record_fields, the ones its
+    # method ignores None, and .key(), which adds an explicit budget), so no two recipes share a record
+    settings = dict(model=model, data=data, max_samples=max_samples, **{k: f.get(k) for k in RECORD_FIELDS},
+                    options_key=options.key() if options is not None else None, speechprune=__version__)
+    settings["sparsity"] = f.get("sparsity", 0.0)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"{method or 'dense'}-{digest}.json" if cache_dir else None
     if path is not None and path.is_file():
@@ -96,6 +99,27 @@ def measure_comparison(model: str, data_sets: list[str], *, sparsity: float, sco
             recs[method] = measure(model, data, method=method, sparsity=sparsity, scope=scope, seed=seed, **run)
         ours[f"ours: {data} ({recs['dense']['n_utterances']} utt.)"] = recs
     return ours
+
+
+def measure_main_job(model: str, data: str, *, sparsity: float, scope: str, seeds: int = 3,
+                     max_samples: int | None = None, batch_size: int = 8, device: str | None = None,
+                     cache_dir: str | Path | None = None, build_id: str | None = None) -> dict:
+    """:func:`speechprune.experiment.run_main_job` through :func:`measure`: the same runs (the dense
+    model, the paper's recipe at seeds 0 .. ``seeds`` - 1, the recommended recipe, magnitude pruning)
+    and the same result, but each run's record comes from ``cache_dir`` when it is there. After
+    :func:`measure_comparison` at seed 0 with the same settings, the dense model, magnitude pruning
+    and the paper's recipe at seed 0 are not measured again, and the dense model is loaded once.
+    A record from the cache keeps the seconds it took when it was measured (compression and decoding).
+    """
+    plan = main_job_plan(model, data, sparsity=sparsity, scope=scope, seeds=seeds, batch_size=batch_size,
+                         max_samples=max_samples)
+    records = []
+    for role, options, run in plan:
+        full = measure(model, data, options, max_samples=max_samples, batch_size=batch_size, device=device,
+                       cache_dir=cache_dir, build_id=build_id)
+        seconds = (full.get("compression") or {}).get("seconds", 0.0) + full.get("decode_seconds", 0.0)
+        records.append(main_job_record(role, run, full, seconds))
+    return main_job_result(model, data, records, sparsity=sparsity, scope=scope, seeds=seeds)
 
 
 # --- spread ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import speechprune.book as book
 
 PUBLIC = {"ARXIV_URL", "CITATION", "PACKAGE_RESULTS", "QUANTITIES", "ROUNDING", "SETTINGS", "TEST_SETS",
           "Reduction", "Setting", "comparison_table", "dense_model", "describe", "describe_comparison", "glue",
-          "is_full_scale", "load_full_scale", "measure", "measure_comparison", "paper_numbers",
+          "is_full_scale", "load_full_scale", "measure", "measure_comparison", "measure_main_job", "paper_numbers",
           "plot_paper_vs_ours", "plot_reductions", "reductions", "save_full_scale", "saved_result", "scale_note",
           "summary_table", "wer_difference", "wer_interval"}
 
@@ -45,7 +45,7 @@ def test_paper_warns_and_is_the_same_names(monkeypatch):
 def test_presets_names_are_the_presets_objects():
     from speechprune import presets
 
-    for name in ("measure", "measure_comparison", "dense_model", "wer_interval", "wer_difference"):
+    for name in ("measure", "measure_comparison", "measure_main_job", "dense_model", "wer_interval", "wer_difference"):
         assert getattr(book, name) is getattr(presets, name)
 
 
@@ -101,3 +101,56 @@ def test_the_sweep_says_where_each_method_breaks():
     assert "cluster (paper) is lower than magnitude" in said[0.3][0]
     fig = plot_sweep(records)
     assert len(fig.axes) == 1
+
+
+def test_the_cache_keeps_recipes_apart_that_differ_in_any_option(tmp_path, monkeypatch):
+    """measure's cache key is every option that can change the model: before, closest pairs on producer
+    features and on both shared a record (features were keyed for k-means only), as did merge rules."""
+    from speechprune import presets
+
+    calls = []
+
+    def fake_execute(run, dense, processor, speech, device=None):
+        calls.append(run.key)
+        return {"wer": float(len(calls)), "label": run.label}
+
+    monkeypatch.setattr(presets, "execute", fake_execute)
+    monkeypatch.setattr(presets, "dense_model", lambda spec, device="cpu": (None, None))
+    monkeypatch.setattr(presets, "_speech", lambda spec, max_samples: [])
+    common = dict(max_samples=2, cache_dir=tmp_path, device="cpu")
+    variants = [dict(method="pairs", features="producer"), dict(method="pairs", features="both"),
+                dict(method="cluster", merge="mean"), dict(method="cluster", merge="projection"),
+                dict(method="cluster", weighting="none"), dict(method="cluster", weighting="consumer")]
+    wers = [presets.measure("m", "d", sparsity=0.2, scope="ffn", **v, **common)["wer"] for v in variants]
+    assert len(calls) == 5 and len(set(wers)) == 5, "cluster merge=mean and weighting=none are the same options"
+    assert wers[2] == wers[4]
+    again = [presets.measure("m", "d", sparsity=0.2, scope="ffn", **v, **common)["wer"] for v in variants]
+    assert again == wers and len(calls) == 5, "the second time every record comes from the cache"
+    assert len(list(tmp_path.glob("*.json"))) == 5
+
+
+@pytest.mark.slow
+def test_the_cached_main_job_reuses_the_comparison_and_matches_the_main_job(tmp_path, monkeypatch):
+    """Chapters 3 and 4 run measure_comparison, then the main job over seeds with measure_main_job:
+    the uncompressed model, magnitude pruning and seed 0 come from the cache, and the result is the
+    main job's (same records, same WERs, same sentences) as run_main_job computes it afresh."""
+    from speechprune import presets
+    from speechprune.experiment import format_main_job, run_main_job
+
+    model, data = "embedded:whisper-tiny.en", "embedded"
+    at = dict(sparsity=0.2, scope="encoder.ffn")
+    run = dict(max_samples=3, batch_size=3, device="cpu", cache_dir=tmp_path)
+    measured = []
+    real = presets.execute
+    monkeypatch.setattr(presets, "execute", lambda r, *a, **k: measured.append(r.label) or real(r, *a, **k))
+    presets.measure_comparison(model, [data], seed=0, **at, **run)
+    assert len(measured) == 3
+    cached = presets.measure_main_job(model, data, seeds=2, **at, **run)
+    assert len(measured) == 5, f"only seed 1 and the recommended recipe are new: {measured[3:]}"
+    fresh = run_main_job(model, data, seeds=2, max_samples=3, batch_size=3, device="cpu", progress=False, **at)
+    roles = [(r["role"], r["label"], r["seed"]) for r in cached["records"]]
+    assert roles == [(r["role"], r["label"], r["seed"]) for r in fresh["records"]]
+    assert roles[0] == ("dense", "dense", None) and [s for role, _, s in roles if role == "paper"] == [0, 1]
+    assert [r["wer"] for r in cached["records"]] == pytest.approx([r["wer"] for r in fresh["records"]])
+    assert cached["sentences"] == fresh["sentences"] and len(cached["sentences"]) == 3
+    assert format_main_job(cached).splitlines()[:8] == format_main_job(fresh).splitlines()[:8]

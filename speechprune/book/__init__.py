@@ -17,7 +17,7 @@ what it belongs to:
 - :mod:`speechprune.book.sweep` and :mod:`speechprune.book.curve`: chapter 3's saved sweep and
   fine-tuning curve;
 - :mod:`speechprune.presets` (re-exported): the cached measurement (``measure``,
-  ``measure_comparison``, ``dense_model``) and the bootstrap spread of its records
+  ``measure_comparison``, ``measure_main_job``, ``dense_model``) and the bootstrap spread of its records
   (``wer_interval``, ``wer_difference``).
 
 Importing any of them imports :mod:`speechprune.presets` (the study runner, torch), so the library's
@@ -54,12 +54,13 @@ from speechprune.book.tables import (
     scale_note,
     summary_table,
 )
-from speechprune.presets import dense_model, measure, measure_comparison, wer_difference, wer_interval
+from speechprune.presets import dense_model, measure, measure_comparison, measure_main_job, wer_difference, wer_interval
 
 __all__ = [
     "ARXIV_URL", "CITATION", "PACKAGE_RESULTS", "QUANTITIES", "ROUNDING", "SETTINGS", "TEST_SETS",
     "Reduction", "Setting", "comparison_table", "dense_model", "describe", "describe_comparison", "glue",
-    "is_full_scale", "load_full_scale", "measure", "measure_comparison", "paper_numbers", "plot_paper_vs_ours",
+    "is_full_scale", "load_full_scale", "measure", "measure_comparison", "measure_main_job", "paper_numbers",
+    "plot_paper_vs_ours",
     "plot_reductions", "reductions", "save_full_scale", "saved_result", "scale_note", "summary_table",
     "wer_difference", "wer_interval",
 ]
