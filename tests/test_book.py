@@ -521,7 +521,8 @@ def test_prune_your_own_is_linked_and_shows_both_recipes_an_audiofolder_and_tran
     assert "speechprune evaluate" in bash and "--card" in bash and "README.md" in bash
     assert "from_pretrained" in "\n".join(_fenced(nb, "python")) and "metadata.csv" in _markdown(nb)
     source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    assert "saved_study(" in source and "RECIPES_OPTIONS" in source, "the decision table is read from saved studies"
+    assert "saved_study(" in source, "the decision table is read from saved studies"
+    assert "import recipe_of, " in source and "def recipe_of" not in source, "one definition of a record's recipe"
 
 
 @pytest.mark.slow
