@@ -177,6 +177,41 @@ def table(results: dict) -> str:
     return "\n".join([head, *rows])
 
 
+PAGE_MODELS = {"hubert-large": "HuBERT-large, encoder FFN 50%", "whisper-large-v3": "Whisper-large-v3, both stacks' FFN 10%"}
+PAGE_METHODS = {"paper": "`--recipe paper` (k-means)",
+                "recommended": "`--recipe recommended` (closest pairs, variance allocation)",
+                "pairs-2026": "`--recipe pairs-2026` (closest pairs, uniform allocation)",
+                "magnitude": "magnitude pruning"}
+#: Where book/full_scale.md keeps the table that page_table writes (tests/test_full_scale.py checks it).
+PAGE_MARKERS = ("<!-- COSTS_TABLE: from results/benchmarks/full_scale.json, by benchmarks/bench_full_scale.py --page -->",
+                "<!-- /COSTS_TABLE -->")
+
+
+def page_table(results: dict) -> str:
+    """The table of book/full_scale.md: each case's costs, in the book's words, with its device, dtype and the
+    machine's load when it ran (the load changes CPU times severalfold: compare rows of similar load)."""
+    head = ("| stand-in, setting | method | device | compression (s) | compression peak memory (GiB) | "
+            "transcription (s per clip) | transcription peak memory (GiB) | load |\n|---|---|---|---|---|---|---|---|")
+    order = {k: i for i, k in enumerate([*MODELS, *METHODS, "cpu", "cuda", "cuda-15GB"])}
+    rows = []
+    for c in sorted(results["cases"], key=lambda c: (order.get(c["model"], 99), order.get(c["device"], 99),
+                                                     order.get(c["method"], 99))):
+        model, method = PAGE_MODELS.get(c["model"], c["model"]), PAGE_METHODS.get(c["method"], c["method"])
+        if "error" in c:
+            rows.append(f"| {model} | {method} | {c['device']} | failed: {c['error']} | | | | |")
+            continue
+        if c.get("dtype") == "torch.float16" and c["device"] == "cpu":
+            method += ", float16"
+        cuda = "cuda" in c["device"]
+        cpeak = c["compress_peak_cuda_gib"] if cuda else c["compress_peak_rss_gib"]
+        epeak = c["eval_peak_cuda_gib"] if cuda else c["eval_peak_rss_gib"]
+        load = c.get("machine", {}).get("load_average", [None])[0]
+        rows.append(f"| {model} | {method} | {c['device']} | {c['compress_seconds']:.0f} | {cpeak:.1f} | "
+                    f"{c['eval_seconds_per_utterance']:.1f} | {epeak:.1f} | "
+                    f"{'' if load is None else f'{load:.1f}'} |")
+    return "\n".join([head, *rows])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--standins", type=Path, default=os.environ.get("SPEECHPRUNE_STANDINS"),
@@ -188,8 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--utterances", type=int, default=2, help="stand-in test-clean utterances to evaluate")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--redo", action="store_true", help="measure cases already in --out again")
+    ap.add_argument("--page", action="store_true",
+                    help="print the table of book/full_scale.md from --out and measure nothing")
     ap.add_argument("--case", nargs=3, metavar=("MODEL", "METHOD", "DEVICE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.page:
+        print(page_table(load_results(args.out)))
+        return 0
     if args.case:  # a child process: one case, the record as the last line of stdout
         print(json.dumps(run_case(*args.case, args.utterances, args.batch_size)))
         return 0

@@ -185,6 +185,44 @@ def test_the_v3_tokenizer_moves_every_id_from_yue_on():
     assert v3["post_processor"]["special_tokens"]["<|endoftext|>"]["ids"] == [50257]
 
 
+# ----------------------------------------------------------------------------- the costs page
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_full_scale", ROOT / "benchmarks" / "bench_full_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_costs_page_shows_the_benchmark_file_as_it_is():
+    """book/full_scale.md's table of costs is bench_full_scale.py --page of the saved file, so that no
+    figure on the page is typed by hand or left behind by a rerun."""
+    bench = _bench_module()
+    page = (ROOT / "book" / "full_scale.md").read_text(encoding="utf-8")
+    start, end = bench.PAGE_MARKERS
+    assert page.count(start) == 1 and page.count(end) == 1
+    shown = page.split(start)[1].split(end)[0].strip()
+    results = bench.load_results(ROOT / "results" / "benchmarks" / "full_scale.json")
+    assert shown == bench.page_table(results), "run: python benchmarks/bench_full_scale.py --page"
+    cases = {(c["model"], c["method"], c["device"]) for c in results["cases"] if "error" not in c}
+    for model in ("hubert-large", "whisper-large-v3"):  # every method measured at the real shapes on the CPU
+        assert {(model, m, "cpu") for m in ("paper", "recommended", "pairs-2026", "magnitude")} <= cases
+
+
+def test_the_page_table_marks_half_precision_cpu_runs_and_failures():
+    bench = _bench_module()
+    base = dict(model="whisper-large-v3", device="cpu", compress_seconds=1.0, compress_peak_rss_gib=2.0,
+                eval_seconds_per_utterance=3.0, eval_peak_rss_gib=4.0, machine=dict(load_average=[2.04, 1, 1]))
+    rows = bench.page_table({"cases": [dict(base, method="magnitude", dtype="torch.float16"),
+                                       dict(model="hubert-large", method="paper", device="cpu", error="OOM")]}
+                            ).splitlines()[2:]
+    assert rows[0].startswith("| HuBERT-large, encoder FFN 50% | `--recipe paper` (k-means) | cpu | failed: OOM")
+    assert rows[1] == ("| Whisper-large-v3, both stacks' FFN 10% | magnitude pruning, float16 | cpu | 1 | 2.0 | 3.0 | "
+                       "4.0 | 2.0 |")
+
+
 # ----------------------------------------------------------------------------- full scale
 
 @pytest.fixture(scope="module")
