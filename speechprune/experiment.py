@@ -293,22 +293,23 @@ def plot_main_job(result: dict, path: str | Path) -> None:
     colours = {"paper": "#8c8c8c", "recommended": "#2a7ab9", "magnitude": "#d1495b"}
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     names = [f"{r['label']}\n{r['what']}" for r in pruned]
-    bars = ax.bar(names, [r["wer"] for r in pruned], color=[colours[r["role"]] for r in pruned])
-    ax.bar_label(bars, fmt="%.1f%%", fontsize=10)
+    ax.bar(names, [r["wer"] for r in pruned], color=[colours[r["role"]] for r in pruned])
+    top = max([r["high"] for r in rows] + [1.0])
     for i, r in enumerate(pruned):
         seeds = [x["wer"] for x in result["records"] if x.get("role") == r["role"]]
         if len(seeds) > 1:
             ax.plot([i] * len(seeds), seeds, "o", color="black", markersize=4, zorder=3,
                     label="k-means seeds" if i == 0 else None)
-    top = max([r["high"] for r in rows] + [1.0])
-    ax.set_ylim(0, 1.18 * top)
+        # the value above the bar and above its highest seed, so that no dot covers it
+        ax.text(i, max(r["wer"], r["high"]) + 0.02 * top, f"{r['wer']:.1f}%", ha="center", va="bottom", fontsize=10)
+    ax.set_ylim(0, 1.32 * top)  # room for the legend above the bars
     ax.axhline(dense["wer"], color="black", linestyle="--", linewidth=1, label=f"uncompressed {dense['wer']:.1f}%")
     ax.set_ylabel("WER (%)", fontsize=10)
     ax.tick_params(labelsize=9)
     ax.set_title(f"{result['model']}, {result['scope']} at {result['sparsity']:.0%} of channels removed\n"
                  f"{result['records'][0]['n_utterances']} utterances of {result['data']}; paper: median of "
                  f"{result['seeds']} seeds", fontsize=10)
-    ax.legend(fontsize=9, loc="upper left")
+    ax.legend(fontsize=9, loc="upper center", ncol=2)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
