@@ -209,6 +209,22 @@ def test_the_costs_page_shows_the_benchmark_file_as_it_is():
     cases = {(c["model"], c["method"], c["device"]) for c in results["cases"] if "error" not in c}
     for model in ("hubert-large", "whisper-large-v3"):  # every method measured at the real shapes on the CPU
         assert {(model, m, "cpu") for m in ("paper", "recommended", "pairs-2026", "magnitude")} <= cases
+    # the README's sentence on the real sizes quotes the same file
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    cpu = {(c["model"], c["method"]): c for c in results["cases"] if c["device"] == "cpu" and "error" not in c}
+    w = {m: f"{cpu[('whisper-large-v3', m)]['compress_seconds']:.0f} s" for m in ("paper", "recommended", "magnitude")}
+    h = {m: f"{cpu[('hubert-large', m)]['compress_seconds']:.0f} s" for m in ("paper", "recommended", "magnitude")}
+    assert (f"takes {w['paper']} with `--recipe paper`'s k-means, {w['recommended']} with `--recipe recommended` and "
+            f"{w['magnitude']} with magnitude pruning") in readme
+    assert f"at 50% takes {h['paper']}, {h['recommended']} and {h['magnitude']}." in readme
+    per_clip = sorted(cpu[("whisper-large-v3", m)]["eval_seconds_per_utterance"] for m in w)
+    assert f"takes {per_clip[0]:.0f} to {per_clip[-1]:.0f} s to transcribe" in readme
+    # and so do the page's sentences on closest pairs against k-means
+    words = " ".join(page.split())
+    for model, name in (("hubert-large", "HuBERT-large"), ("whisper-large-v3", "")):
+        rec, km = (cpu[(model, m)]["compress_seconds"] for m in ("recommended", "paper"))
+        assert f"{rec:.0f} s against {km:.0f} s" in words and f"({rec / km:.2f}" in words, model
+    assert f"takes {per_clip[0]:.0f} to {per_clip[-1]:.0f} s to transcribe" in words
 
 
 def test_the_page_table_marks_half_precision_cpu_runs_and_failures():
