@@ -6,4 +6,4 @@ file or measured a record import it from here. This module imports nothing, so r
 does not depend on the order in which the package's ``__init__`` imports its modules.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -19,7 +19,7 @@ from speechprune import book
 from speechprune.errors import SpeechPruneError
 
 ROOT = Path(__file__).resolve().parents[1]
-RELEASE = "0.3.0"
+RELEASE = "0.4.0"
 
 
 def _load_script(name: str):
