@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,3 +327,20 @@ def test_pruned_tiny_en_exports_transcribe_as_transformers(tmp_path):
     words = " ".join(s.text for s in segments)
     assert wer_details([refs[0]], [words], normalizer=normalizer)["wer"] <= \
         wer_details([refs[0]], [expected[0]], normalizer=normalizer)["wer"] + 20
+
+
+def test_the_deploying_page_quotes_the_recommended_recipes_export_check():
+    """book/deploying.md's sentence on the recommended recipe's exports is the saved check's figures."""
+    root = Path(__file__).resolve().parents[1]
+    saved = json.loads((root / "results" / "benchmarks" / "deploy-recommended.json").read_text())
+    assert saved["recipe"] == "recommended"
+    cases = saved["cases"]
+    wer = {k.split("/", 2)[2]: v["wer"] for k, v in cases.items()}
+    assert set(wer) == {"transformers/float32", "onnx/none", "ct2/int8"}
+    assert {v["n_utterances"] for v in cases.values()} == {64}
+    page = " ".join((root / "book" / "deploying.md").read_text(encoding="utf-8").split())
+    assert (f"WER {wer['transformers/float32']:.2f}% in transformers (float32), {wer['onnx/none']:.2f}% in ONNX "
+            f"Runtime and {wer['ct2/int8']:.2f}% in CTranslate2 int8, whose weights take "
+            f"{cases['base/encffn20/ct2/int8']['size_bytes'] / 1e6:.0f} MB against "
+            f"{cases['base/encffn20/transformers/float32']['size_bytes'] / 1e6:.0f} MB") in page
+    assert "all 64 embedded clips" in page
