@@ -85,6 +85,7 @@ def run_case(model_key: str, method_key: str, device_key: str, utterances: int, 
     from speechprune.data import load_speech
     from speechprune.evaluate import evaluate
     from speechprune.models import load_model
+    from speechprune.options import RECIPE_FIELDS
 
     device = "cuda" if device_key.startswith("cuda") else "cpu"
     spec = MODELS[model_key]
@@ -120,7 +121,7 @@ def run_case(model_key: str, method_key: str, device_key: str, utterances: int, 
                   compress_rss_above_model_gib=round((rss.peak - rss_loaded) / gib, 3),
                   params_after=report.params_after, param_sparsity=round(report.param_sparsity, 4),
                   assignment=reported.get("method"),
-                  options={k: reported.get(k) for k in ("method", "features", "allocation", "merge", "weighting")})
+                  options={k: reported.get(k) for k in RECIPE_FIELDS})
     if device == "cuda":
         record["compress_peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / gib, 3)
         torch.cuda.reset_peak_memory_stats()
@@ -159,24 +160,6 @@ def save_results(path: Path, results: dict) -> None:
     write_file(path, json.dumps(results, indent=1) + "\n")  # atomic, parents made: the package's own writer
 
 
-def table(results: dict) -> str:
-    """The results as a Markdown table."""
-    head = ("| model | method | device | compress s | compress peak GiB (above model) | eval s/utt. | "
-            "eval peak GiB |\n|---|---|---|---|---|---|---|")
-    rows = []
-    for c in results["cases"]:
-        if "error" in c:
-            rows.append(f"| {c['model']} | {c['method']} | {c['device']} | failed: {c['error']} | | | |")
-            continue
-        cuda = "cuda" in c["device"]
-        cpeak = (f"{c['compress_peak_cuda_gib']:.2f} (GPU)" if cuda
-                 else f"{c['compress_peak_rss_gib']:.2f} ({c['compress_rss_above_model_gib']:.2f})")
-        epeak = f"{c['eval_peak_cuda_gib']:.2f} (GPU)" if cuda else f"{c['eval_peak_rss_gib']:.2f}"
-        rows.append(f"| {c['model']} | {c['method']} | {c['device']} | {c['compress_seconds']:.1f} | {cpeak} | "
-                    f"{c['eval_seconds_per_utterance']:.1f} | {epeak} |")
-    return "\n".join([head, *rows])
-
-
 PAGE_MODELS = {"hubert-large": "HuBERT-large, encoder FFN 50%", "whisper-large-v3": "Whisper-large-v3, both stacks' FFN 10%"}
 PAGE_METHODS = {"paper": "`--recipe paper` (k-means)",
                 "recommended": "`--recipe recommended` (closest pairs, variance allocation)",
@@ -190,7 +173,7 @@ PAGE_MARKERS = ("<!-- COSTS_TABLE: from results/benchmarks/full_scale.json, by b
 def page_table(results: dict) -> str:
     """The table of book/full_scale.md: each case's costs, in the book's words, with its device, dtype and the
     machine's load when it ran (the load changes CPU times severalfold: compare rows of similar load)."""
-    head = ("| stand-in, setting | method | device | compression (s) | compression peak memory (GiB) | "
+    head = ("| stand-in, setting | method | device | compression (s) | compression peak memory, GiB (above the model) | "
             "transcription (s per clip) | transcription peak memory (GiB) | load |\n|---|---|---|---|---|---|---|---|")
     order = {k: i for i, k in enumerate([*MODELS, *METHODS, "cpu", "cuda", "cuda-15GB"])}
     rows = []
@@ -203,10 +186,11 @@ def page_table(results: dict) -> str:
         if c.get("dtype") == "torch.float16" and c["device"] == "cpu":
             method += ", float16"
         cuda = "cuda" in c["device"]
-        cpeak = c["compress_peak_cuda_gib"] if cuda else c["compress_peak_rss_gib"]
+        cpeak = (f"{c['compress_peak_cuda_gib']:.1f}" if cuda
+                 else f"{c['compress_peak_rss_gib']:.1f} ({c['compress_rss_above_model_gib']:.1f})")
         epeak = c["eval_peak_cuda_gib"] if cuda else c["eval_peak_rss_gib"]
         load = c.get("machine", {}).get("load_average", [None])[0]
-        rows.append(f"| {model} | {method} | {c['device']} | {c['compress_seconds']:.0f} | {cpeak:.1f} | "
+        rows.append(f"| {model} | {method} | {c['device']} | {c['compress_seconds']:.0f} | {cpeak} | "
                     f"{c['eval_seconds_per_utterance']:.1f} | {epeak:.1f} | "
                     f"{'' if load is None else f'{load:.1f}'} |")
     return "\n".join([head, *rows])
@@ -268,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                                     if (c["model"], c["method"], c["device"]) != case] + [record]
                 save_results(args.out, results)
                 print(f"  {json.dumps({k: v for k, v in record.items() if k != 'machine'})}", flush=True)
-    print(table(results))
+    print(page_table(results))
     return 0
 
 

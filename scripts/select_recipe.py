@@ -119,10 +119,10 @@ def pick(root: Path = ROOT, round: int = 1) -> dict:
               f"{row['wins']} of {row['of_settings']}, {row['seeds']} seeds")
     spec = tomllib.loads((root / "studies" / f"{final_name}.toml").read_text(encoding="utf-8"))
     chosen = next(o for o in spec["options"] if o.get("label") == picked["choice"])
+    from speechprune.options import RECIPE_FIELDS
     from speechprune.recipes import resolve
 
-    picked["options"] = resolve(chosen.get("recipe"), **{k: chosen.get(k) for k in
-                                                         ("method", "features", "allocation", "merge", "weighting")})
+    picked["options"] = resolve(chosen.get("recipe"), **{k: chosen.get(k) for k in RECIPE_FIELDS})
     print("options for RECIPES_OPTIONS['recommended']:", picked["options"])
     return picked
 

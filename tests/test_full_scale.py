@@ -230,12 +230,13 @@ def test_the_costs_page_shows_the_benchmark_file_as_it_is():
 def test_the_page_table_marks_half_precision_cpu_runs_and_failures():
     bench = _bench_module()
     base = dict(model="whisper-large-v3", device="cpu", compress_seconds=1.0, compress_peak_rss_gib=2.0,
-                eval_seconds_per_utterance=3.0, eval_peak_rss_gib=4.0, machine=dict(load_average=[2.04, 1, 1]))
+                compress_rss_above_model_gib=0.5, eval_seconds_per_utterance=3.0, eval_peak_rss_gib=4.0,
+                machine=dict(load_average=[2.04, 1, 1]))
     rows = bench.page_table({"cases": [dict(base, method="magnitude", dtype="torch.float16"),
                                        dict(model="hubert-large", method="paper", device="cpu", error="OOM")]}
                             ).splitlines()[2:]
     assert rows[0].startswith("| HuBERT-large, encoder FFN 50% | `--recipe paper` (k-means) | cpu | failed: OOM")
-    assert rows[1] == ("| Whisper-large-v3, both stacks' FFN 10% | magnitude pruning, float16 | cpu | 1 | 2.0 | 3.0 | "
+    assert rows[1] == ("| Whisper-large-v3, both stacks' FFN 10% | magnitude pruning, float16 | cpu | 1 | 2.0 (0.5) | 3.0 | "
                        "4.0 | 2.0 |")
 
 

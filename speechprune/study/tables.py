@@ -11,6 +11,7 @@ import math
 import textwrap
 from pathlib import Path
 
+from speechprune.options import RECIPE_FIELDS
 from speechprune.recipes import BASELINE, RECIPES_OPTIONS
 from speechprune.stats import comparisons, groups, setting_key, versus
 from speechprune.study.store import load_records
@@ -183,7 +184,7 @@ def markdown_summary(records: list[dict], n_boot: int = 2000) -> str:
 def recipe_of(record: dict) -> str | None:
     """The named recipe (``paper``, ``recommended``, ``pairs-2026``) whose options are exactly a
     record's, else None."""
-    mine = {k: record.get(k) for k in ("method", "features", "allocation", "merge", "weighting")}
+    mine = {k: record.get(k) for k in RECIPE_FIELDS}
     return next((name for name, opts in RECIPES_OPTIONS.items() if opts == mine), None)
 
 
