@@ -4,6 +4,7 @@
     python scripts/select_recipe.py pick    # step 3: the recommended recipe from the final study
     python scripts/select_recipe.py final --round 2   # the same for round 2 (issue 20; studies/README.md)
     python scripts/select_recipe.py pick --round 2
+    python scripts/select_recipe.py pick --round 3   # round 3 (the refit merge): one candidate, no screening
 
 ``final`` reads ``results/studies/screen-recipes.json``, keeps the two options with the lowest
 screening score (``speechprune.study.select_options``) and writes two study files: the kept
@@ -36,6 +37,7 @@ FINAL = "recipe-final"
 MODEL = "embedded:whisper-base"
 FINAL_DATA = {FINAL: "embedded-full", f"{FINAL}-heldout": "embedded:train"}
 INCUMBENT = INCUMBENT_OPTION  # the recommended recipe that round 1 picked: round 2's incumbent
+ROUND_2_PICK = "K pairs producer, variance allocation"  # what round 2 picked: round 3's incumbent
 #: Each round of the rule: its screening and final studies, the options carried into the final study
 #: besides the kept ones, the options the screening may not keep, and the incumbent a pick must beat.
 ROUNDS = {
@@ -43,6 +45,9 @@ ROUNDS = {
             fallback=PAPER),
     2: dict(screen="screen-recipes-2", final="recipe-final-2", carried=[PAPER, INCUMBENT],
             exclude=SCREENING_EXCLUDES["screen-recipes-2"], incumbent=INCUMBENT, fallback=INCUMBENT),
+    # round 3 has one candidate and no screening: its final studies were written with the rule
+    3: dict(screen=None, final="recipe-final-3", carried=[PAPER, ROUND_2_PICK], exclude=(),
+            incumbent=ROUND_2_PICK, fallback=ROUND_2_PICK),
 }
 
 
@@ -78,6 +83,9 @@ def final(root: Path = ROOT, round: int = 1) -> list[Path]:
 
     plan = ROUNDS[round]
     screen, final_name = plan["screen"], plan["final"]
+    if screen is None:
+        raise SystemExit(f"round {round} has no screening: its final studies (studies/{final_name}.toml and "
+                         f"studies/{final_name}-heldout.toml) were written with its rule in studies/README.md")
     results = root / "results" / "studies" / f"{screen}.json"
     if not results.is_file():
         raise SystemExit(f"{results.relative_to(root)} is absent: run the screening first")
@@ -131,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=["final", "pick"])
     parser.add_argument("--round", type=int, choices=sorted(ROUNDS), default=1,
-                        help="1: the first recipe search (issue 9); 2: the second (issue 20)")
+                        help="1: the first recipe search (issue 9); 2: the second (issue 20); 3: the refit merge")
     args = parser.parse_args(argv)
     (final if args.step == "final" else pick)(round=args.round)
     return 0

@@ -22,6 +22,7 @@ from speechprune.outputs import check_output_file, write_json
 from speechprune.methods import assign, check_labels
 from speechprune.options import CompressionOptions, check_sparsity, options_from  # noqa: F401 (check_sparsity: its old home)
 from speechprune.prune import assign_cluster, merge
+from speechprune.refit import capture_inputs, refittable
 from speechprune.structure import (PARTS, Unit, count_parameters, iter_units, model_family, parse_scope,
                                    record_widths, units_in_scope)
 
@@ -224,8 +225,9 @@ def compress(
         What k-means compares (see :func:`speechprune.prune.channel_features`).
     weighting : {"none", "consumer"}, optional
         The k-means weight of each channel.
-    merge : {"mean", "weighted", "projection", "corrected"}, optional
-        How a new channel's producer combines its members' (see :func:`speechprune.prune.merge`).
+    merge : {"mean", "weighted", "projection", "corrected", "refit"}, optional
+        How a new channel's producer combines its members' (see :func:`speechprune.prune.merge`);
+        ``refit`` also refits each feed-forward consumer on synthetic speech (:mod:`speechprune.refit`).
         (Its old name ``merge_rule`` works for one more release, with a warning.)
     recipe : {"paper", "recommended", "pairs-2026"}, optional
         A named set of the clustering options (:mod:`speechprune.recipes`, default ``paper``:
@@ -307,12 +309,19 @@ def compress(
                             progress=(lambda name: bar.set_postfix_str(f"allocating: {name}")) if progress else None)
         # every assignment first, so that a failing or invalid method leaves the model untouched
         assignments = _assignments(units, keep, chosen, method_kwargs, bar)
+    inputs = {}
+    if options.merge == "refit":  # every unit's inputs on synthetic speech, from the dense model
+        bar.set_postfix_str("refit: the dense model on synthetic speech")
+        with out_of_memory_as_error("running the dense model on synthetic speech for the refit merge (the model is "
+                                    "unchanged)", "lower speechprune.refit.CALIBRATION_BATCH or CALIBRATION_ROWS, "
+                                    "or compress on the CPU"):
+            inputs = capture_inputs(model, [u for u in units if refittable(u)])
     reports = []
     for unit, (a, seconds) in zip(units, assignments):
         bar.set_postfix_str(f"merging: {unit.name}")
         t0 = time.perf_counter()
         n, p0 = unit.n_channels, unit.num_parameters()
-        merge(unit, a, options.merge or "mean")
+        merge(unit, a, options.merge or "mean", inputs=inputs.pop(unit.name, None))
         reports.append(UnitReport(unit.name, unit.part, n, a.k, p0, unit.num_parameters(), a.cost,
                                   seconds + time.perf_counter() - t0))
         bar.update(1)

@@ -29,6 +29,7 @@ import torch
 from speechprune.errors import SpeechPruneError, check_choice
 from speechprune.kmeans import kmeans, kmeans_many, memory_budget
 from speechprune.pairs import closest_pairs
+from speechprune.refit import dense_output, refit_consumer, refittable
 from speechprune.structure import Unit
 from speechprune.synthetic import SYNTHETIC_INPUTS, function_features, mean_activations, synthetic_inputs
 
@@ -222,13 +223,13 @@ def assign_pairs(unit: Unit, k: int, *, features: str = "both", weighting: str =
     return Assignment(_canonical(result.labels, k), k, float(result.inertia))
 
 
-MERGES = ("mean", "weighted", "projection", "corrected")
+MERGES = ("mean", "weighted", "projection", "corrected", "refit")
 #: Synthetic inputs for the ``corrected`` merge's mean output (more than for features: a mean needs them).
 CORRECTION_INPUTS = 4 * SYNTHETIC_INPUTS
 
 
 @torch.no_grad()
-def merge(unit: Unit, assignment: Assignment, rule: str = "mean") -> None:
+def merge(unit: Unit, assignment: Assignment, rule: str = "mean", *, inputs: torch.Tensor | None = None) -> None:
     """Shrink ``unit`` to ``assignment.k`` channels: consumers summed, producers combined.
 
     ``mean`` (the paper's reading): a new channel's producer is the plain mean of its
@@ -242,9 +243,21 @@ def merge(unit: Unit, assignment: Assignment, rule: str = "mean") -> None:
     that the merge causes, measured on synthetic inputs drawn from the LayerNorm's weights
     (:mod:`speechprune.synthetic`, no data), is put back into the consumer's bias (feed-forward
     units with a consumer bias; elsewhere it is the mean merge). All four are exact for identical
-    members. Dropped channels (label -1) vanish from both sides; otherwise the consumer bias is unchanged.
+    members. ``refit``: the mean merge, then the consumer (weight and bias) refitted by ridge least
+    squares so that the shrunk block reproduces the dense one on ``inputs``, the unit's inputs on
+    synthetic speech (:mod:`speechprune.refit`; :func:`speechprune.compress` captures them from the
+    dense model; feed-forward units only, elsewhere it is the mean merge). Dropped channels (label
+    -1) vanish from both sides; otherwise the consumer bias is unchanged.
     """
     check_choice("merge rule", rule, MERGES)
+    if rule == "refit" and refittable(unit) and assignment.k < unit.n_channels:
+        if inputs is None:
+            raise SpeechPruneError(f"{unit.name}: the refit merge needs the unit's inputs on synthetic speech "
+                                   "(speechprune.refit.capture_inputs); speechprune.compress captures them")
+        target = dense_output(unit, inputs)
+        merge(unit, assignment, "mean")
+        refit_consumer(unit, inputs, target)
+        return
     correct = rule == "corrected" and unit.kind == "ffn" and unit.consumer.bias is not None
     if correct:
         x = synthetic_inputs(unit, CORRECTION_INPUTS)
