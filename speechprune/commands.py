@@ -76,8 +76,10 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                    help="k-means weight of a channel: none, or consumer = its consumer column's squared norm")
     p.add_argument("--merge", choices=MERGES, default=None,
                    help="how a cluster's producers combine: mean (the paper), weighted (by consumer norm), "
-                        "projection (first-order optimal), or corrected = mean, with the mean output shift on "
-                        "synthetic LayerNorm inputs put back into the consumer bias (no data)")
+                        "projection (first-order optimal), corrected = mean, with the mean output shift on "
+                        "synthetic LayerNorm inputs put back into the consumer bias (no data), or refit = mean, "
+                        "with each feed-forward consumer refitted to the dense block on synthetic speech-like "
+                        "audio (no recordings)")
     p.add_argument("--seed", type=cli_seed, default=0)
     p.add_argument("--max-iter", type=cli_int(1), default=100, help="k-means iterations at most")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")

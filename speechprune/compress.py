@@ -22,7 +22,8 @@ from speechprune.outputs import check_output_file, write_json
 from speechprune.methods import assign, check_labels
 from speechprune.options import CompressionOptions, check_sparsity, options_from  # noqa: F401 (check_sparsity: its old home)
 from speechprune.prune import assign_cluster, merge
-from speechprune.refit import capture_inputs, refittable
+from speechprune.calibration import capture_inputs
+from speechprune.refit import refittable
 from speechprune.structure import (PARTS, Unit, count_parameters, iter_units, model_family, parse_scope,
                                    record_widths, units_in_scope)
 

@@ -38,3 +38,17 @@ def test_the_deployment_table_is_what_the_benchmark_saved():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("<!-- python benchmarks/bench_deploy.py --readme -->")[1].split("<!-- end of deploy table")[0]
     assert "| setting | runtime |" in block and "fastest pruned" in block
+
+
+def test_the_readme_quotes_round_3_from_its_held_out_study():
+    """The README's sentence on the refit merge quotes recipe-final-3-heldout as lossless_rows reads it."""
+    from speechprune.study import load_records, lossless_rows
+
+    records = load_records(ROOT / "results" / "studies" / "recipe-final-3-heldout.json")["records"]
+    rows = {(r["scope"], r["sparsity"]): r for r in lossless_rows(records, n_boot=10)
+            if r["option"].startswith("R ")}
+    enc, both = rows[("encoder.ffn", 0.2)], rows[("ffn", 0.1)]
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    said = (f"brings the recommended recipe to {enc['median']:.2f}% and {both['median']:.2f}%, "
+            f"{enc['ratio']:.2f} and {both['ratio']:.2f} times the uncompressed model's")
+    assert said in readme, said

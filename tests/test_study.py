@@ -665,3 +665,21 @@ def test_recommended_recipe_is_what_the_rule_picks_from_the_saved_final_study(ca
     first = script["pick"](ROOT, round=1)
     assert first["options"] == RECIPES_OPTIONS["pairs-2026"]
     assert RECIPES_OPTIONS["pairs-2026"] != RECIPES_OPTIONS["recommended"]
+
+
+def test_round_3_picks_the_refit_merge_and_it_runs_as_recommended_with_merge_refit(capsys):
+    """Round 3 (one candidate, no screening): step 3 on the shipped `recipe-final-3` picks R, the
+    recommended recipe with the refit merge, which `--recipe recommended --merge refit` runs."""
+    import runpy
+
+    from speechprune.options import RECIPE_FIELDS, CompressionOptions
+
+    script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
+    with pytest.raises(SystemExit, match="no screening"):
+        script["final"](ROOT, round=3)
+    picked = script["pick"](ROOT, round=3)
+    assert picked["choice"].startswith("R ") and picked["options"]["merge"] == "refit"
+    assert "more than" not in picked["reason"], "R scores more than 1 point below the incumbent K"
+    runs_it = CompressionOptions(recipe="recommended", merge="refit", sparsity=0.2)
+    assert {k: getattr(runs_it, k) for k in RECIPE_FIELDS} == picked["options"]
+    assert "recommended: R " in capsys.readouterr().out
