@@ -13,11 +13,11 @@ activations, on the same inputs, and the penalty pulls toward the mean merge's c
 data-driven pruners (OBS-style compensation, FLAP, SliceGPT) fit on recorded speech or text.
 
 **No recordings are used.** The inputs come from the model itself run on synthetic, speech-like
-audio drawn from a formula (:func:`speechprune.calibration.synthetic_speech`: a source-filter "babble" of vowels with
-formants from textbook vowel charts, fricative noise and pauses, with a fixed seed): the encoder
-sees it as it would see speech, and the decoder reads the model's own greedy transcript of it
-(teacher forcing on what the dense model says it hears, :data:`DECODER_TOKENS` tokens a clip). Everything is deterministic, so a
-method with the refit merge stays seed-free. The inputs of every block are captured from the
+audio drawn from a formula (:func:`speechprune.calibration.synthetic_speech`: a source-filter
+"babble" of vowels with formants from textbook vowel charts, fricative noise and pauses, with a
+fixed seed): the encoder sees it as it would see speech, and the decoder reads the model's own
+greedy transcript of it (teacher forcing on what the dense model says it hears, 48 tokens a clip).
+Everything is deterministic, so a method with the refit merge stays seed-free. The inputs of every block are captured from the
 dense model in one pass before anything is merged
 (:func:`speechprune.calibration.capture_inputs`, called by :func:`speechprune.compress`).
 

@@ -71,8 +71,9 @@ def main(name: str = "embedded:whisper-base") -> None:
     base = copy.deepcopy(model)
     compress(base, recipe="recommended", sparsity=SPARSITY, scope=SCOPE, progress=False)
     enc, loss = probe(base)
-    print(f"  {SCOPE} {SPARSITY:.0%} K (mean merge)        encoder error {float((enc - reference).norm() / reference.norm()):.3f}"
-          f"  cross-entropy {loss:.3f}", flush=True)
+    error = float((enc - reference).norm() / reference.norm())
+    print(f"  {SCOPE} {SPARSITY:.0%} K (mean merge)        encoder error {error:.3f}  cross-entropy {loss:.3f}",
+          flush=True)
     sources = {"recorded": [u.audio for u in load_speech("embedded:train", max_samples=8).utterances],
                "white": noise("white"), "pink": noise("pink"), "babble": synthetic_speech()}
     dense_units = units_in_scope(model, SCOPE)
