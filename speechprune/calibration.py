@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from speechprune.checkpoint import transformers_quiet
+from speechprune.data import SAMPLE_RATE
 from speechprune.models import english_generate_kwargs
 from speechprune.structure import Unit, model_family
 
@@ -32,8 +33,6 @@ CALIBRATION_ROWS = 8192
 DECODER_TOKENS = 48
 #: Clips per forward pass during calibration.
 CALIBRATION_BATCH = 8
-
-SAMPLE_RATE = 16000
 #: (F1, F2, F3) in Hz of ten English vowels (Peterson and Barney's averages for adult speakers).
 VOWELS = ((730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (660, 1720, 2410),
           (490, 1350, 1690), (640, 1190, 2390), (570, 840, 2410), (440, 1020, 2240), (390, 1990, 2550))
@@ -123,8 +122,9 @@ def capture_inputs(model: torch.nn.Module, units: list[Unit], *, n_clips: int | 
     n_clips = CALIBRATION_CLIPS if n_clips is None else n_clips
     max_rows = CALIBRATION_ROWS if max_rows is None else max_rows
     audios = synthetic_speech(n_clips, seed) if audios is None else list(audios)
+    whisper = model_family(model) == "whisper"
     batches = [audios[i:i + CALIBRATION_BATCH] for i in range(0, len(audios), CALIBRATION_BATCH)]
-    per_pass = max(1, max_rows // (len(batches) if model_family(model) == "whisper" else len(audios)))
+    per_pass = max(1, max_rows // (len(batches) if whisper else len(audios)))
     generator = torch.Generator(device="cpu").manual_seed(seed)
     store = {u.name: _Rows(per_pass, generator) for u in units}
     recording = {"encoder": True, "decoder": True}
@@ -139,7 +139,7 @@ def capture_inputs(model: torch.nn.Module, units: list[Unit], *, n_clips: int | 
     training = model.training
     model.eval()  # no dropout: the same inputs every time
     try:
-        if model_family(model) == "whisper":
+        if whisper:
             _whisper_pass(model, batches, recording, param)
         else:
             for audio in audios:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from speechprune.structure import Unit
-from speechprune.synthetic import activation_fn
+from speechprune.synthetic import activation_fn, unit_activations
 
 #: Ridge strength, relative to the mean squared activation (see the module docstring).
 RIDGE = 1.0
@@ -51,15 +51,7 @@ def refittable(unit: Unit) -> bool:
 @torch.no_grad()
 def dense_output(unit: Unit, x: Tensor) -> Tensor:
     """The unit's output on ``x`` before any merge, without the consumer's bias: [rows, d_out] float32."""
-    return _activations(unit, x) @ unit.consumer.weight.detach().float().T
-
-
-def _activations(unit: Unit, x: Tensor) -> Tensor:
-    lin = unit.producers[0]
-    z = x @ lin.weight.detach().float().T
-    if lin.bias is not None:
-        z = z + lin.bias.detach().float()
-    return activation_fn(unit)(z)
+    return unit_activations(unit, x).T @ unit.consumer.weight.detach().float().T
 
 
 @torch.no_grad()
@@ -70,7 +62,7 @@ def refit_consumer(unit: Unit, x: Tensor, target: Tensor, ridge: float = RIDGE) 
     toward its present (mean-merge) value; the consumer's bias moves by the fitted offset.
     """
     consumer = unit.consumer
-    h = _activations(unit, x)
+    h = unit_activations(unit, x).T  # [rows, k]: one producer, one row per channel
     w0 = consumer.weight.detach().float()
     if consumer.bias is not None:  # the offset is fitted too, as one more input that is always 1
         h = torch.cat([h, torch.ones(h.shape[0], 1, device=h.device)], dim=1)
