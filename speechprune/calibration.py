@@ -12,6 +12,7 @@ itself is :mod:`speechprune.refit`.
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import torch
@@ -27,12 +28,16 @@ CALIBRATION_CLIPS = 16
 #: The generator's seed: fixed, so the refit is deterministic and the method stays seed-free.
 CALIBRATION_SEED = 0
 CLIP_SECONDS = (3.0, 12.0)
-#: At most this many input rows (frames or tokens) are kept per unit, a fixed random subset.
+#: At most this many input rows (frames or tokens) are kept per unit: ``CALIBRATION_ROWS // clips``
+#: rows of each clip, a fixed random subset drawn for each unit and clip (so the rows kept do not
+#: depend on how the clips are batched).
 CALIBRATION_ROWS = 8192
 #: New tokens the decoder writes for each synthetic clip (its own transcript, read back).
 DECODER_TOKENS = 48
-#: Clips per forward pass during calibration.
-CALIBRATION_BATCH = 8
+#: Clips per forward pass during calibration: {device type: clips}. Batching changes the cost, not
+#: the rows kept. One clip at a time on a CPU keeps Whisper-large-v3's pass within a Colab host's
+#: RAM (``benchmarks/bench_full_scale.py``); eight on a GPU.
+CALIBRATION_BATCH = {"cpu": 1, "cuda": 8}
 #: (F1, F2, F3) in Hz of ten English vowels (Peterson and Barney's averages for adult speakers).
 VOWELS = ((730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (660, 1720, 2410),
           (490, 1350, 1690), (640, 1190, 2390), (570, 840, 2410), (440, 1020, 2240), (390, 1990, 2550))
@@ -89,17 +94,23 @@ def synthetic_speech(n_clips: int = CALIBRATION_CLIPS, seed: int = CALIBRATION_S
 
 
 class _Rows:
-    """Input rows of one unit: a fixed random subset of at most ``limit`` rows per forward pass."""
+    """Input rows of one unit: at most ``per_clip`` rows of each clip, a fixed random subset.
 
-    def __init__(self, limit: int, generator: torch.Generator):
-        self.limit, self.generator, self.parts = limit, generator, []
+    The unit has its own generator, and its clips arrive in the same order however they are
+    batched, so the rows kept do not depend on the batch size.
+    """
+
+    def __init__(self, per_clip: int, seed: int):
+        self.per_clip, self.parts = per_clip, []
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def add(self, x: Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1])
-        if x.shape[0] > self.limit:
-            pick = torch.randperm(x.shape[0], generator=self.generator)[: self.limit]
-            x = x[pick.to(x.device)]
-        self.parts.append(x.detach().float())
+        x = x.detach()
+        for clip in (x if x.dim() == 3 else x[None]):  # [batch, positions, features]: one clip at a time
+            if clip.shape[0] > self.per_clip:
+                pick = torch.randperm(clip.shape[0], generator=self.generator)[: self.per_clip]
+                clip = clip[pick.to(clip.device)]
+            self.parts.append(clip.float())
 
     def rows(self) -> Tensor:
         return torch.cat(self.parts)
@@ -108,7 +119,7 @@ class _Rows:
 @torch.no_grad()
 def capture_inputs(model: torch.nn.Module, units: list[Unit], *, n_clips: int | None = None,
                    seed: int = CALIBRATION_SEED, max_rows: int | None = None,
-                   audios: list[np.ndarray] | None = None) -> dict[str, Tensor]:
+                   audios: list[np.ndarray] | None = None, batch_size: int | None = None) -> dict[str, Tensor]:
     """Each unit's inputs on synthetic speech, {unit name: [rows, d_in] float32}, from one dense pass.
 
     Whisper: log-mel features of the clips (as Whisper's feature extractor computes them for this
@@ -116,6 +127,8 @@ def capture_inputs(model: torch.nn.Module, units: list[Unit], *, n_clips: int | 
     model's own greedy transcript of them (:data:`DECODER_TOKENS` tokens).
     CTC models: each clip's normalised waveform. ``audios`` (16 kHz float32 clips) replaces the
     synthetic speech, for diagnostics (``studies/probe_refit.py`` compares it with recordings and noise).
+    ``batch_size`` (Whisper's clips per pass; default :data:`CALIBRATION_BATCH` for the model's
+    device) changes the memory and time it takes, not the rows kept.
     """
     if not units:
         return {}
@@ -123,10 +136,11 @@ def capture_inputs(model: torch.nn.Module, units: list[Unit], *, n_clips: int | 
     max_rows = CALIBRATION_ROWS if max_rows is None else max_rows
     audios = synthetic_speech(n_clips, seed) if audios is None else list(audios)
     whisper = model_family(model) == "whisper"
-    batches = [audios[i:i + CALIBRATION_BATCH] for i in range(0, len(audios), CALIBRATION_BATCH)]
-    per_pass = max(1, max_rows // (len(batches) if whisper else len(audios)))
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    store = {u.name: _Rows(per_pass, generator) for u in units}
+    param = next(model.parameters())
+    size = batch_size or CALIBRATION_BATCH.get(param.device.type, 1)
+    batches = [audios[i:i + size] for i in range(0, len(audios), size)]
+    per_clip = max(1, max_rows // len(audios))
+    store = {u.name: _Rows(per_clip, seed * 2**32 + zlib.crc32(u.name.encode())) for u in units}  # a unit's own rows
     recording = {"encoder": True, "decoder": True}
 
     def record(name: str, stack: str, x: Tensor) -> None:
@@ -135,14 +149,13 @@ def capture_inputs(model: torch.nn.Module, units: list[Unit], *, n_clips: int | 
 
     hooks = [u.producers[0].register_forward_hook(
         lambda module, inputs, output, name=u.name, stack=u.stack: record(name, stack, inputs[0])) for u in units]
-    param = next(model.parameters())
     training = model.training
     model.eval()  # no dropout: the same inputs every time
     try:
         if whisper:
             _whisper_pass(model, batches, recording, param)
         else:
-            for audio in audios:
+            for audio in audios:  # one clip at a time: no padding to mask
                 x = torch.from_numpy((audio - audio.mean()) / (audio.std() + 1e-7))[None]
                 model(input_values=x.to(device=param.device, dtype=param.dtype))
     finally:

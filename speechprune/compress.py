@@ -314,8 +314,8 @@ def compress(
     if options.merge == "refit":  # every unit's inputs on synthetic speech, from the dense model
         bar.set_postfix_str("refit: the dense model on synthetic speech")
         with out_of_memory_as_error("running the dense model on synthetic speech for the refit merge (the model is "
-                                    "unchanged)", "lower speechprune.refit.CALIBRATION_BATCH or CALIBRATION_ROWS, "
-                                    "or compress on the CPU"):
+                                    "unchanged)", "lower speechprune.calibration.CALIBRATION_BATCH['cuda'] (clips "
+                                    "per pass, default 8) or CALIBRATION_ROWS, or compress on the CPU"):
             inputs = capture_inputs(model, [u for u in units if refittable(u)])
     reports = []
     for unit, (a, seconds) in zip(units, assignments):

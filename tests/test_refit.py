@@ -61,6 +61,23 @@ def test_capture_records_every_feed_forward_unit_of_both_whisper_stacks():
     assert inputs[decoder.name].shape[0] % calibration.CALIBRATION_CLIPS == 0
 
 
+def test_the_rows_kept_do_not_depend_on_the_batch_size():
+    """Batching is a cost knob (one clip a pass on a CPU, eight on a GPU), never a change of the fit."""
+    model = tiny_model("whisper")
+    units = [u for u in units_in_scope(model, "all") if refittable(u)]
+    one = capture_inputs(model, units, n_clips=5, max_rows=500, batch_size=1)
+    three = capture_inputs(model, units, n_clips=5, max_rows=500, batch_size=3)
+    for u in units:
+        assert one[u.name].shape == three[u.name].shape
+        assert torch.allclose(one[u.name], three[u.name], rtol=1e-4, atol=1e-5), u.name
+    # each clip gives at most max_rows // clips rows of the encoder's positions
+    encoder = next(u for u in units if u.stack == "encoder")
+    positions = model.config.max_source_positions
+    assert one[encoder.name].shape[0] == 5 * min(100, positions)
+    few = capture_inputs(model, [encoder], n_clips=5, max_rows=5 * (positions // 2))[encoder.name]
+    assert few.shape[0] == 5 * (positions // 2)
+
+
 def test_capture_keeps_at_most_the_row_limit():
     model = tiny_model("whisper")
     unit = units_in_scope(model, "encoder.ffn")[0]
