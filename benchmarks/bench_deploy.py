@@ -48,16 +48,24 @@ def prepare(model: str, setting: str, work: Path, recipe: str = RECIPE) -> Path:
     """The speechprune folder of a case (made once: compress with ``recipe``, or dense)."""
     from speechprune import compress, save_pruned
     from speechprune.models import load_model
+    from speechprune.recipes import recipe_options
 
     folder = work / (f"{model}-{setting}" if not SETTINGS[setting] else f"{model}-{setting}-{recipe}")
     if (folder / "config.json").is_file():
-        return folder
+        made = json.loads((folder / "speechprune_report.json").read_text()) if SETTINGS[setting] else None
+        saved = {("merge" if k == "merge_rule" else k): v for k, v in (made or {}).items()}
+        if made is None or all(saved.get(k) == v for k, v in recipe_options(recipe).items()):
+            return folder
+        # a recipe's name can outlive its options (``recommended`` changes when a recipe search picks
+        # anew): a folder pruned with other options is not this case, so it is made again
+        print(f"{folder.name}: pruned with other options than --recipe {recipe} has now; pruning again",
+              file=sys.stderr)
     m, processor = load_model(MODELS[model])
     report = None
     if SETTINGS[setting]:
         scope, sparsity = SETTINGS[setting]
         report = compress(m, sparsity=sparsity, scope=scope, recipe=recipe, progress=False)
-    save_pruned(m, folder, processor=processor, report=report)
+    save_pruned(m, folder, processor=processor, report=report, overwrite=folder.exists())  # this script's own folder
     return folder
 
 
@@ -344,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 target = folder
                 if backend != "transformers":
-                    target = args.work / f"{model}-{setting}-{backend}-{precision}"
-                    if not (target / "speechprune_export.json").is_file():
+                    target = args.work / f"{folder.name}-{backend}-{precision}"  # the recipe's, for pruned cases
+                    stamp = target / "speechprune_export.json"
+                    if not stamp.is_file() or stamp.stat().st_mtime < (folder / "config.json").stat().st_mtime:
                         export(folder, to=backend, out=target, quantize=precision, overwrite=True)
                 started = time.perf_counter()
                 result = run_case(key, target, backend, precision, results.get("max_samples"), args.speed_clips,

@@ -6,9 +6,11 @@
 For each stand-in (``facebook/hubert-large-ls960-ft``, ``openai/whisper-large-v3``, loaded by
 their unchanged ids from the stand-ins' offline hub cache), each method (``--recipe paper``:
 k-means on the paper's features; ``--recipe recommended``: closest pairs first on producer
-features with the variance allocation; ``--recipe pairs-2026``: the same with the uniform
-allocation; magnitude pruning; each record keeps the options the method resolved to) at the paper's settings (HuBERT-large: encoder feed-forward 50%;
-Whisper-large-v3: both stacks' feed-forward 10%), on each device:
+features with the variance allocation and the refit merge, whose calibration runs the dense model
+on 16 synthetic clips; ``--recipe pairs-variance-2026``: the same with the mean merge;
+``--recipe pairs-2026``: closest pairs with the uniform allocation; magnitude pruning; each
+record keeps the options the method resolved to) at the paper's settings (HuBERT-large: encoder
+feed-forward 50%; Whisper-large-v3: both stacks' feed-forward 10%), on each device:
 
 - compression time and peak memory (CPU: the process's resident memory, sampled every 20 ms,
   and the part above the loaded model; CUDA: ``torch.cuda.max_memory_allocated``);
@@ -46,7 +48,8 @@ MODELS = {
                              setting="both stacks' feed-forward 10% (the paper's Whisper-large-v3 setting)"),
 }
 METHODS = {"paper": dict(recipe="paper"), "recommended": dict(recipe="recommended"),
-           "pairs-2026": dict(recipe="pairs-2026"), "magnitude": dict(method="magnitude")}
+           "pairs-variance-2026": dict(recipe="pairs-variance-2026"), "pairs-2026": dict(recipe="pairs-2026"),
+           "magnitude": dict(method="magnitude")}
 T4_BYTES = 15 * 2**30
 DATA = "librispeech:test-clean"
 
@@ -162,7 +165,8 @@ def save_results(path: Path, results: dict) -> None:
 
 PAGE_MODELS = {"hubert-large": "HuBERT-large, encoder FFN 50%", "whisper-large-v3": "Whisper-large-v3, both stacks' FFN 10%"}
 PAGE_METHODS = {"paper": "`--recipe paper` (k-means)",
-                "recommended": "`--recipe recommended` (closest pairs, variance allocation)",
+                "recommended": "`--recipe recommended` (closest pairs, variance allocation, refit merge)",
+                "pairs-variance-2026": "`--recipe pairs-variance-2026` (closest pairs, variance allocation)",
                 "pairs-2026": "`--recipe pairs-2026` (closest pairs, uniform allocation)",
                 "magnitude": "magnitude pruning"}
 #: Where book/full_scale.md keeps the table that page_table writes (tests/test_full_scale.py checks it).

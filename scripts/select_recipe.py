@@ -30,14 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 from speechprune.study import PAPER_OPTION as PAPER  # noqa: E402  the paper's recipe, as the screening labels it
 from speechprune.study import dump_study  # noqa: E402
-from speechprune.study.selection import INCUMBENT_OPTION, SCREENING_EXCLUDES  # noqa: E402
+from speechprune.study.selection import INCUMBENT_OPTION, ROUND_2_OPTION, SCREENING_EXCLUDES  # noqa: E402
 
 SCREEN = "screen-recipes"
 FINAL = "recipe-final"
 MODEL = "embedded:whisper-base"
 FINAL_DATA = {FINAL: "embedded-full", f"{FINAL}-heldout": "embedded:train"}
 INCUMBENT = INCUMBENT_OPTION  # the recommended recipe that round 1 picked: round 2's incumbent
-ROUND_2_PICK = "K pairs producer, variance allocation"  # what round 2 picked: round 3's incumbent
+ROUND_2_PICK = ROUND_2_OPTION  # what round 2 picked: round 3's incumbent
 #: Each round of the rule: its screening and final studies, the options carried into the final study
 #: besides the kept ones, the options the screening may not keep, and the incumbent a pick must beat.
 ROUNDS = {

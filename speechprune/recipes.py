@@ -5,21 +5,22 @@ option given explicitly overrides it. ``paper`` is our reading of the paper (k-m
 rows, biases and consumer columns; uniform allocation; mean merge) and stays the default.
 
 ``recommended`` is what the selection rule in ``studies/README.md`` (written before the runs)
-picked in its second round, by ``scripts/select_recipe.py pick --round 2``: closest pairs first
+picked in its third round, by ``scripts/select_recipe.py pick --round 3``: closest pairs first
 (``method="pairs"``, no seed) on the producer rows and biases, the variance allocation (each layer's
-share of the budget follows the spread of its channels), mean merge. The second screening
-(``results/studies/screen-recipes-2.json``: both embedded Whisper models, three settings, 64 clips,
-seeds 0-2) kept it and closest pairs with the corrected merge; the final study
-(``results/studies/recipe-final-2.json``: Whisper base, all 208 clips of ``embedded-full``, the
-three settings) scored it 39.03 (median WER averaged over the settings) against 42.86 for the
-round-1 pick and 44.67 for the corrected merge, and it beats magnitude pruning with an interval
-that excludes 0 at encoder FFN 20% and both stacks' FFN 10%. At encoder FFN 50% no data-free option
-beats magnitude pruning (all near 100% WER).
+share of the budget follows the spread of its channels), and the refit merge (``merge="refit"``:
+each feed-forward consumer refitted by ridge least squares to the dense block on synthetic
+speech-like audio, :mod:`speechprune.refit`; no recording). The final study
+(``results/studies/recipe-final-3.json``: Whisper base, all 208 clips of ``embedded-full``, the
+three settings) scored it 37.43 (median WER averaged over the settings) against 39.03 for round 2's
+pick, and it beats magnitude pruning with an interval that excludes 0 at encoder FFN 20% and both
+stacks' FFN 10%. At encoder FFN 50% no data-free option beats magnitude pruning (all near 100% WER).
 
-``pairs-2026`` is the first round's pick (``scripts/select_recipe.py pick``, from
-``results/studies/recipe-final.json``), the ``recommended`` recipe of speechprune 0.3: closest pairs
-first on producer features with the uniform allocation and the mean merge. It keeps its name so that
-models, studies and commands made with it stay reproducible.
+``pairs-variance-2026`` is round 2's pick (``scripts/select_recipe.py pick --round 2``, from
+``results/studies/recipe-final-2.json``), the ``recommended`` recipe of speechprune 0.4: the same
+without the refit (mean merge). ``pairs-2026`` is round 1's pick (``results/studies/recipe-final.json``),
+the ``recommended`` recipe of speechprune 0.3: closest pairs first on producer features with the
+uniform allocation and the mean merge. Both keep their names so that models, studies and commands
+made with them stay reproducible.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from speechprune.errors import check_choice
 
 RECIPES_OPTIONS: dict[str, dict[str, str]] = {
     "paper": dict(method="cluster", features="both", allocation="uniform", merge="mean", weighting="none"),
-    # picked by the rule in studies/README.md, round 2 (scripts/select_recipe.py pick --round 2 on recipe-final-2.json)
-    "recommended": dict(method="pairs", features="producer", allocation="variance", merge="mean", weighting="none"),
+    # picked by the rule in studies/README.md, round 3 (scripts/select_recipe.py pick --round 3 on recipe-final-3.json)
+    "recommended": dict(method="pairs", features="producer", allocation="variance", merge="refit", weighting="none"),
+    # round 2's pick (scripts/select_recipe.py pick --round 2 on recipe-final-2.json): `recommended` in speechprune 0.4
+    "pairs-variance-2026": dict(method="pairs", features="producer", allocation="variance", merge="mean",
+                                weighting="none"),
     # round 1's pick (scripts/select_recipe.py pick on recipe-final.json): `recommended` in speechprune 0.3
     "pairs-2026": dict(method="pairs", features="producer", allocation="uniform", merge="mean", weighting="none"),
 }

@@ -60,7 +60,8 @@ def test_recipe_sets_compress_options_and_explicit_options_override(tiny_whisper
     from speechprune.compress import compress
     from speechprune.recipes import RECIPES, recipe_options, resolve
 
-    assert RECIPES == ("paper", "recommended", "pairs-2026")
+    assert RECIPES == ("paper", "recommended", "pairs-variance-2026", "pairs-2026")
+    assert recipe_options("recommended") == dict(recipe_options("pairs-variance-2026"), merge="refit")
     assert recipe_options("pairs-2026") == dict(method="pairs", features="producer", allocation="uniform",
                                                 merge="mean", weighting="none")
     assert recipe_options("paper") == dict(method="cluster", features="both", allocation="uniform", merge="mean",

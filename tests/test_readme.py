@@ -52,3 +52,20 @@ def test_the_readme_quotes_round_3_from_its_held_out_study():
     said = (f"brings the recommended recipe to {enc['median']:.2f}% and {both['median']:.2f}%, "
             f"{enc['ratio']:.2f} and {both['ratio']:.2f} times the uncompressed model's")
     assert said in readme, said
+
+
+def test_the_readme_quotes_the_saved_main_job():
+    """The README's sentence on the main job is the first sentence `speechprune compare` saved in results/main_job."""
+    import json
+
+    saved = json.loads((ROOT / "results" / "main_job" / "results.json").read_text(encoding="utf-8"))
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    first = saved["sentences"][0].rstrip(".")
+    assert first.startswith("The recommended recipe is lower than magnitude pruning"), first
+    assert f'"{first}"' in readme, first
+    assert {r["role"] for r in saved["records"]} == {"dense", "paper", "recommended", "magnitude"}
+    recommended = next(r for r in saved["records"] if r["role"] == "recommended")
+    from speechprune.recipes import RECIPES_OPTIONS
+
+    assert {k: recommended["compression"].get(k) for k in RECIPES_OPTIONS["recommended"]} == \
+        RECIPES_OPTIONS["recommended"], "measured with today's recipe"

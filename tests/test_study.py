@@ -649,27 +649,28 @@ def test_target_sentences_list_options_lowest_median_first_with_their_comparison
         {"good": "met", "close": "not met"}
 
 
-def test_recommended_recipe_is_what_the_rule_picks_from_the_saved_final_study(capsys):
-    """`--recipe recommended` must be the output of step 3 on the shipped round-2 final study, and
-    `--recipe pairs-2026` round 1's (the previous `recommended`, kept by name), not hand edits."""
+def test_every_named_recipe_is_what_the_rule_picked_in_its_round(capsys):
+    """`--recipe recommended` must be the output of step 3 on the shipped round-3 final study,
+    `--recipe pairs-variance-2026` round 2's and `--recipe pairs-2026` round 1's (the previous
+    `recommended` recipes, kept by name), not hand edits."""
     import runpy
 
     from speechprune.recipes import RECIPES_OPTIONS
 
-    for name in ("recipe-final", "recipe-final-2"):
+    for name in ("recipe-final", "recipe-final-2", "recipe-final-3"):
         assert (ROOT / "results" / "studies" / f"{name}.json").is_file()
     script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
-    picked = script["pick"](ROOT, round=2)
-    assert picked["options"] == RECIPES_OPTIONS["recommended"]
+    assert script["pick"](ROOT, round=3)["options"] == RECIPES_OPTIONS["recommended"]
     assert "recommended: " in capsys.readouterr().out
-    first = script["pick"](ROOT, round=1)
-    assert first["options"] == RECIPES_OPTIONS["pairs-2026"]
-    assert RECIPES_OPTIONS["pairs-2026"] != RECIPES_OPTIONS["recommended"]
+    assert script["pick"](ROOT, round=2)["options"] == RECIPES_OPTIONS["pairs-variance-2026"]
+    assert script["pick"](ROOT, round=1)["options"] == RECIPES_OPTIONS["pairs-2026"]
+    assert len({tuple(sorted(RECIPES_OPTIONS[n].items())) for n in ("recommended", "pairs-variance-2026",
+                                                                      "pairs-2026")}) == 3
 
 
-def test_round_3_picks_the_refit_merge_and_it_runs_as_recommended_with_merge_refit(capsys):
-    """Round 3 (one candidate, no screening): step 3 on the shipped `recipe-final-3` picks R, the
-    recommended recipe with the refit merge, which `--recipe recommended --merge refit` runs."""
+def test_round_3_picks_the_refit_merge_and_it_is_the_recommended_recipe(capsys):
+    """Round 3 (one candidate, no screening): step 3 on the shipped `recipe-final-3` picks R, round
+    2's recipe K (`pairs-variance-2026`) with the refit merge, more than 1 point below K."""
     import runpy
 
     from speechprune.options import RECIPE_FIELDS, CompressionOptions
@@ -680,6 +681,10 @@ def test_round_3_picks_the_refit_merge_and_it_runs_as_recommended_with_merge_ref
     picked = script["pick"](ROOT, round=3)
     assert picked["choice"].startswith("R ") and picked["options"]["merge"] == "refit"
     assert "more than" not in picked["reason"], "R scores more than 1 point below the incumbent K"
-    runs_it = CompressionOptions(recipe="recommended", merge="refit", sparsity=0.2)
+    runs_it = CompressionOptions(recipe="recommended", sparsity=0.2)
     assert {k: getattr(runs_it, k) for k in RECIPE_FIELDS} == picked["options"]
+    k = CompressionOptions(recipe="pairs-variance-2026", merge="refit", sparsity=0.2)
+    assert {f: getattr(k, f) for f in RECIPE_FIELDS} == picked["options"], "R is K with the refit merge"
     assert "recommended: R " in capsys.readouterr().out
+
+

@@ -18,7 +18,9 @@ from speechprune.study.tables import saved_study_path
 
 CURVE = "finetune-curve-encoder-ffn50"
 #: The curve's methods (``studies/finetune_curve.py``): the saved one is magnitude against pairs-2026.
-LABELS = {"pairs-2026": "closest pairs (uniform allocation)", "recommended": "closest pairs (variance allocation)",
+LABELS = {"pairs-2026": "closest pairs (uniform allocation)",
+          "pairs-variance-2026": "closest pairs (variance allocation)",
+          "recommended": "closest pairs (variance allocation, refit merge)",
           "paper": "the paper's recipe (k-means, seed 0)", "magnitude": "magnitude pruning"}
 
 

@@ -1,6 +1,6 @@
 """The named recipes on clips no choice was made on, in words (chapter 1 and the results page).
 
-Reads a saved final study (``recipe-final-2-heldout``: Whisper base on the 144 held-out clips of
+Reads a saved final study (``recipe-final-3-heldout``: Whisper base on the 144 held-out clips of
 ``embedded:train``), finds each named recipe by its options (:func:`speechprune.study.recipe_of`,
 so a study's own labels need not be known) and says, per setting, each recipe's WER as a multiple
 of the uncompressed model's and the recommended recipe against magnitude pruning and against the
@@ -13,14 +13,20 @@ from speechprune.recipes import BASELINE
 from speechprune.stats import sentence, versus
 from speechprune.study.tables import LOSSLESS_TARGETS, lossless_rows, recipe_of
 
-HELDOUT = "recipe-final-2-heldout"
+HELDOUT = "recipe-final-3-heldout"
+#: The recipe the recommended one replaced (round 2's pick), compared with it in ``versus_previous``.
+PREVIOUS = "pairs-variance-2026"
 #: Each recipe in words, as chapter 1 and the results page name them.
 #: Plain words only: they are pasted with ``glue:text``, which renders no Markdown.
-NAMES = {"recommended": "closest pairs first with the variance allocation (the recommended recipe)",
+NAMES = {"recommended": "closest pairs first with the variance allocation and the refit merge "
+                        "(the recommended recipe)",
+         "pairs-variance-2026": "closest pairs first with the variance allocation and the mean merge "
+                                "(pairs-variance-2026)",
          "pairs-2026": "closest pairs first with the same share in every layer (pairs-2026)",
          "paper": "the paper's k-means recipe", BASELINE: "magnitude pruning"}
 #: Short names for the paired sentences.
-SHORT = {"recommended": "the recommended recipe", "pairs-2026": "pairs-2026", BASELINE: "magnitude pruning"}
+SHORT = {"recommended": "the recommended recipe", "pairs-variance-2026": "pairs-variance-2026",
+         "pairs-2026": "pairs-2026", BASELINE: "magnitude pruning"}
 
 
 def recipe_labels(records: list[dict]) -> dict[str, str]:
@@ -36,7 +42,7 @@ def recipe_labels(records: list[dict]) -> dict[str, str]:
 def recipe_sentences(records: list[dict], scope: str, sparsity: float, *, n_boot: int = 2000) -> dict[str, str]:
     """At one budget: ``wers`` (each recipe's median WER, its range over seeds, and its ratio to the
     uncompressed model's), ``versus_magnitude`` and ``versus_previous`` (the recommended recipe
-    against magnitude pruning and against ``pairs-2026``, paired). An empty dict when the records
+    against magnitude pruning and against :data:`PREVIOUS`, paired). An empty dict when the records
     have no uncompressed run or no recommended recipe at that budget."""
     labels = recipe_labels(records)
     names = {label: name for name, label in labels.items()}
@@ -51,7 +57,7 @@ def recipe_sentences(records: list[dict], scope: str, sparsity: float, *, n_boot
         parts.append(f"{NAMES[names[t['option']]]} {t['median']:.2f}%{spread}, {t['ratio']:.1f} times the "
                      f"uncompressed model's {t['dense']:.2f}%")
     out = dict(wers="; ".join(parts))
-    for key, other in (("versus_magnitude", BASELINE), ("versus_previous", "pairs-2026")):
+    for key, other in (("versus_magnitude", BASELINE), ("versus_previous", PREVIOUS)):
         found = versus(records, labels["recommended"], labels[other], scope=scope, sparsity=sparsity,
                        n_boot=n_boot) if other in labels else None
         out[key] = sentence(found[0], SHORT["recommended"], SHORT[other]) if found else "not measured"

@@ -100,6 +100,9 @@ def select_options(scores: list[dict], n: int = 2, *, tie: float = 1.0, exclude:
 PAPER_OPTION = "A paper (both)"
 #: The recommended recipe that round 1 picked, as the studies label it: round 2's incumbent.
 INCUMBENT_OPTION = "G pairs producer"
+#: The recommended recipe that round 2 picked (``--recipe pairs-variance-2026`` since round 3), as
+#: the studies label it: round 3's incumbent.
+ROUND_2_OPTION = "K pairs producer, variance allocation"
 #: Options each screening's rule may not keep (``studies/README.md``): round 1 keeps any option but
 #: magnitude pruning; round 2 carries magnitude, the paper's recipe and the incumbent for reference.
 SCREENING_EXCLUDES = {"screen-recipes": ("magnitude",),

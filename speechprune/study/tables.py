@@ -182,8 +182,8 @@ def markdown_summary(records: list[dict], n_boot: int = 2000) -> str:
 
 
 def recipe_of(record: dict) -> str | None:
-    """The named recipe (``paper``, ``recommended``, ``pairs-2026``) whose options are exactly a
-    record's, else None."""
+    """The named recipe (``paper``, ``recommended``, ``pairs-variance-2026``, ``pairs-2026``) whose
+    options are exactly a record's, else None."""
     mine = {k: record.get(k) for k in RECIPE_FIELDS}
     return next((name for name, opts in RECIPES_OPTIONS.items() if opts == mine), None)
 

@@ -1,0 +1,47 @@
+"""benchmarks/bench_deploy.py: a pruned folder is reused only when it was made with the recipe's present options."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import speechprune
+import speechprune.models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_deploy", ROOT / "benchmarks" / "bench_deploy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def _folder(work: Path, merge_rule: str) -> Path:
+    folder = work / "base-encffn20-recommended"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    report = dict(method="pairs", features="producer", allocation="variance", merge_rule=merge_rule, weighting="none")
+    (folder / "speechprune_report.json").write_text(json.dumps(report))
+    return folder
+
+
+def test_a_folder_pruned_with_the_recipes_old_options_is_pruned_again(tmp_path, monkeypatch):
+    """`recommended` changed its merge in round 3: a folder made under that name before is not this case."""
+    bench = _bench()
+    calls = []
+    monkeypatch.setattr(speechprune.models, "load_model", lambda name: ("model", "processor"))
+    monkeypatch.setattr(speechprune, "compress", lambda model, **kw: calls.append(("compress", kw)) or "report")
+    monkeypatch.setattr(speechprune, "save_pruned",
+                        lambda model, folder, **kw: calls.append(("save", Path(folder), kw["overwrite"])))
+
+    same = _folder(tmp_path / "a", merge_rule="refit")  # the recipe's present options
+    assert bench.prepare("base", "encffn20", tmp_path / "a", "recommended") == same
+    assert calls == [], "made with the same options: reused"
+
+    stale = _folder(tmp_path / "b", merge_rule="mean")  # what `recommended` meant in speechprune 0.4
+    assert bench.prepare("base", "encffn20", tmp_path / "b", "recommended") == stale
+    assert calls[0] == ("compress", dict(sparsity=0.2, scope="encoder.ffn", recipe="recommended", progress=False))
+    assert calls[1] == ("save", stale, True)
