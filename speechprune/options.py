@@ -10,7 +10,7 @@ recorded as ``None`` (``"no seed"`` for a seed-free method), whichever entry poi
 >>> from speechprune.options import CompressionOptions
 >>> o = CompressionOptions(recipe="recommended", sparsity=0.1)
 >>> o.method, o.features, o.seed, o.label()
-('pairs', 'producer', None, 'pairs variance producer')
+('pairs', 'producer', None, 'pairs variance producer refit')
 >>> CompressionOptions(method="cluster", sparsity=0.2, scope="encoder.ffn").cli_args()[:6]
 ['--method', 'cluster', '--sparsity', '0.2', '--scope', 'encoder.ffn']
 >>> CompressionOptions(sparsity=1.0)
@@ -119,8 +119,10 @@ class CompressionOptions:
     >>> options = CompressionOptions(recipe="recommended", sparsity=0.25, scope="encoder.ffn", seed=3)
     >>> options.method, options.features, options.seed  # closest pairs first takes no seed
     ('pairs', 'producer', None)
-    >>> options.label(), " ".join(options.cli_args())
-    ('pairs variance producer', '--method pairs --sparsity 0.25 --scope encoder.ffn --allocation variance --features producer')
+    >>> options.label()
+    'pairs variance producer refit'
+    >>> print(" ".join(options.cli_args()))
+    --method pairs --sparsity 0.25 --scope encoder.ffn --allocation variance --features producer --merge refit
     >>> report = compress(tiny_model("whisper"), options, progress=False)
     >>> report.options == options
     True

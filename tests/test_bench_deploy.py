@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import runpy
 from pathlib import Path
 
 import speechprune
 import speechprune.models
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_deploy", ROOT / "benchmarks" / "bench_deploy.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 def _folder(work: Path, merge_rule: str) -> Path:
@@ -30,7 +23,7 @@ def _folder(work: Path, merge_rule: str) -> Path:
 
 def test_a_folder_pruned_with_the_recipes_old_options_is_pruned_again(tmp_path, monkeypatch):
     """`recommended` changed its merge in round 3: a folder made under that name before is not this case."""
-    bench = _bench()
+    prepare = runpy.run_path(str(ROOT / "benchmarks" / "bench_deploy.py"))["prepare"]
     calls = []
     monkeypatch.setattr(speechprune.models, "load_model", lambda name: ("model", "processor"))
     monkeypatch.setattr(speechprune, "compress", lambda model, **kw: calls.append(("compress", kw)) or "report")
@@ -38,10 +31,10 @@ def test_a_folder_pruned_with_the_recipes_old_options_is_pruned_again(tmp_path, 
                         lambda model, folder, **kw: calls.append(("save", Path(folder), kw["overwrite"])))
 
     same = _folder(tmp_path / "a", merge_rule="refit")  # the recipe's present options
-    assert bench.prepare("base", "encffn20", tmp_path / "a", "recommended") == same
+    assert prepare("base", "encffn20", tmp_path / "a", "recommended") == same
     assert calls == [], "made with the same options: reused"
 
     stale = _folder(tmp_path / "b", merge_rule="mean")  # what `recommended` meant in speechprune 0.4
-    assert bench.prepare("base", "encffn20", tmp_path / "b", "recommended") == stale
+    assert prepare("base", "encffn20", tmp_path / "b", "recommended") == stale
     assert calls[0] == ("compress", dict(sparsity=0.2, scope="encoder.ffn", recipe="recommended", progress=False))
     assert calls[1] == ("save", stale, True)
