@@ -1,13 +1,13 @@
 """A cheap diagnostic for round 3 of the recipe search: does refitting the merged feed-forward
 consumers help, and on what inputs can it be fitted without data?
 
-Whisper base at encoder FFN 20%, the recommended recipe (K, mean merge), then each encoder
+Whisper base at encoder FFN 20%, round 2's recipe (K, ``pairs-variance-2026``: mean merge), then each encoder
 feed-forward consumer refitted by ridge least squares (``speechprune.refit.refit_consumer``) to the
 dense block on inputs captured from the dense model run on one of:
 
 - ``recorded``: 8 recorded clips of ``embedded:train`` (not data-free: how far a refit can go);
 - ``white``, ``pink``: 8 clips of 5 s of white or pink noise (data-free);
-- ``babble``: the refit merge's own 16 clips of synthetic speech (``speechprune.refit.synthetic_speech``).
+- ``babble``: the refit merge's own 16 clips of synthetic speech (``speechprune.calibration.synthetic_speech``).
 
 For each, the ridge strength goes from 0.01 to 10. Printed, as in ``probe_function_space.py``, on
 the first 8 clips of the test split: the relative error of the encoder output and the
@@ -69,7 +69,7 @@ def main(name: str = "embedded:whisper-base") -> None:
     reference, dense_loss = probe(model)
     print(f"{name}: uncompressed cross-entropy {dense_loss:.3f}", flush=True)
     base = copy.deepcopy(model)
-    compress(base, recipe="recommended", sparsity=SPARSITY, scope=SCOPE, progress=False)
+    compress(base, recipe="pairs-variance-2026", sparsity=SPARSITY, scope=SCOPE, progress=False)  # K: no refit
     enc, loss = probe(base)
     error = float((enc - reference).norm() / reference.norm())
     print(f"  {SCOPE} {SPARSITY:.0%} K (mean merge)        encoder error {error:.3f}  cross-entropy {loss:.3f}",
