@@ -1,9 +1,10 @@
 """A cheap diagnostic before the second recipe screening (issue 20): which data-free ideas disturb
 the model least, before any WER is measured.
 
-For both embedded Whisper models and the book's three settings, prunes with the current
-recommended recipe and the candidate ideas (function-space features on synthetic LayerNorm inputs,
-the corrected merge, the existing allocations with closest pairs, other merges), and prints two
+For both embedded Whisper models and the book's three settings, prunes with the recommended
+recipe of the time, G (``--recipe pairs-2026`` since round 2 renamed it), and the candidate ideas
+(function-space features on synthetic LayerNorm inputs, the corrected merge, the existing
+allocations with closest pairs, other merges), and prints two
 smooth signals on the first 8 clips of the test split (the same clips as
 ``probe_encoder_error.py``): the relative error of the encoder output, and the teacher-forced
 cross-entropy of the reference transcripts (nats per token; the uncompressed model's first). No
@@ -25,16 +26,16 @@ from speechprune.models import load_model
 
 OPTIONS = [
     ("magnitude", dict(method="magnitude")),
-    ("G pairs producer (recommended)", dict(recipe="recommended")),
-    ("pairs producer, variance", dict(recipe="recommended", allocation="variance")),
-    ("pairs producer, cost", dict(recipe="recommended", allocation="cost")),
-    ("pairs producer, projection", dict(recipe="recommended", merge="projection")),
-    ("pairs producer, corrected", dict(recipe="recommended", merge="corrected")),
-    ("pairs function", dict(recipe="recommended", features="function")),
-    ("pairs function, corrected", dict(recipe="recommended", features="function", merge="corrected")),
-    ("pairs function, consumer-weighted", dict(recipe="recommended", features="function", weighting="consumer",
+    ("G pairs producer (pairs-2026)", dict(recipe="pairs-2026")),
+    ("pairs producer, variance", dict(recipe="pairs-2026", allocation="variance")),
+    ("pairs producer, cost", dict(recipe="pairs-2026", allocation="cost")),
+    ("pairs producer, projection", dict(recipe="pairs-2026", merge="projection")),
+    ("pairs producer, corrected", dict(recipe="pairs-2026", merge="corrected")),
+    ("pairs function", dict(recipe="pairs-2026", features="function")),
+    ("pairs function, corrected", dict(recipe="pairs-2026", features="function", merge="corrected")),
+    ("pairs function, consumer-weighted", dict(recipe="pairs-2026", features="function", weighting="consumer",
                                                merge="weighted")),
-    ("pairs normalized", dict(recipe="recommended", features="normalized")),
+    ("pairs normalized", dict(recipe="pairs-2026", features="normalized")),
 ]
 SETTINGS = [("encoder.ffn", 0.2), ("ffn", 0.1), ("encoder.ffn", 0.5)]
 
