@@ -46,15 +46,18 @@ RECIPE = "pairs-2026"
 
 def prepare(model: str, setting: str, work: Path, recipe: str = RECIPE) -> Path:
     """The speechprune folder of a case (made once: compress with ``recipe``, or dense)."""
-    from speechprune import compress, save_pruned
+    from speechprune import CompressionOptions, compress, save_pruned
     from speechprune.models import load_model
-    from speechprune.recipes import recipe_options
+    from speechprune.options import RECIPE_FIELDS
 
     folder = work / (f"{model}-{setting}" if not SETTINGS[setting] else f"{model}-{setting}-{recipe}")
     if (folder / "config.json").is_file():
-        made = json.loads((folder / "speechprune_report.json").read_text()) if SETTINGS[setting] else None
-        saved = {("merge" if k == "merge_rule" else k): v for k, v in (made or {}).items()}
-        if made is None or all(saved.get(k) == v for k, v in recipe_options(recipe).items()):
+        if not SETTINGS[setting]:
+            return folder
+        scope, sparsity = SETTINGS[setting]
+        made = CompressionOptions.from_report(json.loads((folder / "speechprune_report.json").read_text()))
+        wanted = CompressionOptions(recipe=recipe, scope=scope, sparsity=sparsity)
+        if all(getattr(made, k) == getattr(wanted, k) for k in RECIPE_FIELDS):
             return folder
         # a recipe's name can outlive its options (``recommended`` changes when a recipe search picks
         # anew): a folder pruned with other options is not this case, so it is made again

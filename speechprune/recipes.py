@@ -11,7 +11,7 @@ share of the budget follows the spread of its channels), and the refit merge (``
 each feed-forward consumer refitted by ridge least squares to the dense block on synthetic
 speech-like audio, :mod:`speechprune.refit`; no recording). The final study
 (``results/studies/recipe-final-3.json``: Whisper base, all 208 clips of ``embedded-full``, the
-three settings) scored it 37.43 (median WER averaged over the settings) against 39.03 for round 2's
+three settings) scored it 37.78 (median WER averaged over the settings) against 39.03 for round 2's
 pick, and it beats magnitude pruning with an interval that excludes 0 at encoder FFN 20% and both
 stacks' FFN 10%. At encoder FFN 50% no data-free option beats magnitude pruning (all near 100% WER).
 

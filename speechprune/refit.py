@@ -17,8 +17,8 @@ audio drawn from a formula (:func:`speechprune.calibration.synthetic_speech`: a 
 "babble" of vowels with formants from textbook vowel charts, fricative noise and pauses, with a
 fixed seed): the encoder sees it as it would see speech, and the decoder reads the model's own
 greedy transcript of it (teacher forcing on what the dense model says it hears, 48 tokens a clip).
-Everything is deterministic, so a method with the refit merge stays seed-free. The inputs of every block are captured from the
-dense model in one pass before anything is merged
+Everything is deterministic, so a method with the refit merge stays seed-free. The inputs of every
+block are captured from the dense model in one pass before anything is merged
 (:func:`speechprune.calibration.capture_inputs`, called by :func:`speechprune.compress`).
 
 Why synthetic speech and not random vectors: a block's real inputs are far from isotropic (a few

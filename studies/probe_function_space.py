@@ -4,8 +4,8 @@ the model least, before any WER is measured.
 For both embedded Whisper models and the book's three settings, prunes with the recommended
 recipe of the time, G (``--recipe pairs-2026`` since round 2 renamed it), and the candidate ideas
 (function-space features on synthetic LayerNorm inputs, the corrected merge, the existing
-allocations with closest pairs, other merges), and prints two
-smooth signals on the first 8 clips of the test split (the same clips as
+allocations with closest pairs, other merges), and prints two smooth signals on the first 8 clips
+of the test split (the same clips as
 ``probe_encoder_error.py``): the relative error of the encoder output, and the teacher-forced
 cross-entropy of the reference transcripts (nats per token; the uncompressed model's first). No
 decoding, so neither says anything about loops; they rank ideas cheaply, and the screening

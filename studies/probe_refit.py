@@ -1,9 +1,10 @@
 """A cheap diagnostic for round 3 of the recipe search: does refitting the merged feed-forward
 consumers help, and on what inputs can it be fitted without data?
 
-Whisper base at encoder FFN 20%, round 2's recipe (K, ``pairs-variance-2026``: mean merge), then each encoder
-feed-forward consumer refitted by ridge least squares (``speechprune.refit.refit_consumer``) to the
-dense block on inputs captured from the dense model run on one of:
+Whisper base at encoder FFN 20%, round 2's recipe (K, ``pairs-variance-2026``: mean merge), then
+each encoder feed-forward consumer refitted by ridge least squares
+(``speechprune.refit.refit_consumer``) to the dense block on inputs captured from the dense model
+run on one of:
 
 - ``recorded``: 8 recorded clips of ``embedded:train`` (not data-free: how far a refit can go);
 - ``white``, ``pink``: 8 clips of 5 s of white or pink noise (data-free);
