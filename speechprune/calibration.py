@@ -153,7 +153,7 @@ def capture_inputs(model: torch.nn.Module, units: list[Unit], *, n_clips: int | 
     model.eval()  # no dropout: the same inputs every time
     try:
         if whisper:
-            _whisper_pass(model, batches, recording, param)
+            _whisper_pass(model, batches, recording, param, decoder=any(u.stack == "decoder" for u in units))
         else:
             for audio in audios:  # one clip at a time: no padding to mask
                 x = torch.from_numpy((audio - audio.mean()) / (audio.std() + 1e-7))[None]
@@ -165,13 +165,16 @@ def capture_inputs(model: torch.nn.Module, units: list[Unit], *, n_clips: int | 
     return {name: rows.rows() for name, rows in store.items() if rows.parts}
 
 
-def _whisper_pass(model, batches: list, recording: dict, param: Tensor) -> None:
+def _whisper_pass(model, batches: list, recording: dict, param: Tensor, *, decoder: bool = True) -> None:
     """Encoder on the clips' log-mel features; decoder teacher-forced on the model's own transcript.
 
     ``generate`` runs the encoder once (its blocks' inputs are recorded then) and writes
     :data:`DECODER_TOKENS` tokens (end-of-text suppressed until then, so every clip gives as many
     decoder rows); its step-by-step decoder passes are not recorded. One teacher-forced pass of the
     decoder over the whole transcript, on the same encoder output, gives the decoder's rows.
+    Without decoder units (``decoder=False``: an encoder-only scope) only the encoder runs, on the
+    same features, so its rows are those of the full pass; the transcript, most of the time on a CPU
+    (about two thirds for Whisper base), is skipped.
     """
     from transformers import WhisperFeatureExtractor
 
@@ -185,6 +188,10 @@ def _whisper_pass(model, batches: list, recording: dict, param: Tensor) -> None:
         for batch in batches:
             features = extractor(batch, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[..., :frames]
             features = features.to(device=param.device, dtype=param.dtype)
+            if not decoder:
+                encoder(input_features=features)
+                kept.clear()
+                continue
             recording.update(encoder=True, decoder=False)
             with transformers_quiet():
                 ids = model.generate(features, num_beams=1, do_sample=False, max_new_tokens=tokens,

@@ -78,6 +78,25 @@ def test_the_rows_kept_do_not_depend_on_the_batch_size():
     assert few.shape[0] == 5 * (positions // 2)
 
 
+def test_an_encoder_only_scope_skips_the_transcript_and_keeps_the_same_rows(monkeypatch):
+    """Without decoder units only the encoder runs: the same rows, bit for bit, and no ``generate``."""
+    model = tiny_model("whisper")
+    units = [u for u in units_in_scope(model, "all") if refittable(u)]
+    encoder = [u for u in units if u.stack == "encoder"]
+    full = capture_inputs(model, units, n_clips=3)
+
+    def no_transcript(*args, **kwargs):
+        raise AssertionError("an encoder-only capture wrote a transcript")
+
+    monkeypatch.setattr(model, "generate", no_transcript)
+    alone = capture_inputs(model, encoder, n_clips=3)
+    assert set(alone) == {u.name for u in encoder}
+    for u in encoder:
+        assert torch.equal(alone[u.name], full[u.name]), u.name
+    with pytest.raises(AssertionError, match="transcript"):
+        capture_inputs(model, units[-1:], n_clips=1)  # a decoder unit needs the transcript
+
+
 def test_capture_keeps_at_most_the_row_limit():
     model = tiny_model("whisper")
     unit = units_in_scope(model, "encoder.ffn")[0]
