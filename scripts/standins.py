@@ -226,7 +226,11 @@ def v3_generation_config(base: dict, layers: int) -> dict:
     return config
 
 
-def write_whisper(out: Path, cache: Path, seed: int, tiny: bool) -> Path:
+#: What the Whisper stand-in takes from Whisper base (``--base``): tokenizer, generation config, spelling map.
+BASE_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "normalizer.json")
+
+
+def write_whisper(out: Path, cache: Path, seed: int, tiny: bool, base: Path | None = None) -> Path:
     from transformers import (
         GenerationConfig,
         WhisperFeatureExtractor,
@@ -238,7 +242,7 @@ def write_whisper(out: Path, cache: Path, seed: int, tiny: bool) -> Path:
 
     from speechprune.models import ensure_embedded
 
-    base = ensure_embedded("whisper-base")
+    base = ensure_embedded("whisper-base") if base is None else base
     staging = staging_dir(out, WHISPER)
     config = whisper_config(tiny)
     torch.manual_seed(seed)
@@ -405,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utterances", type=int, default=3, help="utterances per LibriSpeech subset (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--tiny", action="store_true", help="small layer counts and widths (tests)")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="a folder with Whisper base's " + ", ".join(BASE_FILES) + " (default: the embedded "
+                             "model's; for a machine without the embedded packages, e.g. a GPU server: "
+                             "copy these four files there)")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     unknown = parts - {"hubert", "whisper", "speech"}
@@ -412,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown part(s) {', '.join(sorted(unknown))}: use hubert, whisper, speech")
     if args.utterances < 1:
         parser.error("--utterances must be at least 1")
+    if args.base is not None and "whisper" in parts:
+        missing = [f for f in BASE_FILES if not (args.base / f).is_file()]
+        if missing:
+            parser.error(f"--base {args.base} lacks {', '.join(missing)}: copy them from the embedded Whisper base "
+                         "(python -c 'from speechprune.models import ensure_embedded; "
+                         "print(ensure_embedded(\"whisper-base\"))')")
     out = args.out.resolve()
     cache = out / "hub"
     cache.mkdir(parents=True, exist_ok=True)
@@ -421,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     for part, write in (("hubert", write_hubert), ("whisper", write_whisper)):
         if part in parts:
             start = time.perf_counter()
-            snapshot = write(out, cache, args.seed, args.tiny)
+            extra = {"base": args.base} if part == "whisper" else {}
+            snapshot = write(out, cache, args.seed, args.tiny, **extra)
             size = sum(p.stat().st_size for p in snapshot.iterdir())
             manifest[part] = dict(id=HUBERT if part == "hubert" else WHISPER, bytes=size,
                                   seconds=round(time.perf_counter() - start, 1))

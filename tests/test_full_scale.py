@@ -139,6 +139,60 @@ print(json.dumps(out))
 
 
 @pytest.mark.slow
+def test_the_whisper_standin_takes_its_tokenizer_from_a_carried_base_folder(tiny, tmp_path):
+    """A GPU server without the embedded packages gets Whisper base's four files carried (--base):
+    the stand-in it writes has the same tokenizer and generation config as the default's."""
+    import shutil
+
+    from speechprune.models import ensure_embedded
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from standins import BASE_FILES
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    base = tmp_path / "base"
+    base.mkdir()
+    for name in BASE_FILES:
+        shutil.copy(ensure_embedded("whisper-base") / name, base / name)
+    out = tmp_path / "standins"
+    write_standins(out, "--tiny", "--only", "whisper", "--base", str(base))
+    snapshot = lambda root: next((root / "hub" / "models--openai--whisper-large-v3" / "snapshots").iterdir())
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "normalizer.json"):
+        assert (snapshot(out) / name).read_bytes() == (snapshot(tiny) / name).read_bytes(), name
+    (base / "tokenizer.json").unlink()
+    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "other"), "--tiny", "--only", "whisper",
+                             "--base", str(base)], capture_output=True, text=True, cwd=ROOT, env=offline_env(out))
+    assert result.returncode == 2 and "lacks tokenizer.json" in result.stderr
+    assert not (tmp_path / "other").exists(), "nothing is written before the check"
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_dry_on_the_cpu_and_a_second_call_goes_on(tmp_path):
+    """scripts/gpu_full_scale.sh, the one prepared call for a lent GPU, dry on the CPU: tiny stand-ins,
+    one case; a second call (a warm machine keeps $WORK) writes no stand-ins and skips the done case."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = dict(offline_env(tmp_path), PYTHON=sys.executable, WORK=str(work), DEVICES="cpu", METHODS="magnitude",
+               MODELS="hubert-large", STANDINS_ARGS="--tiny --utterances 2 --only hubert,speech", FROM="", BUDGET="400")
+    run = lambda: subprocess.run(["bash", str(ROOT / "scripts" / "gpu_full_scale.sh"), str(out)], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=600)
+    first = run()
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    status = (out / "status.txt").read_text()
+    assert "stand-ins: exit 0" in status and "bench_full_scale --devices cpu: exit 0" in status, status
+    cases = json.loads((out / "full_scale.json").read_text())["cases"]
+    assert [(c["model"], c["method"], c["device"]) for c in cases] == [("hubert-large", "magnitude", "cpu")]
+    assert "error" not in cases[0] and cases[0]["eval_utterances"] == 2
+    page = (out / "page.md").read_text()
+    assert page.startswith("| stand-in, setting |") and "HuBERT-large, encoder FFN 50% | magnitude pruning | cpu" in page
+    second = run()
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "stand-ins" not in (out / "status.txt").read_text()
+    assert "done before, skipped" in (out / "bench.txt").read_text()
+    assert json.loads((out / "full_scale.json").read_text())["cases"] == cases
+
+
+@pytest.mark.slow
 def test_tiny_standins_refuse_what_is_not_there_in_one_line(tiny):
     code = """
 from speechprune.data import load_speech, load_training_speech
