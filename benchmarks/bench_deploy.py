@@ -39,9 +39,20 @@ MODELS = {"tiny.en": "embedded:whisper-tiny.en", "base": "embedded:whisper-base"
 #: setting -> (scope, sparsity); "dense" is the model as it comes
 SETTINGS = {"dense": None, "ffn10": ("ffn", 0.1), "encffn20": ("encoder.ffn", 0.2), "ffn50": ("ffn", 0.5)}
 BACKENDS = ("transformers:float32", "ct2:none", "ct2:int8", "onnx:none", "onnx:int8")
-#: The recipe of the saved results (``--recipe recommended`` when they ran, renamed when round 2 of the
-#: recipe search changed ``recommended``): every pruned case of one results file uses one recipe.
-RECIPE = "pairs-2026"
+#: The recipe of the saved results (``results/benchmarks/deploy.json``, whose ``options`` say what it resolved
+#: to when they ran): every pruned case of one results file uses one recipe. When a recipe search changes
+#: ``recommended``, rename the saved results' recipe to the name the old options keep (as ``pairs-2026``).
+RECIPE = "recommended"
+
+
+def recipe_options(recipe: str) -> dict:
+    """What ``recipe`` resolves to today, {option: value}: saved with the results, since a recipe's name
+    (``recommended``) can outlive its options."""
+    from speechprune import CompressionOptions
+    from speechprune.options import RECIPE_FIELDS
+
+    resolved = CompressionOptions(recipe=recipe)
+    return {k: getattr(resolved, k) for k in RECIPE_FIELDS}
 
 
 def prepare(model: str, setting: str, work: Path, recipe: str = RECIPE) -> Path:
@@ -284,7 +295,8 @@ def readme_block(results: dict, model: str = "base") -> str:
         f"`transformers` model: size of the weight files, seconds per utterance at batch 1 (median over "
         f"{results.get('speed_clips')} clips, on 1 thread: {_one_thread_words(results)}), greedy WER on the first "
         f"{results.get('max_samples') or 'all'} embedded clips; one run on {results['machine']['cpus']} CPU cores. "
-        "The 2-thread and batch-8 timings, taken on the same busy machine, are in the book's full table. At "
+        f"The 2-thread and batch-8 timings, taken {'on the same busy machine' if F == 'seconds_per_utt_1t' else 'in the same run'}, "
+        "are in the book's full table. At "
         "ffn50 (half of every feed-forward channel) the pruned model loops (WER above 100%), so it decodes more "
         "tokens and runs slower.",
         "", *rows, "", *[f"- {line}" for line in picks], ""])
@@ -339,7 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     if results["cases"] and results.get("recipe", RECIPE) != args.recipe:
         parser.error(f"{args.out} holds cases pruned with --recipe {results.get('recipe', RECIPE)}: "
                      f"give --recipe {args.recipe} another --out")
-    results["recipe"] = args.recipe
+    options = recipe_options(args.recipe)
+    if results["cases"] and results.get("options", options) != options:
+        parser.error(f"{args.out} holds cases pruned with --recipe {args.recipe} as it was then ({results['options']}), "
+                     f"not as it is now ({options}): give another --out")
+    results.update(recipe=args.recipe, options=options)
     if args.note:
         results["note"] = args.note
     if not args.speed_only:

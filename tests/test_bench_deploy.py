@@ -38,3 +38,23 @@ def test_a_folder_pruned_with_the_recipes_old_options_is_pruned_again(tmp_path, 
     assert prepare("base", "encffn20", tmp_path / "b", "recommended") == stale
     assert calls[0] == ("compress", dict(sparsity=0.2, scope="encoder.ffn", recipe="recommended", progress=False))
     assert calls[1] == ("save", stale, True)
+
+
+def test_saved_results_of_a_recipe_whose_options_changed_are_not_extended(tmp_path, capsys):
+    """A results file records what its recipe resolved to; a run that would add cases pruned with the
+    name's newer options stops (exit 2, one line) and leaves the file as it was."""
+    import pytest
+
+    main = runpy.run_path(str(ROOT / "benchmarks" / "bench_deploy.py"))["main"]
+    out = tmp_path / "deploy.json"
+    saved = dict(recipe="recommended", cases={"base/dense/transformers/float32": {}},
+                 options=dict(method="pairs", features="producer", allocation="variance", merge="mean",
+                              weighting="none"))  # `recommended` in speechprune 0.4
+    out.write_text(json.dumps(saved))
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", str(out), "--models", "base", "--settings", "dense", "--work", str(tmp_path / "work")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "as it was then" in err and "'merge': 'mean'" in err and "'merge': 'refit'" in err
+    assert json.loads(out.read_text()) == saved
+    assert not (tmp_path / "work").exists()
