@@ -41,14 +41,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export SPEECHPRUNE_GPU_OUT="$OUT"
 : > "$OUT/status.txt"
 
-step() {  # step NAME LIMIT OUTFILE COMMAND...
-    local name=$1 limit=$2 file=$3
-    shift 3
-    local start=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$file" 2>&1
-    local rc=$?
-    echo "$name: exit $rc after $((SECONDS - start)) s (limit $limit s) -> $file" | tee -a "$OUT/status.txt"
-}
+# shellcheck source=scripts/steps.sh
+. "$(dirname "$0")/steps.sh"  # step NAME LIMIT LOGFILE COMMAND...
 
 {
     nvidia-smi || true

@@ -34,15 +34,8 @@ START=$SECONDS
 
 mkdir -p "$OUT" "$WORK"
 : > "$OUT/status.txt"
-step() {  # step NAME LIMIT LOGFILE COMMAND...
-    local name=$1 limit=$2 file=$3
-    shift 3
-    local start=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$file" 2>&1
-    local rc=$?
-    echo "$name: exit $rc after $((SECONDS - start)) s (limit $limit s) -> $file" | tee -a "$OUT/status.txt"
-    return $rc
-}
+# shellcheck source=scripts/steps.sh
+. "$(dirname "$0")/steps.sh"  # step NAME LIMIT LOGFILE COMMAND...
 left() { echo $((BUDGET - (SECONDS - START) - 15)); }
 
 {

@@ -21,8 +21,9 @@ import time
 import torch
 
 from speechprune.compress import compress
-from speechprune.data import load_speech
 from speechprune.models import load_model
+
+from probe_common import teacher_forced_probe
 
 OPTIONS = [
     ("magnitude", dict(method="magnitude")),
@@ -42,23 +43,9 @@ SETTINGS = [("encoder.ffn", 0.2), ("ffn", 0.1), ("encoder.ffn", 0.5)]
 
 def main(models=("embedded:whisper-tiny.en", "embedded:whisper-base")) -> None:
     torch.set_num_threads(1)
-    speech = load_speech("embedded", max_samples=8)
     for name in models:
         model, processor = load_model(name)
-        feats = processor.feature_extractor([u.audio for u in speech.utterances], sampling_rate=16000,
-                                            return_tensors="pt").input_features
-        if processor.tokenizer.pad_token is None:
-            processor.tokenizer.pad_token = processor.tokenizer.eos_token
-        tok = processor.tokenizer([u.text for u in speech.utterances], return_tensors="pt", padding=True)
-        ids, mask = tok.input_ids, tok.attention_mask  # <|startoftranscript|> ... <|endoftext|>
-        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-
-        @torch.no_grad()
-        def probe(m):
-            enc = m.model.encoder(feats).last_hidden_state
-            logits = m(encoder_outputs=(enc,), decoder_input_ids=ids[:, :-1]).logits
-            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
-            return enc, float(loss)
+        probe = teacher_forced_probe(processor)  # the first 8 test clips
 
         reference, dense_loss = probe(model)
         print(f"{name}: uncompressed cross-entropy {dense_loss:.3f}", flush=True)

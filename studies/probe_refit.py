@@ -31,6 +31,8 @@ from speechprune.calibration import capture_inputs, synthetic_speech
 from speechprune.refit import dense_output, refit_consumer
 from speechprune.structure import units_in_scope
 
+from probe_common import teacher_forced_probe
+
 SCOPE, SPARSITY = "encoder.ffn", 0.2
 RIDGES = (0.01, 0.1, 1.0, 10.0)
 
@@ -52,20 +54,7 @@ def noise(kind: str, n: int = 8, seconds: float = 5.0, seed: int = 0) -> list[np
 def main(name: str = "embedded:whisper-base") -> None:
     torch.set_num_threads(2)
     model, processor = load_model(name)
-    speech = load_speech("embedded", max_samples=8)
-    feats = processor.feature_extractor([u.audio for u in speech.utterances], sampling_rate=16000,
-                                        return_tensors="pt").input_features
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    tok = processor.tokenizer([u.text for u in speech.utterances], return_tensors="pt", padding=True)
-    ids, mask = tok.input_ids, tok.attention_mask
-    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-
-    @torch.no_grad()
-    def probe(m):
-        enc = m.model.encoder(feats).last_hidden_state
-        logits = m(encoder_outputs=(enc,), decoder_input_ids=ids[:, :-1]).logits
-        return enc, float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100))
+    probe = teacher_forced_probe(processor)  # the first 8 test clips
 
     reference, dense_loss = probe(model)
     print(f"{name}: uncompressed cross-entropy {dense_loss:.3f}", flush=True)
