@@ -25,7 +25,7 @@ what is missing); a rerun with other settings into the same file is refused. The
 comparisons (paired over the same utterances, ``speechprune.stats``) are printed with
 ``--report`` and shown in chapter 3.
 
-    python studies/finetune_curve.py                      # the saved curve: magnitude and pairs-2026
+    python studies/finetune_curve.py --methods magnitude,pairs-2026,recommended   # the saved curve
     python studies/finetune_curve.py --methods magnitude,pairs-2026,recommended,paper
     python studies/finetune_curve.py --report             # the curve and each step's comparison
 """
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import sys
 import time
@@ -113,6 +114,12 @@ def _check_same_run(saved: dict, header: dict, out: Path) -> None:
         raise SystemExit(f"{out} holds a curve with other settings ({', '.join(keys)}): give another --out")
 
 
+def _host_note() -> str:
+    """Where a method's run trained, for its training times: the cores and the load when it started."""
+    return (f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} when this method's run started "
+            f"({datetime.now(timezone.utc):%Y-%m-%d})")
+
+
 def run(methods: list[str], steps: list[int], max_steps: int, out: Path, *, max_samples: int | None = None,
         train_samples: int | None = None, work: Path = WORK, training: dict | None = None) -> dict:
     training = training or TRAINING
@@ -127,8 +134,8 @@ def run(methods: list[str], steps: list[int], max_steps: int, out: Path, *, max_
         model=MODEL, train=train.provenance, test=test.provenance, disjoint_by=check_overlap(train, test),
         scope=SCOPE, sparsity=SPARSITY, allocation="uniform",
         # what a recipe name meant when each method first ran (kept from the saved file)
-        methods={**{m: dict(METHODS[m], resolved=resolve(METHODS[m].get("recipe"), method=METHODS[m].get("method")))
-                    for m in methods}, **saved.get("methods", {})},
+        methods={**{m: dict(METHODS[m], resolved=resolve(METHODS[m].get("recipe"), method=METHODS[m].get("method")),
+                            host_note=_host_note()) for m in methods}, **saved.get("methods", {})},
         training=dict(training, max_steps=max_steps, scheduler="linear decay to 0 at max_steps",
                       optimizer="AdamW (Trainer default)", precision="fp32",
                       snapshot_steps=sorted({*saved.get("training", {}).get("snapshot_steps", []), *steps})),

@@ -17,7 +17,7 @@ from speechprune.stats import paired_difference, sentence, undecided_reason
 from speechprune.study.tables import saved_study_path
 
 CURVE = "finetune-curve-encoder-ffn50"
-#: The curve's methods (``studies/finetune_curve.py``): the saved one is magnitude against pairs-2026.
+#: The curve's methods (``studies/finetune_curve.py``): the saved one has magnitude, pairs-2026 and recommended.
 LABELS = {"pairs-2026": "closest pairs (uniform allocation)",
           "pairs-variance-2026": "closest pairs (variance allocation)",
           "recommended": "closest pairs (variance allocation, refit merge)",
@@ -86,13 +86,19 @@ def curve_sentences(saved: dict | None, a: str = "pairs-2026", b: str = "magnitu
         answer = (f"{LABELS.get(a, a)} is lower than {LABELS.get(b, b)} with an interval that excludes 0 first "
                   f"after {win['step']} steps ({win['step'] * t['batch_size']} training utterances seen; "
                   f"{win['train_seconds'] / 60:.1f} min of training, measured on "
-                  f"{saved.get('host', {}).get('note', 'the CPU it ran on')})")
+                  f"{host_note(saved, a)})")
     elif complete:
         answer = (f"within the {t['max_steps']} steps measured, {LABELS.get(a, a)} is never lower than "
                   f"{LABELS.get(b, b)} with an interval that excludes 0")
     else:
         answer = "the curve is not complete yet: no step so far shows a decided win"
     return dict(status=status, steps=steps, answer=answer)
+
+
+def host_note(saved: dict, method: str) -> str:
+    """Where ``method``'s fine-tuning ran: its own note when it was added to the file later, else the file's."""
+    return (saved.get("methods", {}).get(method, {}).get("host_note")
+            or saved.get("host", {}).get("note", "the CPU it ran on"))
 
 
 def plot_curve(saved: dict, title: str = ""):
