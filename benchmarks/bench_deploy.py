@@ -45,30 +45,19 @@ BACKENDS = ("transformers:float32", "ct2:none", "ct2:int8", "onnx:none", "onnx:i
 RECIPE = "recommended"
 
 
-def recipe_options(recipe: str) -> dict:
-    """What ``recipe`` resolves to today, {option: value}: saved with the results, since a recipe's name
-    (``recommended``) can outlive its options."""
-    from speechprune import CompressionOptions
-    from speechprune.options import RECIPE_FIELDS
-
-    resolved = CompressionOptions(recipe=recipe)
-    return {k: getattr(resolved, k) for k in RECIPE_FIELDS}
-
-
 def prepare(model: str, setting: str, work: Path, recipe: str = RECIPE) -> Path:
     """The speechprune folder of a case (made once: compress with ``recipe``, or dense)."""
     from speechprune import CompressionOptions, compress, save_pruned
     from speechprune.models import load_model
     from speechprune.options import RECIPE_FIELDS
+    from speechprune.recipes import recipe_options
 
     folder = work / (f"{model}-{setting}" if not SETTINGS[setting] else f"{model}-{setting}-{recipe}")
     if (folder / "config.json").is_file():
         if not SETTINGS[setting]:
             return folder
-        scope, sparsity = SETTINGS[setting]
         made = CompressionOptions.from_report(json.loads((folder / "speechprune_report.json").read_text()))
-        wanted = CompressionOptions(recipe=recipe, scope=scope, sparsity=sparsity)
-        if all(getattr(made, k) == getattr(wanted, k) for k in RECIPE_FIELDS):
+        if {k: getattr(made, k) for k in RECIPE_FIELDS} == recipe_options(recipe):
             return folder
         # a recipe's name can outlive its options (``recommended`` changes when a recipe search picks
         # anew): a folder pruned with other options is not this case, so it is made again
@@ -347,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         print(recommendation(results))
         return 0
     from speechprune.export import export
+    from speechprune.recipes import recipe_options  # what the recipe resolves to today, saved with the results
 
     if results["cases"] and results.get("recipe", RECIPE) != args.recipe:
         parser.error(f"{args.out} holds cases pruned with --recipe {results.get('recipe', RECIPE)}: "

@@ -37,7 +37,6 @@ FINAL = "recipe-final"
 MODEL = "embedded:whisper-base"
 FINAL_DATA = {FINAL: "embedded-full", f"{FINAL}-heldout": "embedded:train"}
 INCUMBENT = INCUMBENT_OPTION  # the recommended recipe that round 1 picked: round 2's incumbent
-ROUND_2_PICK = ROUND_2_OPTION  # what round 2 picked: round 3's incumbent
 #: Each round of the rule: its screening and final studies, the options carried into the final study
 #: besides the kept ones, the options the screening may not keep, and the incumbent a pick must beat.
 ROUNDS = {
@@ -46,8 +45,8 @@ ROUNDS = {
     2: dict(screen="screen-recipes-2", final="recipe-final-2", carried=[PAPER, INCUMBENT],
             exclude=SCREENING_EXCLUDES["screen-recipes-2"], incumbent=INCUMBENT, fallback=INCUMBENT),
     # round 3 has one candidate and no screening: its final studies were written with the rule
-    3: dict(screen=None, final="recipe-final-3", carried=[PAPER, ROUND_2_PICK], exclude=(),
-            incumbent=ROUND_2_PICK, fallback=ROUND_2_PICK),
+    3: dict(screen=None, final="recipe-final-3", carried=[PAPER, ROUND_2_OPTION], exclude=(),
+            incumbent=ROUND_2_OPTION, fallback=ROUND_2_OPTION),
 }
 
 
