@@ -5,6 +5,7 @@
     python scripts/select_recipe.py final --round 2   # the same for round 2 (issue 20; studies/README.md)
     python scripts/select_recipe.py pick --round 2
     python scripts/select_recipe.py pick --round 3   # round 3 (the refit merge): one candidate, no screening
+    python scripts/select_recipe.py pick --round 4   # round 4 (the obs method): one candidate, no screening
 
 ``final`` reads ``results/studies/screen-recipes.json``, keeps the two options with the lowest
 screening score (``speechprune.study.select_options``) and writes two study files: the kept
@@ -30,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from speechprune.study import PAPER_OPTION as PAPER  # noqa: E402  the paper's recipe, as the screening labels it
 from speechprune.study import dump_study  # noqa: E402
-from speechprune.study.selection import INCUMBENT_OPTION, ROUND_2_OPTION, SCREENING_EXCLUDES  # noqa: E402
+from speechprune.study.selection import (INCUMBENT_OPTION, ROUND_2_OPTION, ROUND_3_OPTION,  # noqa: E402
+                                         SCREENING_EXCLUDES)
 
 SCREEN = "screen-recipes"
 FINAL = "recipe-final"
@@ -47,6 +49,9 @@ ROUNDS = {
     # round 3 has one candidate and no screening: its final studies were written with the rule
     3: dict(screen=None, final="recipe-final-3", carried=[PAPER, ROUND_2_OPTION], exclude=(),
             incumbent=ROUND_2_OPTION, fallback=ROUND_2_OPTION),
+    # round 4 (the obs method) likewise: one candidate, O, against round 3's pick R
+    4: dict(screen=None, final="recipe-final-4", carried=[PAPER, ROUND_2_OPTION, ROUND_3_OPTION], exclude=(),
+            incumbent=ROUND_3_OPTION, fallback=ROUND_3_OPTION),
 }
 
 

@@ -301,22 +301,27 @@ def compress(
     def cost_fn(unit, k):
         return assign_cluster(unit, k, **{**_kmeans_knobs(options, max_iter, n_init), "max_iter": min(max_iter, 20)}).cost
 
-    with out_of_memory_as_error(f"allocating and assigning the channels of {len(units)} units with {chosen.name!r} "
-                                "(the model is unchanged)", "lower the k-means batch (speechprune.kmeans."
-                                "MAX_BATCH_ELEMENTS, default 2**29 elements), or compress on the CPU "
-                                "(--device cpu, DEVICE = 'cpu' in the chapters)"):
+    with out_of_memory_as_error(f"allocating the channels of {len(units)} units (the model is unchanged)",
+                                "lower the k-means batch (speechprune.kmeans.MAX_BATCH_ELEMENTS, default 2**29 "
+                                "elements), or compress on the CPU (--device cpu, DEVICE = 'cpu' in the chapters)"):
         if keep is None:  # the cost allocation runs k-means too
             keep = allocate(units, sparsity, options.allocation, cost_fn=cost_fn,
                             progress=(lambda name: bar.set_postfix_str(f"allocating: {name}")) if progress else None)
-        # every assignment first, so that a failing or invalid method leaves the model untouched
-        assignments = _assignments(units, keep, chosen, method_kwargs, bar)
     inputs = {}
-    if options.merge == "refit":  # every unit's inputs on synthetic speech, from the dense model
-        bar.set_postfix_str("refit: the dense model on synthetic speech")
-        with out_of_memory_as_error("running the dense model on synthetic speech for the refit merge (the model is "
+    if options.merge == "refit" or chosen.calibrated:  # every unit's inputs on synthetic speech, from the dense model
+        why = "the refit merge" if options.merge == "refit" else f"the {chosen.name!r} method"
+        bar.set_postfix_str("calibration: the dense model on synthetic speech")
+        with out_of_memory_as_error(f"running the dense model on synthetic speech for {why} (the model is "
                                     "unchanged)", "lower speechprune.calibration.CALIBRATION_BATCH['cuda'] (clips "
                                     "per pass, default 8) or CALIBRATION_ROWS, or compress on the CPU"):
             inputs = capture_inputs(model, [u for u in units if refittable(u)])
+    with out_of_memory_as_error(f"assigning the channels of {len(units)} units with {chosen.name!r} "
+                                "(the model is unchanged)", "lower the k-means batch (speechprune.kmeans."
+                                "MAX_BATCH_ELEMENTS, default 2**29 elements), or compress on the CPU "
+                                "(--device cpu, DEVICE = 'cpu' in the chapters)"):
+        # every assignment first, so that a failing or invalid method leaves the model untouched
+        assignments = _assignments(units, keep, chosen, method_kwargs, bar,
+                                   inputs=inputs if chosen.calibrated else None)
     reports = []
     for unit, (a, seconds) in zip(units, assignments):
         bar.set_postfix_str(f"merging: {unit.name}")
@@ -337,10 +342,21 @@ def compress(
     return report
 
 
-def _assignments(units: list[Unit], keep: dict[str, int], chosen, method_kwargs: dict, bar) -> list[tuple]:
-    """Every unit's checked assignment and its seconds (the batched form when the method has one)."""
+def _assignments(units: list[Unit], keep: dict[str, int], chosen, method_kwargs: dict, bar,
+                 inputs: dict | None = None) -> list[tuple]:
+    """Every unit's checked assignment and its seconds (the batched form when the method has one).
+
+    ``inputs`` ({unit name: its inputs on synthetic speech}) go to a calibrated method, one unit at a time.
+    """
     assignments = []
-    if chosen.batched is not None and len(units) > 1:  # e.g. k-means: on a GPU, same-shaped layers seeded together
+    if inputs is not None:
+        for unit in units:
+            bar.set_postfix_str(f"assigning: {unit.name}")
+            t0 = time.perf_counter()
+            a = assign(unit, keep[unit.name], chosen, **method_kwargs, inputs=inputs.get(unit.name))
+            assignments.append((a, time.perf_counter() - t0))
+            bar.update(1)
+    elif chosen.batched is not None and len(units) > 1:  # e.g. k-means: on a GPU, same-shaped layers seeded together
         bar.set_postfix_str(f"assigning {len(units)} units together")
         t0 = time.perf_counter()
         try:

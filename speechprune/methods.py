@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 
 from speechprune.errors import SpeechPruneError
+from speechprune.obs import assign_obs
 from speechprune.prune import Assignment, assign_cluster, assign_magnitude, assign_pairs, channel_features, cluster_many
 from speechprune.structure import Unit
 
@@ -105,6 +106,13 @@ class Method:
             object.__setattr__(self, "reads", frozenset(self.reads))
 
     @property
+    def calibrated(self) -> bool:
+        """Whether it reads each unit's inputs on synthetic speech: its signature names ``inputs``
+        (:func:`speechprune.compress` then records them before assigning, as for the refit merge)."""
+        names = _signature_names(self.fn)
+        return names is not None and "inputs" in names
+
+    @property
     def takes_seed(self) -> bool:
         """Whether the seed changes the result (k-means); a seed-free method records "no seed"."""
         return "seed" in self.reads
@@ -135,13 +143,13 @@ class Method:
             raise SpeechPruneError(
                 f"method {self.name!r} failed on {unit.name}: {type(err).__name__}: {err}"
             ) from err
-        cost = None
+        cost = ridge = None
         if isinstance(out, Assignment):
             if out.k != k:
                 raise SpeechPruneError(f"method {self.name!r} returned k={out.k} for {unit.name}, asked for {k}")
-            out, cost = out.labels, out.cost
+            out, cost, ridge = out.labels, out.cost, out.ridge
         labels = check_labels(out, unit, k, self.name)
-        return Assignment(labels, k, float(cost) if cost is not None else assignment_cost(unit, labels, k))
+        return Assignment(labels, k, float(cost) if cost is not None else assignment_cost(unit, labels, k), ridge)
 
 
 def check_labels(labels: Any, unit: Unit, k: int, name: str = "method") -> torch.Tensor:
@@ -201,7 +209,7 @@ def _magnitude(unit: Unit, k: int) -> Assignment:
 
 
 _REGISTRY: dict[str, Method] = {}
-_BUILTINS = ("cluster", "magnitude", "pairs")
+_BUILTINS = ("cluster", "magnitude", "pairs", "obs")
 _entry_points_loaded = False
 #: entry point name -> why it could not be loaded, from the last :func:`load_entry_points`
 entry_point_errors: dict[str, str] = {}
@@ -388,3 +396,6 @@ register_method("magnitude", _magnitude, reads=(), fixed={"features": "producer"
 register_method("pairs", assign_pairs,  # from its signature: features, weighting, merge; no seed
                 description="closest-pairs-first merging (the nearest channels merged until the budget is met; "
                             "no seed)")
+register_method("obs", assign_obs,  # from its signature: features (attention units), merge; calibrated; no seed
+                description="structured optimal-brain-surgeon pruning (feed-forward channels removed greedily by the "
+                            "output error the refit cannot recover, on synthetic speech; no seed)")

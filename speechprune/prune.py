@@ -42,12 +42,15 @@ class Assignment:
     ``labels[i]`` is the new channel (``0..k-1``) of old channel ``i``, or -1 if it is
     dropped; every new channel has at least one member. A method registered with
     :func:`speechprune.register_method` may return one instead of bare labels to report its
-    own ``cost``.
+    own ``cost``, and ``ridge``: the strength of the ``refit`` merge's pull toward the merged
+    consumer that its cost assumed (``obs`` costs a removal as re-solved with its damping);
+    None leaves the refit's :data:`speechprune.refit.RIDGE`.
     """
 
     labels: torch.Tensor  # LongTensor [n]: new channel of each old one, -1 if dropped
     k: int
     cost: float  # clustering inertia, or the squared norm magnitude pruning throws away
+    ridge: float | None = None  # the refit merge's ridge this assignment was costed with (None: RIDGE)
 
 
 FEATURES = ("both", "producer", "normalized", "function")
@@ -256,7 +259,7 @@ def merge(unit: Unit, assignment: Assignment, rule: str = "mean", *, inputs: tor
                                    "(speechprune.refit.capture_inputs); speechprune.compress captures them")
         target = dense_output(unit, inputs)
         merge(unit, assignment, "mean")
-        refit_consumer(unit, inputs, target)
+        refit_consumer(unit, inputs, target, **({} if assignment.ridge is None else {"ridge": assignment.ridge}))
         return
     correct = rule == "corrected" and unit.kind == "ffn" and unit.consumer.bias is not None
     if correct:
