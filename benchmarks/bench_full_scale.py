@@ -5,9 +5,10 @@
 
 For each stand-in (``facebook/hubert-large-ls960-ft``, ``openai/whisper-large-v3``, loaded by
 their unchanged ids from the stand-ins' offline hub cache), each method (``--recipe paper``:
-k-means on the paper's features; ``--recipe recommended``: closest pairs first on producer
-features with the variance allocation and the refit merge, whose calibration runs the dense model
-on 16 synthetic clips; ``--recipe pairs-variance-2026``: the same with the mean merge;
+k-means on the paper's features; ``--recipe recommended``: the obs method (structured brain
+surgeon on synthetic speech) with the variance allocation and the refit merge, whose calibration
+runs the dense model on 16 synthetic clips; ``--recipe pairs-refit-2026``: closest pairs first on
+producer features instead of obs; ``--recipe pairs-variance-2026``: that with the mean merge;
 ``--recipe pairs-2026``: closest pairs with the uniform allocation; magnitude pruning; each
 record keeps the options the method resolved to) at the paper's settings (HuBERT-large: encoder
 feed-forward 50%; Whisper-large-v3: both stacks' feed-forward 10%), on each device:
@@ -48,6 +49,7 @@ MODELS = {
                              setting="both stacks' feed-forward 10% (the paper's Whisper-large-v3 setting)"),
 }
 METHODS = {"paper": dict(recipe="paper"), "recommended": dict(recipe="recommended"),
+           "pairs-refit-2026": dict(recipe="pairs-refit-2026"),
            "pairs-variance-2026": dict(recipe="pairs-variance-2026"), "pairs-2026": dict(recipe="pairs-2026"),
            "magnitude": dict(method="magnitude")}
 T4_BYTES = 15 * 2**30
@@ -165,7 +167,8 @@ def save_results(path: Path, results: dict) -> None:
 
 PAGE_MODELS = {"hubert-large": "HuBERT-large, encoder FFN 50%", "whisper-large-v3": "Whisper-large-v3, both stacks' FFN 10%"}
 PAGE_METHODS = {"paper": "`--recipe paper` (k-means)",
-                "recommended": "`--recipe recommended` (closest pairs, variance allocation, refit merge)",
+                "recommended": "`--recipe recommended` (obs, variance allocation, refit merge)",
+                "pairs-refit-2026": "`--recipe pairs-refit-2026` (closest pairs, variance allocation, refit merge)",
                 "pairs-variance-2026": "`--recipe pairs-variance-2026` (closest pairs, variance allocation)",
                 "pairs-2026": "`--recipe pairs-2026` (closest pairs, uniform allocation)",
                 "magnitude": "magnitude pruning"}

@@ -230,7 +230,7 @@ def compress(
         How a new channel's producer combines its members' (see :func:`speechprune.prune.merge`);
         ``refit`` also refits each feed-forward consumer on synthetic speech (:mod:`speechprune.refit`).
         (Its old name ``merge_rule`` works for one more release, with a warning.)
-    recipe : {"paper", "recommended", "pairs-variance-2026", "pairs-2026"}, optional
+    recipe : {"paper", "recommended", "pairs-refit-2026", "pairs-variance-2026", "pairs-2026"}, optional
         A named set of the clustering options (:mod:`speechprune.recipes`, default ``paper``:
         ``cluster``, ``both``, ``uniform``, ``mean``, ``none``); every option given explicitly
         overrides it.

@@ -7,8 +7,9 @@ budget is fine-tuning (3 epochs of LibriSpeech on HuBERT-large). This is its emb
 * Whisper base (``embedded:whisper-base``), encoder FFN 50%, uniform allocation;
 * each method prunes the same dense model: magnitude pruning, ``pairs-2026`` (closest pairs first,
   uniform allocation, seed-free: the recommended recipe when the curve was measured) and, with
-  ``--methods``, the recommended recipe (closest pairs first, variance allocation, refit merge),
-  ``pairs-variance-2026`` (the same with the mean merge) or the paper's recipe (k-means seed 0);
+  ``--methods``, the recommended recipe (obs, variance allocation, refit merge),
+  ``pairs-refit-2026`` (closest pairs first instead of obs), ``pairs-variance-2026`` (that with the
+  mean merge) or the paper's recipe (k-means seed 0);
 * each pruned model is fine-tuned once for ``--max-steps`` steps (40) on ``embedded:train`` (the
   144 clips held out of every recipe choice; disjoint from the test clips), AdamW, learning rate
   1e-4, 10 warm-up steps, then linear decay to 0 at the last step, batch 8, seed 0, the decoder only
@@ -63,6 +64,7 @@ METHODS = {  # label -> compress options
     "magnitude": dict(method="magnitude"),
     "pairs-2026": dict(recipe="pairs-2026"),
     "pairs-variance-2026": dict(recipe="pairs-variance-2026"),
+    "pairs-refit-2026": dict(recipe="pairs-refit-2026"),
     "recommended": dict(recipe="recommended"),
     "paper": dict(recipe="paper", seed=0),
 }

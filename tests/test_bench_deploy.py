@@ -12,17 +12,18 @@ import speechprune.models
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _folder(work: Path, merge_rule: str) -> Path:
-    folder = work / "base-encffn20-recommended"
+def _folder(work: Path, merge_rule: str, recipe: str = "recommended", method: str = "pairs") -> Path:
+    folder = work / f"base-encffn20-{recipe}"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    report = dict(method="pairs", features="producer", allocation="variance", merge_rule=merge_rule, weighting="none")
+    report = dict(method=method, features="producer", allocation="variance", merge_rule=merge_rule, weighting="none")
     (folder / "speechprune_report.json").write_text(json.dumps(report))
     return folder
 
 
 def test_a_folder_pruned_with_the_recipes_old_options_is_pruned_again(tmp_path, monkeypatch):
-    """`recommended` changed its merge in round 3: a folder made under that name before is not this case."""
+    """`recommended` changed its merge in round 3 and its method in round 4: a folder made under that name
+    before is not this case; one made with the name's present options is."""
     prepare = runpy.run_path(str(ROOT / "benchmarks" / "bench_deploy.py"))["prepare"]
     calls = []
     monkeypatch.setattr(speechprune.models, "load_model", lambda name: ("model", "processor"))
@@ -30,14 +31,18 @@ def test_a_folder_pruned_with_the_recipes_old_options_is_pruned_again(tmp_path, 
     monkeypatch.setattr(speechprune, "save_pruned",
                         lambda model, folder, **kw: calls.append(("save", Path(folder), kw["overwrite"])))
 
-    same = _folder(tmp_path / "a", merge_rule="refit")  # the recipe's present options
-    assert prepare("base", "encffn20", tmp_path / "a", "recommended") == same
+    same = _folder(tmp_path / "a", merge_rule="refit", recipe="pairs-refit-2026")  # that recipe's options
+    assert prepare("base", "encffn20", tmp_path / "a", "pairs-refit-2026") == same
+    today = _folder(tmp_path / "o", merge_rule="refit", method="obs")  # `recommended` since round 4
+    assert prepare("base", "encffn20", tmp_path / "o", "recommended") == today
     assert calls == [], "made with the same options: reused"
 
-    stale = _folder(tmp_path / "b", merge_rule="mean")  # what `recommended` meant in speechprune 0.4
-    assert prepare("base", "encffn20", tmp_path / "b", "recommended") == stale
-    assert calls[0] == ("compress", dict(sparsity=0.2, scope="encoder.ffn", recipe="recommended", progress=False))
-    assert calls[1] == ("save", stale, True)
+    for old, merge_rule in (("c", "mean"), ("d", "refit")):  # `recommended` in speechprune 0.4, and after round 3
+        stale = _folder(tmp_path / old, merge_rule=merge_rule)
+        assert prepare("base", "encffn20", tmp_path / old, "recommended") == stale
+        assert calls[-2] == ("compress", dict(sparsity=0.2, scope="encoder.ffn", recipe="recommended", progress=False))
+        assert calls[-1] == ("save", stale, True)
+    assert len(calls) == 4
 
 
 def test_saved_results_of_a_recipe_whose_options_changed_are_not_extended(tmp_path, capsys):

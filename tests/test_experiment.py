@@ -43,7 +43,7 @@ def test_the_main_job_shows_the_paper_the_recommendation_and_the_baseline(tmp_pa
     result = json.loads((out / "results.json").read_text())
     roles = [(r["role"], r["label"], r["seed"]) for r in result["records"]]
     assert roles == [("dense", "dense", None), ("paper", "cluster (paper)", 0), ("paper", "cluster (paper)", 1),
-                     ("recommended", "pairs (recommended)", None), ("magnitude", "magnitude", None)]
+                     ("recommended", "obs (recommended)", None), ("magnitude", "magnitude", None)]
     features = [(r["compression"] or {}).get("features") for r in result["records"]]
     assert features == [None, "both", "both", "producer", "producer"]
     assert len(result["sentences"]) == 3 and "magnitude pruning" in result["sentences"][0]
@@ -60,8 +60,9 @@ def test_recipe_sets_compress_options_and_explicit_options_override(tiny_whisper
     from speechprune.compress import compress
     from speechprune.recipes import RECIPES, recipe_options, resolve
 
-    assert RECIPES == ("paper", "recommended", "pairs-variance-2026", "pairs-2026")
-    assert recipe_options("recommended") == dict(recipe_options("pairs-variance-2026"), merge="refit")
+    assert RECIPES == ("paper", "recommended", "pairs-refit-2026", "pairs-variance-2026", "pairs-2026")
+    assert recipe_options("recommended") == dict(recipe_options("pairs-refit-2026"), method="obs")
+    assert recipe_options("pairs-refit-2026") == dict(recipe_options("pairs-variance-2026"), merge="refit")
     assert recipe_options("pairs-2026") == dict(method="pairs", features="producer", allocation="uniform",
                                                 merge="mean", weighting="none")
     assert recipe_options("paper") == dict(method="cluster", features="both", allocation="uniform", merge="mean",

@@ -160,8 +160,8 @@ def test_compress_with_the_refit_merge_shrinks_records_and_is_deterministic(fami
     model = tiny_model(family)
     again = copy.deepcopy(model)
     plain = copy.deepcopy(model)
-    report = compress(model, recipe="recommended", sparsity=0.25, scope="ffn", progress=False)
-    assert (report.method, report.merge, report.seed) == ("pairs", "refit", None), "the recommended recipe refits"
+    report = compress(model, recipe="pairs-refit-2026", sparsity=0.25, scope="ffn", progress=False)
+    assert (report.method, report.merge, report.seed) == ("pairs", "refit", None), "round 3's recipe refits"
     assert report.options.label() != compress(plain, recipe="pairs-variance-2026", sparsity=0.25, scope="ffn",
                                               progress=False).options.label()
     compress(again, recipe="pairs-variance-2026", merge="refit", sparsity=0.25, scope="ffn", progress=False)

@@ -246,7 +246,10 @@ def test_cli_dry_run_lists_runs(tmp_path, capsys):
 
     method = resolve("recommended")["method"]
     assert f"{method} (recommended)" in out and "magnitude" in out
-    assert ("3 runs" if method == "pairs" else "4 runs") in out  # closest pairs has no seed: one run
+    from speechprune.methods import get_method
+
+    seeded = get_method(method).takes_seed  # closest pairs and obs have no seed: one run
+    assert ("4 runs" if seeded else "3 runs") in out
     path.write_text('name = "s"\nmodel = ["m"]\n')
     assert main(["study", str(path)]) == 2
     assert "unknown key 'model'" in capsys.readouterr().err
@@ -650,30 +653,31 @@ def test_target_sentences_list_options_lowest_median_first_with_their_comparison
 
 
 def test_every_named_recipe_is_what_the_rule_picked_in_its_round(capsys):
-    """`--recipe recommended` must be the output of step 3 on the shipped round-3 final study,
-    `--recipe pairs-variance-2026` round 2's and `--recipe pairs-2026` round 1's (the previous
-    `recommended` recipes, kept by name), not hand edits."""
+    """`--recipe recommended` must be the output of step 3 on the shipped round-4 final study,
+    `--recipe pairs-refit-2026` round 3's, `pairs-variance-2026` round 2's and `pairs-2026` round 1's
+    (the previous `recommended` recipes, kept by name), not hand edits."""
     import runpy
 
     from speechprune.recipes import RECIPES_OPTIONS
 
-    for name in ("recipe-final", "recipe-final-2", "recipe-final-3"):
+    for name in ("recipe-final", "recipe-final-2", "recipe-final-3", "recipe-final-4"):
         assert (ROOT / "results" / "studies" / f"{name}.json").is_file()
     script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
-    assert script["pick"](ROOT, round=3)["options"] == RECIPES_OPTIONS["recommended"]
+    assert script["pick"](ROOT, round=4)["options"] == RECIPES_OPTIONS["recommended"]
     assert "recommended: " in capsys.readouterr().out
+    assert script["pick"](ROOT, round=3)["options"] == RECIPES_OPTIONS["pairs-refit-2026"]
     assert script["pick"](ROOT, round=2)["options"] == RECIPES_OPTIONS["pairs-variance-2026"]
     assert script["pick"](ROOT, round=1)["options"] == RECIPES_OPTIONS["pairs-2026"]
-    assert len({tuple(sorted(RECIPES_OPTIONS[n].items())) for n in ("recommended", "pairs-variance-2026",
-                                                                      "pairs-2026")}) == 3
+    named = ("recommended", "pairs-refit-2026", "pairs-variance-2026", "pairs-2026")
+    assert len({tuple(sorted(RECIPES_OPTIONS[n].items())) for n in named}) == 4
 
 
-def test_round_3_picks_the_refit_merge_and_it_is_the_recommended_recipe(capsys):
+def test_round_3_picked_the_refit_merge_now_pairs_refit_2026(capsys):
     """Round 3 (one candidate, no screening): step 3 on the shipped `recipe-final-3` picks R, round
     2's recipe K (`pairs-variance-2026`) with the refit merge, more than 1 point below K."""
     import runpy
 
-    from speechprune.options import RECIPE_FIELDS, CompressionOptions
+    from speechprune.options import recipe_fields
 
     script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
     with pytest.raises(SystemExit, match="no screening"):
@@ -681,10 +685,29 @@ def test_round_3_picks_the_refit_merge_and_it_is_the_recommended_recipe(capsys):
     picked = script["pick"](ROOT, round=3)
     assert picked["choice"].startswith("R ") and picked["options"]["merge"] == "refit"
     assert "more than" not in picked["reason"], "R scores more than 1 point below the incumbent K"
-    runs_it = CompressionOptions(recipe="recommended", sparsity=0.2)
-    assert {k: getattr(runs_it, k) for k in RECIPE_FIELDS} == picked["options"]
-    k = CompressionOptions(recipe="pairs-variance-2026", merge="refit", sparsity=0.2)
-    assert {f: getattr(k, f) for f in RECIPE_FIELDS} == picked["options"], "R is K with the refit merge"
+    assert recipe_fields("pairs-refit-2026") == picked["options"]
+    assert dict(recipe_fields("pairs-variance-2026"), merge="refit") == picked["options"], "R is K with the refit merge"
     assert "recommended: R " in capsys.readouterr().out
+
+
+def test_round_4_picks_the_brain_surgeon_and_it_is_the_recommended_recipe(capsys):
+    """Round 4 (one candidate, no screening): step 3 on the shipped `recipe-final-4` picks O, round 3's
+    recipe R with the obs method, more than 1 point below R and a clear win over magnitude in every setting."""
+    import runpy
+
+    from speechprune.options import CompressionOptions, recipe_fields
+
+    script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
+    with pytest.raises(SystemExit, match="no screening"):
+        script["final"](ROOT, round=4)
+    picked = script["pick"](ROOT, round=4)
+    assert picked["choice"].startswith("O ") and picked["options"]["method"] == "obs"
+    assert "more than" not in picked["reason"], "O scores more than 1 point below the incumbent R"
+    assert all(row["wins"] == 3 for row in picked["rows"] if row["option"] == picked["choice"])
+    runs_it = CompressionOptions(recipe="recommended", sparsity=0.2)
+    assert runs_it.method_name == "obs" and runs_it.merge == "refit" and runs_it.seed is None
+    r = recipe_fields("pairs-refit-2026")
+    assert {**r, "method": "obs", "weighting": None} == recipe_fields("recommended"), "O is R with the obs method"
+    assert "recommended: O " in capsys.readouterr().out
 
 

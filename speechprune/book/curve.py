@@ -17,10 +17,12 @@ from speechprune.stats import paired_difference, sentence, undecided_reason
 from speechprune.study.tables import saved_study_path
 
 CURVE = "finetune-curve-encoder-ffn50"
-#: The curve's methods (``studies/finetune_curve.py``): the saved one has magnitude, pairs-2026 and recommended.
+#: The curve's methods (``studies/finetune_curve.py``): the saved one has magnitude, pairs-2026,
+#: pairs-refit-2026 (measured as "recommended" before round 4) and recommended.
 LABELS = {"pairs-2026": "closest pairs (uniform allocation)",
           "pairs-variance-2026": "closest pairs (variance allocation)",
-          "recommended": "closest pairs (variance allocation, refit merge)",
+          "pairs-refit-2026": "closest pairs (variance allocation, refit merge)",
+          "recommended": "brain-surgeon pruning (variance allocation, refit merge)",
           "paper": "the paper's recipe (k-means, seed 0)", "magnitude": "magnitude pruning"}
 
 

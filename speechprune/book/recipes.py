@@ -1,6 +1,6 @@
 """The named recipes on clips no choice was made on, in words (chapter 1 and the results page).
 
-Reads a saved final study (``recipe-final-3-heldout``: Whisper base on the 144 held-out clips of
+Reads a saved final study (``recipe-final-4-heldout``: Whisper base on the 144 held-out clips of
 ``embedded:train``), finds each named recipe by its options (:func:`speechprune.study.recipe_of`,
 so a study's own labels need not be known) and says, per setting, each recipe's WER as a multiple
 of the uncompressed model's and the recommended recipe against magnitude pruning and against the
@@ -13,19 +13,22 @@ from speechprune.recipes import BASELINE
 from speechprune.stats import sentence, versus
 from speechprune.study.tables import LOSSLESS_TARGETS, lossless_rows, recipe_of
 
-HELDOUT = "recipe-final-3-heldout"
-#: The recipe the recommended one replaced (round 2's pick), compared with it in ``versus_previous``.
-PREVIOUS = "pairs-variance-2026"
+HELDOUT = "recipe-final-4-heldout"
+#: The recipe the recommended one replaced (round 3's pick), compared with it in ``versus_previous``.
+PREVIOUS = "pairs-refit-2026"
 #: Each recipe in words, as chapter 1 and the results page name them.
 #: Plain words only: they are pasted with ``glue:text``, which renders no Markdown.
-NAMES = {"recommended": "closest pairs first with the variance allocation and the refit merge "
-                        "(the recommended recipe)",
+NAMES = {"recommended": "structured brain-surgeon pruning on synthetic speech with the variance allocation and "
+                        "the refit merge (the recommended recipe)",
+         "pairs-refit-2026": "closest pairs first with the variance allocation and the refit merge "
+                             "(pairs-refit-2026)",
          "pairs-variance-2026": "closest pairs first with the variance allocation and the mean merge "
                                 "(pairs-variance-2026)",
          "pairs-2026": "closest pairs first with the same share in every layer (pairs-2026)",
          "paper": "the paper's k-means recipe", BASELINE: "magnitude pruning"}
 #: Short names for the paired sentences.
-SHORT = {"recommended": "the recommended recipe", "pairs-variance-2026": "pairs-variance-2026",
+SHORT = {"recommended": "the recommended recipe", "pairs-refit-2026": "pairs-refit-2026",
+         "pairs-variance-2026": "pairs-variance-2026",
          "pairs-2026": "pairs-2026", BASELINE: "magnitude pruning"}
 
 

@@ -103,8 +103,8 @@ INCUMBENT_OPTION = "G pairs producer"
 #: The recommended recipe that round 2 picked (``--recipe pairs-variance-2026`` since round 3), as
 #: the studies label it: round 3's incumbent.
 ROUND_2_OPTION = "K pairs producer, variance allocation"
-#: The recommended recipe that round 3 picked (R: K with the refit merge), as the studies label it:
-#: round 4's incumbent.
+#: The recommended recipe that round 3 picked (R: K with the refit merge; ``--recipe pairs-refit-2026``
+#: since round 4), as the studies label it: round 4's incumbent.
 ROUND_3_OPTION = "R pairs producer, variance allocation, refit merge"
 #: Options each screening's rule may not keep (``studies/README.md``): round 1 keeps any option but
 #: magnitude pruning; round 2 carries magnitude, the paper's recipe and the incumbent for reference.

@@ -11,7 +11,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from speechprune.options import RECIPE_FIELDS
+from speechprune.options import RECIPE_FIELDS, recipe_fields
 from speechprune.recipes import BASELINE, RECIPES_OPTIONS
 from speechprune.stats import comparisons, groups, setting_key, versus
 from speechprune.study.store import load_records
@@ -182,10 +182,10 @@ def markdown_summary(records: list[dict], n_boot: int = 2000) -> str:
 
 
 def recipe_of(record: dict) -> str | None:
-    """The named recipe (``paper``, ``recommended``, ``pairs-variance-2026``, ``pairs-2026``) whose
-    options are exactly a record's, else None."""
+    """The named recipe (``paper``, ``recommended``, ``pairs-refit-2026``, ``pairs-variance-2026``,
+    ``pairs-2026``) whose options are exactly a record's, else None."""
     mine = {k: record.get(k) for k in RECIPE_FIELDS}
-    return next((name for name, opts in RECIPES_OPTIONS.items() if opts == mine), None)
+    return next((name for name in RECIPES_OPTIONS if recipe_fields(name) == mine), None)
 
 
 def markdown_target(records: list[dict], n_boot: int = 2000) -> str:
