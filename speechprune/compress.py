@@ -205,9 +205,10 @@ def compress(
         What to do, resolved and checked in one place (:class:`speechprune.options.CompressionOptions`).
         Instead of it, its fields can be given as keyword arguments (not both):
     method : str or callable, optional
-        A registered method name (``"cluster"``, ``"magnitude"``, ``"pairs"``, a plug-in's) or a callable
-        ``fn(unit, k, **options)`` returning the new channel of each old channel (-1 drops
-        it); see :func:`speechprune.register_method`. Default: the recipe's (``cluster``).
+        A registered method name (``"cluster"``, ``"magnitude"``, ``"pairs"``, ``"obs"``, a plug-in's) or a
+        callable ``fn(unit, k, **options)`` returning the new channel of each old channel (-1 drops
+        it); see :func:`speechprune.register_method`. A method whose signature names ``inputs`` gets
+        each feed-forward unit's inputs on synthetic speech (``obs`` does; :mod:`speechprune.calibration`). Default: the recipe's (``cluster``).
     sparsity : float, default 0.2
         Fraction of channels removed in ``scope``, in [0, 1). Not with ``budget``.
     scope : str, default "ffn"

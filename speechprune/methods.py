@@ -13,7 +13,9 @@ to report its own cost (the built-ins do).
 
 ``options`` are the keyword arguments of :func:`speechprune.compress` that a method's
 signature names (``seed``, ``max_iter``, ``n_init``, ``features``, ``weighting``), or all of
-them when it takes ``**options``.
+them when it takes ``**options``. A method whose signature names ``inputs`` is *calibrated*: it
+gets each feed-forward unit's inputs on synthetic speech (:func:`speechprune.calibration.capture_inputs`,
+``None`` for other units), as ``obs`` does.
 
 A third-party package registers methods without touching speechprune by declaring an entry
 point in the group ``speechprune.methods`` (``name = package.module:function``, or
