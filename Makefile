@@ -28,7 +28,7 @@ $(DEMO_STAMP): pyproject.toml
 	touch $(DEMO_STAMP)
 
 # the first 30 of the 64 embedded clips (30: the fewest for which speechprune.stats names a winner), so
-# that a fresh clone's demo, install included, ends within 6 minutes on 2 cores (4 min 30 s measured); all 64 about 7 minutes
+# that a fresh clone's demo, install included, ends within 6 minutes on 2 cores (4 min 44 s measured); all 64 about 7 minutes
 demo: $(DEMO_STAMP)
 	@echo "make demo: the main job on the first 30 of the 64 embedded clips (all 64: $(PY) -m speechprune compare)"
 	$(PY) -m speechprune compare --out runs/main --overwrite --max-samples 30
