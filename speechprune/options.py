@@ -117,12 +117,12 @@ class CompressionOptions:
     >>> from speechprune import CompressionOptions, compress
     >>> from speechprune.testing import tiny_model
     >>> options = CompressionOptions(recipe="recommended", sparsity=0.25, scope="encoder.ffn", seed=3)
-    >>> options.method, options.features, options.seed  # closest pairs first takes no seed
-    ('pairs', 'producer', None)
+    >>> options.method, options.features, options.seed  # the brain surgeon takes no seed
+    ('obs', 'producer', None)
     >>> options.label()
-    'pairs variance producer refit'
+    'obs variance producer refit'
     >>> print(" ".join(options.cli_args()))
-    --method pairs --sparsity 0.25 --scope encoder.ffn --allocation variance --features producer --merge refit
+    --method obs --sparsity 0.25 --scope encoder.ffn --allocation variance --features producer --merge refit
     >>> report = compress(tiny_model("whisper"), options, progress=False)
     >>> report.options == options
     True

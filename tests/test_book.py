@@ -549,7 +549,7 @@ def test_every_command_on_prune_your_own_runs(tmp_path):
             ran += 1
     assert ran >= 8
     card = (tmp_path / "pruned" / "recommended" / "README.md").read_text()
-    assert "--method pairs" in card and "my-speech" in card, "the card says how it was made and its WER"
+    assert "--method obs" in card and "my-speech" in card, "the card says how it was made and its WER"
     assert (tmp_path / "paper.json").is_file() and (tmp_path / "dense.json").is_file()
 
 

@@ -672,37 +672,38 @@ def test_every_named_recipe_is_what_the_rule_picked_in_its_round(capsys):
     assert len({tuple(sorted(RECIPES_OPTIONS[n].items())) for n in named}) == 4
 
 
-def test_round_3_picked_the_refit_merge_now_pairs_refit_2026(capsys):
-    """Round 3 (one candidate, no screening): step 3 on the shipped `recipe-final-3` picks R, round
-    2's recipe K (`pairs-variance-2026`) with the refit merge, more than 1 point below K."""
+def _one_candidate_round(round: int) -> dict:
+    """Step 3 of a round with one candidate and no screening (rounds 3 and 4), on its shipped final study;
+    the candidate must win by more than 1 point over the round's incumbent."""
     import runpy
-
-    from speechprune.options import recipe_fields
 
     script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
     with pytest.raises(SystemExit, match="no screening"):
-        script["final"](ROOT, round=3)
-    picked = script["pick"](ROOT, round=3)
+        script["final"](ROOT, round=round)
+    picked = script["pick"](ROOT, round=round)
+    assert "more than" not in picked["reason"], "the candidate scores more than 1 point below the incumbent"
+    return picked
+
+
+def test_round_3_picked_the_refit_merge_now_pairs_refit_2026(capsys):
+    """Round 3: step 3 on the shipped `recipe-final-3` picks R, round 2's recipe K
+    (`pairs-variance-2026`) with the refit merge, more than 1 point below K."""
+    from speechprune.options import recipe_fields
+
+    picked = _one_candidate_round(3)
     assert picked["choice"].startswith("R ") and picked["options"]["merge"] == "refit"
-    assert "more than" not in picked["reason"], "R scores more than 1 point below the incumbent K"
     assert recipe_fields("pairs-refit-2026") == picked["options"]
     assert dict(recipe_fields("pairs-variance-2026"), merge="refit") == picked["options"], "R is K with the refit merge"
     assert "recommended: R " in capsys.readouterr().out
 
 
 def test_round_4_picks_the_brain_surgeon_and_it_is_the_recommended_recipe(capsys):
-    """Round 4 (one candidate, no screening): step 3 on the shipped `recipe-final-4` picks O, round 3's
-    recipe R with the obs method, more than 1 point below R and a clear win over magnitude in every setting."""
-    import runpy
-
+    """Round 4: step 3 on the shipped `recipe-final-4` picks O, round 3's recipe R with the obs method,
+    more than 1 point below R and a clear win over magnitude in every setting."""
     from speechprune.options import CompressionOptions, recipe_fields
 
-    script = runpy.run_path(str(ROOT / "scripts" / "select_recipe.py"))
-    with pytest.raises(SystemExit, match="no screening"):
-        script["final"](ROOT, round=4)
-    picked = script["pick"](ROOT, round=4)
+    picked = _one_candidate_round(4)
     assert picked["choice"].startswith("O ") and picked["options"]["method"] == "obs"
-    assert "more than" not in picked["reason"], "O scores more than 1 point below the incumbent R"
     assert all(row["wins"] == 3 for row in picked["rows"] if row["option"] == picked["choice"])
     runs_it = CompressionOptions(recipe="recommended", sparsity=0.2)
     assert runs_it.method_name == "obs" and runs_it.merge == "refit" and runs_it.seed is None
