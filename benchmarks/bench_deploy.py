@@ -49,14 +49,14 @@ def prepare(model: str, setting: str, work: Path, recipe: str = RECIPE) -> Path:
     """The speechprune folder of a case (made once: compress with ``recipe``, or dense)."""
     from speechprune import CompressionOptions, compress, save_pruned
     from speechprune.models import load_model
-    from speechprune.options import RECIPE_FIELDS, recipe_fields
+    from speechprune.options import recipe_fields
 
     folder = work / (f"{model}-{setting}" if not SETTINGS[setting] else f"{model}-{setting}-{recipe}")
     if (folder / "config.json").is_file():
         if not SETTINGS[setting]:
             return folder
         made = CompressionOptions.from_report(json.loads((folder / "speechprune_report.json").read_text()))
-        if {k: made.method_name if k == "method" else getattr(made, k) for k in RECIPE_FIELDS} == recipe_fields(recipe):
+        if recipe_fields(made) == recipe_fields(recipe):
             return folder
         # a recipe's name can outlive its options (``recommended`` changes when a recipe search picks
         # anew): a folder pruned with other options is not this case, so it is made again

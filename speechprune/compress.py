@@ -208,7 +208,8 @@ def compress(
         A registered method name (``"cluster"``, ``"magnitude"``, ``"pairs"``, ``"obs"``, a plug-in's) or a
         callable ``fn(unit, k, **options)`` returning the new channel of each old channel (-1 drops
         it); see :func:`speechprune.register_method`. A method whose signature names ``inputs`` gets
-        each feed-forward unit's inputs on synthetic speech (``obs`` does; :mod:`speechprune.calibration`). Default: the recipe's (``cluster``).
+        each feed-forward unit's inputs on synthetic speech (``obs`` does; :mod:`speechprune.calibration`).
+        Default: the recipe's (``cluster``).
     sparsity : float, default 0.2
         Fraction of channels removed in ``scope``, in [0, 1). Not with ``budget``.
     scope : str, default "ffn"
@@ -302,9 +303,10 @@ def compress(
     def cost_fn(unit, k):
         return assign_cluster(unit, k, **{**_kmeans_knobs(options, max_iter, n_init), "max_iter": min(max_iter, 20)}).cost
 
+    lower_kmeans = ("lower the k-means batch (speechprune.kmeans.MAX_BATCH_ELEMENTS, default 2**29 elements), "
+                    "or compress on the CPU (--device cpu, DEVICE = 'cpu' in the chapters)")
     with out_of_memory_as_error(f"allocating the channels of {len(units)} units (the model is unchanged)",
-                                "lower the k-means batch (speechprune.kmeans.MAX_BATCH_ELEMENTS, default 2**29 "
-                                "elements), or compress on the CPU (--device cpu, DEVICE = 'cpu' in the chapters)"):
+                                lower_kmeans):
         if keep is None:  # the cost allocation runs k-means too
             keep = allocate(units, sparsity, options.allocation, cost_fn=cost_fn,
                             progress=(lambda name: bar.set_postfix_str(f"allocating: {name}")) if progress else None)
@@ -317,9 +319,7 @@ def compress(
                                     "per pass, default 8) or CALIBRATION_ROWS, or compress on the CPU"):
             inputs = capture_inputs(model, [u for u in units if refittable(u)])
     with out_of_memory_as_error(f"assigning the channels of {len(units)} units with {chosen.name!r} "
-                                "(the model is unchanged)", "lower the k-means batch (speechprune.kmeans."
-                                "MAX_BATCH_ELEMENTS, default 2**29 elements), or compress on the CPU "
-                                "(--device cpu, DEVICE = 'cpu' in the chapters)"):
+                                "(the model is unchanged)", lower_kmeans):
         # every assignment first, so that a failing or invalid method leaves the model untouched
         assignments = _assignments(units, keep, chosen, method_kwargs, bar,
                                    inputs=inputs if chosen.calibrated else None)
@@ -350,14 +350,7 @@ def _assignments(units: list[Unit], keep: dict[str, int], chosen, method_kwargs:
     ``inputs`` ({unit name: its inputs on synthetic speech}) go to a calibrated method, one unit at a time.
     """
     assignments = []
-    if inputs is not None:
-        for unit in units:
-            bar.set_postfix_str(f"assigning: {unit.name}")
-            t0 = time.perf_counter()
-            a = assign(unit, keep[unit.name], chosen, **method_kwargs, inputs=inputs.get(unit.name))
-            assignments.append((a, time.perf_counter() - t0))
-            bar.update(1)
-    elif chosen.batched is not None and len(units) > 1:  # e.g. k-means: on a GPU, same-shaped layers seeded together
+    if inputs is None and chosen.batched is not None and len(units) > 1:  # e.g. k-means: on a GPU, same-shaped layers seeded together
         bar.set_postfix_str(f"assigning {len(units)} units together")
         t0 = time.perf_counter()
         try:
@@ -373,7 +366,9 @@ def _assignments(units: list[Unit], keep: dict[str, int], chosen, method_kwargs:
         for unit in units:
             bar.set_postfix_str(f"assigning: {unit.name}")
             t0 = time.perf_counter()
-            assignments.append((assign(unit, keep[unit.name], chosen, **method_kwargs), time.perf_counter() - t0))
+            calibration = {} if inputs is None else {"inputs": inputs.get(unit.name)}
+            assignments.append((assign(unit, keep[unit.name], chosen, **method_kwargs, **calibration),
+                                time.perf_counter() - t0))
             bar.update(1)
     return assignments
 

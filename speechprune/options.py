@@ -284,12 +284,14 @@ class CompressionOptions:
         return dataclasses.replace(self, **changes)
 
 
-def recipe_fields(recipe: str) -> dict[str, Any]:
-    """A named recipe's options as a run resolves them: :data:`RECIPE_FIELDS`, with ``None`` for what its
-    method does not read (``obs`` reads no weighting). What records and reports store, so compare with this,
-    not with :func:`speechprune.recipes.recipe_options`, which lists every field the recipe sets."""
-    options = CompressionOptions(recipe=recipe)
-    return {k: options.method_name if k == "method" else getattr(options, k) for k in RECIPE_FIELDS}
+def recipe_fields(recipe: str | CompressionOptions) -> dict[str, Any]:
+    """A named recipe's options (or those of resolved ``CompressionOptions``) as a run resolves them:
+    :data:`RECIPE_FIELDS`, with ``None`` for what its method does not read (``obs`` reads no weighting).
+    What records and reports store, so compare with this, not with
+    :func:`speechprune.recipes.recipe_options`, which lists every field the recipe sets."""
+    options = recipe if isinstance(recipe, CompressionOptions) else CompressionOptions(recipe=recipe)
+    fields = options.record_fields()
+    return {k: fields[k] for k in RECIPE_FIELDS}
 
 
 def _budget_of(report: Mapping[str, Any]) -> dict[str, int]:

@@ -29,7 +29,7 @@ import torch
 from speechprune.errors import SpeechPruneError, check_choice
 from speechprune.kmeans import kmeans, kmeans_many, memory_budget
 from speechprune.pairs import closest_pairs
-from speechprune.refit import dense_output, refit_consumer, refittable
+from speechprune.refit import RIDGE, dense_output, refit_consumer, refittable
 from speechprune.structure import Unit
 from speechprune.synthetic import SYNTHETIC_INPUTS, function_features, mean_activations, synthetic_inputs
 
@@ -259,7 +259,7 @@ def merge(unit: Unit, assignment: Assignment, rule: str = "mean", *, inputs: tor
                                    "(speechprune.refit.capture_inputs); speechprune.compress captures them")
         target = dense_output(unit, inputs)
         merge(unit, assignment, "mean")
-        refit_consumer(unit, inputs, target, **({} if assignment.ridge is None else {"ridge": assignment.ridge}))
+        refit_consumer(unit, inputs, target, ridge=RIDGE if assignment.ridge is None else assignment.ridge)
         return
     correct = rule == "corrected" and unit.kind == "ffn" and unit.consumer.bias is not None
     if correct:

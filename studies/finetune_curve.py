@@ -26,7 +26,7 @@ what is missing); a rerun with other settings into the same file is refused. The
 comparisons (paired over the same utterances, ``speechprune.stats``) are printed with
 ``--report`` and shown in chapter 3.
 
-    python studies/finetune_curve.py --methods magnitude,pairs-2026,recommended   # the saved curve
+    python studies/finetune_curve.py --methods magnitude,pairs-2026,pairs-refit-2026,recommended   # the saved curve
     python studies/finetune_curve.py --methods magnitude,pairs-2026,recommended,paper
     python studies/finetune_curve.py --report             # the curve and each step's comparison
 """
