@@ -63,3 +63,19 @@ def test_saved_results_of_a_recipe_whose_options_changed_are_not_extended(tmp_pa
     assert "as it was then" in err and "'merge': 'mean'" in err and "'merge': 'refit'" in err
     assert json.loads(out.read_text()) == saved
     assert not (tmp_path / "work").exists()
+
+
+def test_the_readme_block_says_a_setting_loops_only_when_its_wer_is_above_100():
+    """The README's sentence on looping comes from the saved WERs, not from an earlier run's."""
+    readme_block = runpy.run_path(str(ROOT / "benchmarks" / "bench_deploy.py"))["readme_block"]
+
+    def results(ffn50_wer: float) -> dict:
+        case = dict(size_bytes=280e6, seconds_per_utt_1t=1.0, seconds_per_utt_2t=0.6, n_utterances=32, ref_words=443)
+        cases = {"base/dense/transformers/float32": {**case, "wer": 2.26},
+                 "base/encffn20/transformers/float32": {**case, "wer": 2.48},
+                 "base/ffn50/transformers/float32": {**case, "wer": ffn50_wer},
+                 "base/ffn50/ct2/int8": {**case, "size_bytes": 65e6, "wer": ffn50_wer + 300}}
+        return dict(recipe="recommended", cases=cases, speed_clips=4, max_samples=32, machine=dict(cpus=2))
+
+    assert "At ffn50 the pruned model loops (WER above 100%)" in readme_block(results(179.91))
+    assert "loops" not in readme_block(results(29.80))
