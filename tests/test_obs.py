@@ -70,6 +70,22 @@ def test_its_choice_leaves_less_error_than_keeping_the_largest_channels():
         assert _refit_error(h, c, keep) < _refit_error(h, c, sorted(largest))
 
 
+def test_a_gram_that_rounding_left_not_positive_definite_is_inverted_by_lu(monkeypatch):
+    """The inverse goes through a Cholesky factor; where that fails, LU gives the same removals."""
+    h, c = _problem(seed=5)
+    fast = obs_order(h, c, 10, steps=5)
+    failed = []
+
+    def not_positive_definite(gram):
+        failed.append(gram.shape)
+        return torch.zeros_like(gram), torch.tensor(3, dtype=torch.int32)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", not_positive_definite)
+    slow = obs_order(h, c, 10, steps=5)
+    assert failed == [(25, 25)]  # the Gram with the bias column
+    assert torch.equal(fast[0], slow[0]) and slow[1] == pytest.approx(fast[1], rel=1e-9)
+
+
 def test_a_budget_it_cannot_meet_is_an_error():
     h, c = _problem()
     with pytest.raises(SpeechPruneError, match="cannot remove 24 of 24"):
