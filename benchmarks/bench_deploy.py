@@ -204,6 +204,12 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _pruned_float32(cases: dict, model: str) -> dict:
+    """``model``'s pruned settings in float32 transformers, {setting: case}, in the saved order."""
+    return {k.split("/")[1]: c for k, c in cases.items()
+            if k.startswith(model + "/") and k.endswith("/transformers/float32") and "/dense/" not in k}
+
+
 def recommendation(results: dict, max_wer_increase: float = 1.0, two_threads: bool = True) -> str:
     """Per model, the fastest case (1 thread) whose WER is within ``max_wer_increase`` points of the dense
     float32 transformers model; and the pruned setting with the lowest WER on its fastest runtime (within
@@ -220,8 +226,7 @@ def recommendation(results: dict, max_wer_increase: float = 1.0, two_threads: bo
         picks = [("fastest", min(fits))]
         # the pruned setting that keeps the lowest WER (in float32 transformers), on its fastest runtime
         # within 1 point of that setting's own float32 WER: what the benchmark can recommend to prune with
-        pruned = {k.split("/")[1]: c for k, c in cases.items()
-                  if k.startswith(model + "/") and k.endswith("/transformers/float32") and "/dense/" not in k}
+        pruned = _pruned_float32(cases, model)
         if pruned:
             setting = min(pruned, key=lambda s: pruned[s]["wer"])
             own = pruned[setting]["wer"]
@@ -290,9 +295,7 @@ def readme_block(results: dict, model: str = "base") -> str:
 
 def _looping_words(cases: dict, model: str) -> str:
     """A sentence naming the settings whose pruned float32 model loops (WER above 100%), or nothing."""
-    looping = [key.split("/")[1] for key, c in cases.items()
-               if key.startswith(model + "/") and key.endswith("/transformers/float32")
-               and "/dense/" not in key and c["wer"] > 100]
+    looping = [setting for setting, c in _pruned_float32(cases, model).items() if c["wer"] > 100]
     if not looping:
         return ""
     return (f" At {', '.join(looping)} the pruned model loops (WER above 100%), so it decodes more tokens "
