@@ -156,10 +156,10 @@ def check_export(folder: str | os.PathLike, to: str, quantize: str, out: str | o
     if family == "whisper" and not (path / "tokenizer.json").is_file():
         raise SpeechPruneError(f"{folder} has no tokenizer.json: a deployed Whisper model needs the processor "
                                "files that speechprune compress saves beside the weights")
+    target = check_output_dir(out, overwrite=overwrite, inputs=[path])
     missing = _missing_packages(to)
     if missing:
         raise SpeechPruneError(f"--to {to} needs {', '.join(missing)}, which is not installed: {DEPLOY_EXTRA}")
-    target = check_output_dir(out, overwrite=overwrite, inputs=[path])
     return path, config, output_state(target)
 
 
