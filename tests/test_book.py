@@ -106,6 +106,12 @@ def test_toc_lists_every_notebook_and_every_entry_exists():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=str)
 def test_notebook_is_ready_for_papermill_and_colab(path):
+    # nbformat 4.5 wants an id on every cell; nbformat.read fills missing ones in (with a warning that
+    # says it will become an error), so check the file itself
+    raw = json.loads((ROOT / path).read_text(encoding="utf-8"))
+    ids = [cell.get("id") for cell in raw["cells"]]
+    assert (raw["nbformat"], raw["nbformat_minor"]) >= (4, 5) and None not in ids, "a cell without an id"
+    assert len(set(ids)) == len(ids), "two cells with one id"
     nb = nbformat.read(ROOT / path, as_version=4)
     first = nb.cells[0]
     assert first.cell_type == "code"
