@@ -218,10 +218,13 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | torch.device
         raise SpeechPruneError(f"{folder} has no config.json: not a Hugging Face model folder")
     config = read_config(folder)  # with the dense value of any field that guards against plain loading
     arch = (getattr(config, "architectures", None) or [""])[0]
-    if arch not in FAMILIES:
+    if not arch:
         raise SpeechPruneError(
-            f"{folder} holds a {arch or config.model_type} model: speechprune supports {', '.join(FAMILIES)}"
+            f"{folder}/config.json names no architecture (model_type {config.model_type!r}): add \"architectures\", "
+            f"one of {', '.join(FAMILIES)}"
         )
+    if arch not in FAMILIES:
+        raise SpeechPruneError(f"{folder} holds a {arch} model: speechprune supports {', '.join(FAMILIES)}")
     cls = getattr(transformers, arch)
     pruned = getattr(config, "speechprune", None)
     try:

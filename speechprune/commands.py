@@ -235,7 +235,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze", choices=FREEZE, default="front-end",
                    help="what is not trained: the convolutional front end (default), Whisper's whole encoder, "
                         "or nothing")
-    p.add_argument("--language", default="en", help="Whisper language token for multilingual checkpoints")
+    p.add_argument("--language", default=None,
+                   help="Whisper language token for multilingual checkpoints (default en; other models refuse it)")
     p.add_argument("--save-steps", type=cli_int(1), default=None, help="checkpoint every N steps (default: each epoch)")
     p.add_argument("--logging-steps", type=cli_int(1), default=10)
     p.add_argument("--num-workers", type=cli_int(0), default=0, help="data loader worker processes")

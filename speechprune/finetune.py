@@ -145,6 +145,30 @@ def check_schedule(epochs: float, warmup: float, max_steps: int | None, save_ste
     return epochs, warmup, max_steps
 
 
+def check_language(model: nn.Module, language: str | None) -> str | None:
+    """The language token of a Whisper model's labels (``en`` unless ``language`` names another), or None (CTC).
+
+    Only multilingual Whisper checkpoints have language tokens: an English-only one accepts ``en``
+    alone, a CTC model no language at all, so that a value the model cannot use is refused, not ignored.
+    """
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    code = None if language is None else TO_LANGUAGE_CODE.get(str(language).lower(), str(language).lower())
+    if _kind(model) != "whisper":
+        if language is not None:
+            raise SpeechPruneError(f"--language {language!r} is for multilingual Whisper checkpoints; this "
+                                   f"{model_family(model)} model has no language tokens: leave --language out")
+        return None
+    if not getattr(model.generation_config, "is_multilingual", False):
+        if code not in (None, "en"):
+            raise SpeechPruneError(f"--language {language!r} is for multilingual Whisper checkpoints; this one is "
+                                   "English-only: leave --language out")
+        return "en"
+    if code is not None and code not in LANGUAGES:
+        raise SpeechPruneError(f"unknown --language {language!r}: use a Whisper language code such as en, de, fr or zh")
+    return code or "en"
+
+
 def check_learning_rate(learning_rate: float | None) -> None:
     """Refuse a learning rate that is not a positive finite number (None: the family's default)."""
     if learning_rate is None:
@@ -308,7 +332,7 @@ def finetune(
     warmup: float = 0.1,
     precision: str = "auto",
     freeze: str = "front-end",
-    language: str = "en",
+    language: str | None = None,
     save_steps: int | None = None,
     keep_checkpoints: int = 1,
     logging_steps: int = 10,
@@ -327,7 +351,8 @@ def finetune(
     ``batch_size`` is per device, so the effective batch is ``batch_size * grad_accum * processes``;
     ``warmup`` is a fraction of the steps (or a step count if >= 1); ``precision="auto"`` uses bf16
     (or fp16) on CUDA and fp32 on CPU; ``freeze`` is ``"front-end"`` (the convolutions),
-    ``"encoder"`` (Whisper) or ``"none"``; checkpoints are written each epoch (or every ``save_steps``).
+    ``"encoder"`` (Whisper) or ``"none"``; ``language`` is the language token of a multilingual Whisper
+    checkpoint's labels (default ``en``; refused for models without language tokens); checkpoints are written each epoch (or every ``save_steps``).
     Everything is checked before training starts. ``out_dir`` must be new or empty, or hold a run
     to ``resume``, or (``overwrite``) a speechprune output holding nothing else; a run that stopped
     before its first checkpoint is started again. ``allow_new_weights`` accepts a dense folder
@@ -363,6 +388,7 @@ def finetune(
         raise SpeechPruneError(f"no processor (feature extractor and tokenizer) for {source}: save one beside the "
                                "model, or pass processor= with a loaded model")
     family, kind = model_family(model), _kind(model)
+    language = check_language(model, language)
     train_labels = encode_labels(model, processor, train, language=language)
     eval_labels = encode_labels(model, processor, eval, language=language) if eval is not None else None
 
@@ -429,7 +455,7 @@ def finetune(
             effective_batch=batch_size * grad_accum * args.world_size, precision=precision,
             mixed_precision=next((k for k, v in mixed.items() if v), "fp32"), freeze=freeze, seed=seed,
             objective="CTC" if kind == "ctc" else "cross-entropy on Whisper tokens",
-            language=language if kind == "whisper" else None, resumed_from_step=timer.start_step,
+            language=language, resumed_from_step=timer.start_step,
         ),
         results=dict(
             global_step=trainer.state.global_step,

@@ -35,6 +35,7 @@ from speechprune.errors import SpeechPruneError, check_choice, check_seed
 from speechprune.methods import Method, get_method, is_registered
 from speechprune.prune import FEATURES, MERGES, WEIGHTINGS
 from speechprune.recipes import DEFAULT_RECIPE, RECIPES, recipe_options
+from speechprune.structure import parse_scope
 
 #: The options a recipe fills in (an explicit value overrides the recipe's).
 RECIPE_FIELDS = ("method", "features", "allocation", "merge", "weighting")
@@ -153,6 +154,8 @@ class CompressionOptions:
         if scope is not None and (not isinstance(scope, str) or not scope.strip()):
             raise SpeechPruneError(f"scope must be a string such as 'ffn' or 'encoder.ffn,decoder.attention', "
                                    f"got {scope!r}")
+        if scope is not None:
+            parse_scope(scope)  # its parts, before any model is loaded; compress checks them against the model
         check_choice("merge rule", chosen["merge"], MERGES)
         check_choice("feature set", chosen["features"], FEATURES)
         check_choice("weighting", chosen["weighting"], WEIGHTINGS)

@@ -108,6 +108,16 @@ def test_other_architectures_are_refused(tmp_path):
         load_checkpoint(tmp_path / "bert")
 
 
+def test_a_config_without_architectures_is_refused_naming_the_field(tmp_path, tiny_whisper):
+    out = save_pruned(tiny_whisper, tmp_path / "pruned")
+    config = json.loads((out / "config.json").read_text())
+    del config["architectures"]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SpeechPruneError, match=r"config.json names no architecture \(model_type 'whisper'\): add "
+                                               r"\"architectures\", one of HubertForCTC, .*WhisperForConditional"):
+        load_checkpoint(out)
+
+
 def test_half_precision_checkpoints_load_as_float32_on_a_cpu(tmp_path):
     """Hub checkpoints such as Whisper-large-v3 are stored in float16, which crawls on a CPU."""
     import torch

@@ -66,6 +66,21 @@ def test_refuses_non_empty_out_before_loading_anything(tmp_path, tiny_folder, ca
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def test_an_unknown_scope_part_is_refused_before_the_model_is_loaded(tmp_path, tiny_folder, capsys, monkeypatch):
+    import speechprune.models
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded a model before checking --scope")
+
+    monkeypatch.setattr(speechprune.models, "load_checkpoint", never)
+    for argv in (["compress", str(tiny_folder), "--sparsity", "0.2", "--out", str(tmp_path / "o")],
+                 ["compare", "--model", str(tiny_folder), "--out", str(tmp_path / "o")]):
+        assert main([*argv, "--scope", "encoder.fnn"]) == 2
+        err = capsys.readouterr().err
+        assert "unknown scope part 'encoder.fnn'" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_model_and_unreadable_folder(tmp_path, capsys):
     assert main(["compress", str(tmp_path / "nope"), "--sparsity", "0.2", "--out", str(tmp_path / "o")]) == 2
     assert "nope" in capsys.readouterr().err

@@ -332,3 +332,23 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     code = cli_main(["finetune", "embedded:whisper-tiny.en", "--data", "embedded:train", "--out", str(tmp_path / "out")])
     assert code == 2
     assert "holds something else" in capsys.readouterr().err
+
+
+def test_a_language_the_model_cannot_use_is_refused_not_ignored():
+    from speechprune.finetune import check_language
+    from speechprune.testing import tiny_model
+
+    ctc, whisper = tiny_model("hubert"), tiny_model("whisper")
+    assert check_language(ctc, None) is None
+    with pytest.raises(SpeechPruneError, match="'en' is for multilingual Whisper checkpoints; this hubert model has no "
+                                               "language tokens"):
+        check_language(ctc, "en")
+    whisper.generation_config.is_multilingual = False
+    assert check_language(whisper, None) == check_language(whisper, "English") == "en"
+    with pytest.raises(SpeechPruneError, match="'de' is for multilingual Whisper checkpoints; this one is English-only"):
+        check_language(whisper, "de")
+    whisper.generation_config.is_multilingual = True
+    assert (check_language(whisper, None), check_language(whisper, "German"), check_language(whisper, "fr")) == (
+        "en", "de", "fr")
+    with pytest.raises(SpeechPruneError, match="unknown --language 'xx': use a Whisper language code"):
+        check_language(whisper, "xx")

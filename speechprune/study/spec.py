@@ -255,7 +255,7 @@ def _check_labels_unique(options: list[tuple[dict, str, str | None]], where: str
     """Refuse two different options under one label: the tables would merge them into one row."""
     seen: dict[str, tuple] = {}
     for i, (opt, label, recipe) in enumerate(options):
-        run = make_run("m", "d", CompressionOptions(recipe=recipe, scope="s", sparsity=0.5, **opt), label=label)
+        run = make_run("m", "d", CompressionOptions(recipe=recipe, scope="ffn", sparsity=0.5, **opt), label=label)
         what = (run.method, run.features, run.allocation, run.merge, run.weighting)
         if run.label in seen and seen[run.label][1] != what:
             raise _fail(f"{where}: options[{i}]",
