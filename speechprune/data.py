@@ -125,6 +125,20 @@ class SpeechSet:
         return SpeechSet(name, utterances, _with_totals(provenance, utterances))
 
 
+def check_speech_spec(spec: str) -> None:
+    """What :func:`load_speech` can tell about ``spec`` without reading any audio: an unknown embedded
+    set or LibriSpeech subset, or a folder that does not exist, raises :class:`SpeechPruneError`."""
+    spec = str(spec).strip()
+    if spec in EMBEDDED_SETS:
+        return
+    if spec.startswith("embedded") and not Path(spec).expanduser().exists():
+        raise SpeechPruneError(f"unknown embedded speech set {spec!r}; known: {', '.join(EMBEDDED_SETS)}")
+    if spec.startswith("librispeech:"):
+        _check_librispeech_subset(spec.partition(":")[2])
+    else:
+        _check_exists(Path(spec).expanduser())
+
+
 def load_speech(spec: str, *, max_samples: int | None = None, split: str | None = None) -> SpeechSet:
     """Load a speech set by name, folder or hub id (see the module docstring); all audio at 16 kHz.
 
@@ -135,6 +149,7 @@ def load_speech(spec: str, *, max_samples: int | None = None, split: str | None 
     if max_samples is not None and max_samples < 1:
         raise SpeechPruneError(f"max_samples must be at least 1, got {max_samples}")
     spec = str(spec).strip()
+    check_speech_spec(spec)
     if spec in EMBEDDED_SETS:
         name, fixed_split = EMBEDDED_SETS[spec]
         if fixed_split and split and split != fixed_split:
@@ -144,8 +159,6 @@ def load_speech(spec: str, *, max_samples: int | None = None, split: str | None 
         speech = _load_audiofolder(EMBEDDED_DIR, name, split or fixed_split, max_samples,
                                    source=EMBEDDED_SOURCE, licence=EMBEDDED_LICENCE)
         speech.provenance["path"] = "speechprune/data/speech/embedded (in the installed package)"
-    elif spec.startswith("embedded") and not Path(spec).expanduser().exists():
-        raise SpeechPruneError(f"unknown embedded speech set {spec!r}; known: {', '.join(EMBEDDED_SETS)}")
     elif spec.startswith("librispeech:"):
         if split is not None:
             raise SpeechPruneError("split= does not apply to librispeech:*; name the subset instead")
@@ -205,11 +218,15 @@ def _with_totals(provenance: dict, utterances: list[Utterance]) -> dict:
     return dict(provenance, count=len(utterances), hours=round(seconds / 3600, 4))
 
 
-def _load_folder(path: Path, split: str | None, max_samples: int | None) -> SpeechSet:
+def _check_exists(path: Path) -> None:
     if not path.exists():
         raise SpeechPruneError(
             f"speech folder not found: {path} (or use embedded, embedded-full, librispeech:test-clean, ...)"
         )
+
+
+def _load_folder(path: Path, split: str | None, max_samples: int | None) -> SpeechSet:
+    _check_exists(path)
     if not path.is_dir():
         raise SpeechPruneError(f"{path} is not a folder (expected an audiofolder with metadata.csv)")
     if not any(path.iterdir()):
@@ -352,10 +369,14 @@ def _librispeech_hint(subset: str) -> str:
             f"from https://www.openslr.org/12 and pass its folder (.../LibriSpeech/{subset})")
 
 
-def _load_librispeech_hub(subset: str, max_samples: int | None) -> SpeechSet:
+def _check_librispeech_subset(subset: str) -> None:
     if subset not in LIBRISPEECH_HUB:
         raise SpeechPruneError(f"unknown LibriSpeech subset {subset!r}; known: {', '.join(LIBRISPEECH_HUB)} "
                                "(or pass a local OpenSLR folder, .../LibriSpeech/<subset>)")
+
+
+def _load_librispeech_hub(subset: str, max_samples: int | None) -> SpeechSet:
+    _check_librispeech_subset(subset)
     try:
         import datasets
     except ImportError as err:

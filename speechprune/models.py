@@ -263,31 +263,40 @@ def _check_offline_cache(repo_id: str) -> None:
         ) from None
 
 
-def resolve_model(spec: str | os.PathLike[str]) -> str:
-    """A loadable location for ``spec``: a local folder (cached for embedded models) or a hub id.
-
-    Unknown embedded names, and paths that neither exist nor look like ``org/name``, raise
-    :class:`SpeechPruneError`.
-    """
+def check_model_spec(spec: str | os.PathLike[str]) -> str:
+    """What :func:`resolve_model` checks without converting or loading anything: ``"embedded"``,
+    ``"folder"`` or ``"hub"``, or a :class:`SpeechPruneError` for an unknown embedded name, a file,
+    a path that neither exists nor looks like ``org/name``, or (offline) a hub id not in the cache."""
     text = os.fspath(spec)
+    known = ", ".join(m.spec for m in EMBEDDED_MODELS.values())
     if text.startswith(EMBEDDED_PREFIX):
-        name = text[len(EMBEDDED_PREFIX) :]
-        if name not in EMBEDDED_MODELS:
-            known = ", ".join(m.spec for m in EMBEDDED_MODELS.values())
+        if text[len(EMBEDDED_PREFIX) :] not in EMBEDDED_MODELS:
             raise SpeechPruneError(f"unknown embedded model {text!r}; known: {known}")
-        return str(ensure_embedded(name))
+        return "embedded"
     path = Path(text).expanduser()
     if path.is_dir():
-        return str(path)
+        return "folder"
     if path.exists():
         raise SpeechPruneError(f"{text} is a file; a model is a folder with config.json and weights")
     if _HUB_ID.fullmatch(text):
         _check_offline_cache(text)
-        return text
-    known = ", ".join(m.spec for m in EMBEDDED_MODELS.values())
+        return "hub"
     raise SpeechPruneError(
         f"model {text!r} is not an existing folder, a hub id (org/name) or an embedded model ({known})"
     )
+
+
+def resolve_model(spec: str | os.PathLike[str]) -> str:
+    """A loadable location for ``spec``: a local folder (cached for embedded models) or a hub id.
+
+    Unknown embedded names, and paths that neither exist nor look like ``org/name``, raise
+    :class:`SpeechPruneError` (:func:`check_model_spec`).
+    """
+    text = os.fspath(spec)
+    kind = check_model_spec(text)
+    if kind == "embedded":
+        return str(ensure_embedded(text[len(EMBEDDED_PREFIX) :]))
+    return str(Path(text).expanduser()) if kind == "folder" else text
 
 
 def load_processor(spec_or_path: str | os.PathLike[str]):

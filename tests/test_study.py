@@ -60,6 +60,8 @@ def test_key_depends_on_settings_not_on_labels():
     (dict(decoding=["beam"]), "'decoding' = 'beam'"),
     (dict(settings=[dict(scope="ffn", sparsity=1.5)]), "settings[0]: 'sparsity' must be a number in [0, 1)"),
     (dict(settings=[dict(scope="ffn", sparsity=0.1, spars=0.2)]), "settings[0]: unknown key 'spars'"),
+    (dict(settings=[dict(scope="encoder.fnn", sparsity=0.1)]),
+     "settings[0]: 'scope' = 'encoder.fnn': unknown scope part 'encoder.fnn'"),
     (dict(options=[dict(method="prune")]), "options[0]: unknown method 'prune'"),
     (dict(options=[dict(features="all")]), "options[0]: unknown feature set 'all'"),
     (dict(options=[dict(recipe="best")]), "options[0]: 'recipe' = 'best'"),
@@ -154,6 +156,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(runner, "execute", execute)  # where run_study looks them up
     monkeypatch.setattr(runner, "load_model", lambda name, device=None: (make_tiny_whisper(), None))
     monkeypatch.setattr(runner, "load_speech", lambda name, max_samples=None: FakeSpeech())
+    monkeypatch.setattr(runner, "check_sources", lambda study: None)  # the fakes stand for models 'm' and data 'd'
     return execute, calls
 
 
@@ -221,6 +224,21 @@ def test_interrupt_loses_at_most_the_run_in_progress(fake, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_model_or_speech_set_that_does_not_exist_is_refused_before_anything_loads(monkeypatch, tmp_path):
+    def never(*args, **kwargs):
+        raise AssertionError("loaded before the names were checked")
+
+    monkeypatch.setattr(runner, "load_model", never)
+    monkeypatch.setattr(runner, "load_speech", never)
+    (tmp_path / "m").mkdir()
+    for models, data, message in [(["m-nowhere"], ["embedded"], "t: models: model 'm-nowhere' is not an existing"),
+                                  ([str(tmp_path / "m")], ["d-nowhere"], "t: data: speech folder not found")]:
+        study = st.parse_study(spec(models=models, data=data))
+        with pytest.raises(SpeechPruneError, match=message):
+            st.run_study(study, tmp_path / "r.json", progress=False, log=lambda *_: None)
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_scope_matching_no_unit_is_refused_before_any_run(fake, monkeypatch, tmp_path):
     execute, calls = fake
     monkeypatch.setattr(runner, "load_model", lambda name, device=None: (make_tiny_hubert(), None))
@@ -234,9 +252,21 @@ def test_cli_dry_run_lists_runs(tmp_path, capsys):
     from speechprune.cli import main
 
     path = tmp_path / "s.toml"
-    path.write_text('name = "s"\nmodels = ["m"]\ndata = ["d"]\nseeds = 2\n'
-                    '[[settings]]\nscope = "ffn"\nsparsity = 0.1\n[[options]]\nmethod = "magnitude"\n'
-                    '[[options]]\nrecipe = "paper"\n')
+    (tmp_path / "m").mkdir()  # a model folder and a speech folder: --dry-run checks that they exist
+    (tmp_path / "d").mkdir()
+
+    def write(model, data):
+        path.write_text(f'name = "s"\nmodels = ["{model}"]\ndata = ["{data}"]\nseeds = 2\n'
+                        '[[settings]]\nscope = "ffn"\nsparsity = 0.1\n[[options]]\nmethod = "magnitude"\n'
+                        '[[options]]\nrecipe = "paper"\n')
+
+    for model, data, message in [(tmp_path / "m", tmp_path / "nowhere", "s.toml: data: speech folder not found"),
+                                 ("embedded:whisper-small", tmp_path / "d", "s.toml: models: unknown embedded model"),
+                                 (tmp_path / "m", "librispeech:test-cleen", "unknown LibriSpeech subset 'test-cleen'")]:
+        write(model, data)
+        assert main(["study", str(path), "--dry-run", "--out", str(tmp_path / "o.json")]) == 2
+        assert message in capsys.readouterr().err
+    write(tmp_path / "m", tmp_path / "d")
     assert main(["study", str(path), "--dry-run", "--out", str(tmp_path / "o.json")]) == 0
     out = capsys.readouterr().out
     assert "4 runs, 0 saved" in out

@@ -30,7 +30,8 @@ from speechprune.study.runner import execute, prepare_results, run_study
 from speechprune.study.selection import (PAPER_OPTION, grid_cells, markdown_scores, recommend, screening_scores,
                                          select_options)
 from speechprune.study.spec import (DECODINGS, KEY_FIELDS, OPTION_KEYS, SETTING_KEYS, STUDY_KEYS, Run,
-                                    Study, check_scopes, dump_study, load_study, make_run, parse_study, run_key)
+                                    Study, check_scopes, check_sources, dump_study, load_study, make_run,
+                                    parse_study, run_key)
 from speechprune.study.store import (CLAIM_TIMEOUT_S, RECORD_FORMAT, REQUIRED_RECORD_FIELDS, check_record,
                                      load_records, per_utterance, read_results, records_of, reusable_records,
                                      study_record, write_results)
@@ -44,7 +45,7 @@ from speechprune.study.tables import (PACKAGE_STUDIES, seeds_table, markdown_sum
 __all__ = [
     # the study file and its runs
     "DECODINGS", "KEY_FIELDS", "OPTION_KEYS", "SETTING_KEYS", "STUDY_KEYS", "Run", "Study",
-    "check_scopes", "dump_study", "load_study", "make_run", "parse_study", "run_key",
+    "check_scopes", "check_sources", "dump_study", "load_study", "make_run", "parse_study", "run_key",
     # records and the results file
     "CLAIM_TIMEOUT_S", "RECORD_FORMAT", "REQUIRED_RECORD_FIELDS", "check_record", "load_records", "per_utterance",
     "read_results", "records_of", "reusable_records", "study_record", "write_results",

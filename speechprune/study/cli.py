@@ -20,7 +20,7 @@ from speechprune.recipes import BASELINE
 from speechprune.stats import study_summary
 from speechprune.study.runner import run_study
 from speechprune.study.selection import SCREENING_EXCLUDES, grid_cells, markdown_scores
-from speechprune.study.spec import Study, load_study, parse_study
+from speechprune.study.spec import Study, check_sources, load_study, parse_study
 from speechprune.study.store import _read_claims, load_records, read_results, records_of
 from speechprune.study.tables import markdown_summary, markdown_target, study_status
 
@@ -80,6 +80,7 @@ def _run_cli(args: argparse.Namespace) -> int:
             print(markdown_summary(records))
         return 0
     if args.dry_run:
+        check_sources(study)
         saved, problems = read_results(out, repair=False) if out.is_file() else ({}, [])
         for line in problems:
             print(f"warning: {line}")

@@ -22,7 +22,7 @@ from speechprune.data import load_speech
 from speechprune.errors import check_device
 from speechprune.evaluate import evaluate
 from speechprune.models import load_model
-from speechprune.study.spec import Run, Study, check_scopes
+from speechprune.study.spec import Run, Study, check_scopes, check_sources
 from speechprune.study.store import (_claim_next, _locked, _read_claims, _release, _save_record, read_results,
                                      reusable_records, study_record, write_results)
 
@@ -104,6 +104,7 @@ def run_study(study: Study, out: str | Path, *, rerun: bool = False, reuse: bool
             loaded[("speech", name, max_samples)] = load_speech(name, max_samples=max_samples)
         return loaded[("speech", name, max_samples)]
 
+    check_sources(study)  # names that do not resolve, before a model is loaded
     check_scopes(study, lambda name: model(name)[0])
     for d, m in sorted({(r.data, r.max_samples) for r in study.runs}, key=str):
         speech(d, m)  # a bad data spec fails here, before any run

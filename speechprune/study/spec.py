@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speechprune.data import check_speech_spec
 from speechprune.errors import SpeechPruneError
 from speechprune.evaluate import DECODINGS
+from speechprune.models import check_model_spec
 from speechprune.options import CompressionOptions, check_sparsity
 from speechprune.recipes import RECIPES
 from speechprune.structure import parse_scope, units_in_scope
@@ -200,6 +202,10 @@ def parse_study(spec: dict, where: str = "study") -> Study:
             raise _fail(w, "needs 'scope' and 'sparsity'")
         if not isinstance(s["scope"], str) or not s["scope"].strip():
             raise _fail(w, f"'scope' must be a non-empty string, got {s['scope']!r}")
+        try:
+            parse_scope(s["scope"])  # its parts; check_scopes matches them to each model before any run
+        except SpeechPruneError as err:
+            raise _fail(w, f"'scope' = {s['scope']!r}: {err}") from None
         sp = s["sparsity"]
         if not isinstance(sp, (int, float)) or isinstance(sp, bool):
             raise _fail(w, f"'sparsity' must be a number in [0, 1), got {sp!r}")
@@ -276,6 +282,21 @@ def load_study(path: str | Path) -> Study:
     study = parse_study(spec, where=str(path))
     study.source = str(path)
     return study
+
+
+def check_sources(study: Study) -> None:
+    """Refuse a model or speech set that cannot be found, without loading either (``--dry-run`` too)."""
+    where = study.source or study.name
+    for name in sorted({r.model for r in study.runs}):
+        try:
+            check_model_spec(name)
+        except SpeechPruneError as err:
+            raise _fail(f"{where}: models", str(err)) from None
+    for name in sorted({r.data for r in study.runs}):
+        try:
+            check_speech_spec(name)
+        except SpeechPruneError as err:
+            raise _fail(f"{where}: data", str(err)) from None
 
 
 def check_scopes(study: Study, load=None) -> None:
