@@ -136,6 +136,29 @@ def test_test_workflow_runs_the_readme_command():
     assert workflow["jobs"]["test"]["runs-on"].startswith("ubuntu")
 
 
+def test_version_jobs_are_what_the_rehearsal_reads_and_match_the_lower_bounds(monkeypatch):
+    spec = importlib.util.spec_from_file_location("rehearse_versions", ROOT / "scripts" / "rehearse_versions.py")
+    rehearse = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, rehearse)  # its dataclass looks its module up there
+    spec.loader.exec_module(rehearse)
+    jobs = {job.slug: job for job in rehearse.read_jobs()}
+    assert set(jobs) == {"oldest-allowed", "colab-s-runtime"}
+    for job in jobs.values():
+        assert job.extras == "embedded,book,dev"  # no deploy or hub extra: the tests must pass without them
+        assert [name for name, _ in job.steps] == ["Unit tests", "Chapter 5 alone at smoke scale"]
+        assert all(command.startswith(".venv/bin/python -m pytest") for _, command in job.steps)
+        here = rehearse.here(job, "2.13.0")
+        assert here[0] == "torch==2.13.0" and here[1:] == job.pins[1:] and job.pins[0].startswith("torch==")
+    # the oldest job pins exactly the lower bounds that pyproject.toml declares
+    import tomllib
+
+    bounds = dict(re.match(r"([a-z]+)>=([0-9.]+)", d).groups()
+                  for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    for pin in jobs["oldest-allowed"].pins:
+        name, version = pin.split("==")
+        assert version.startswith(bounds[name]), (pin, bounds[name])
+
+
 def test_book_workflow_builds_and_deploys():
     workflow = load("book")
     assert workflow["on"]["push"]["branches"] == ["main"]
