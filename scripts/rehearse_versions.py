@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {title} | {name} | `{command}` | |")
             continue
         for step, outcome, seconds in rehearse(job, args.dir / job.slug, torch_version):
-            failed |= outcome != "passed" and outcome != "ok"
+            failed |= outcome not in ("passed", "ok")
             print(f"| {title} | {step} | {outcome} | {seconds:.0f} |", flush=True)
     if failed:
         print(f"logs: {args.dir}/*/log.txt", file=sys.stderr)

@@ -47,7 +47,7 @@ from speechprune.data import (  # noqa: F401  (LIBRISPEECH_TRAIN*, load_training
 from speechprune.errors import SpeechPruneError, check_choice, check_int, check_number, check_seed, warn
 from speechprune.finetune_data import LabelledSpeech, SpeechCollator, _kind, check_overlap, encode_labels
 from speechprune.hub import FINETUNE_FILE, write_card
-from speechprune.models import load_model
+from speechprune.models import is_multilingual, load_model
 from speechprune.outputs import (
     check_place,
     check_replaceable,
@@ -153,13 +153,13 @@ def check_language(model: nn.Module, language: str | None) -> str | None:
     """
     from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
-    code = None if language is None else TO_LANGUAGE_CODE.get(str(language).lower(), str(language).lower())
     if _kind(model) != "whisper":
         if language is not None:
             raise SpeechPruneError(f"--language {language!r} is for multilingual Whisper checkpoints; this "
                                    f"{model_family(model)} model has no language tokens: leave --language out")
         return None
-    if not getattr(model.generation_config, "is_multilingual", False):
+    code = None if language is None else TO_LANGUAGE_CODE.get(str(language).lower(), str(language).lower())
+    if not is_multilingual(model):
         if code not in (None, "en"):
             raise SpeechPruneError(f"--language {language!r} is for multilingual Whisper checkpoints; this one is "
                                    "English-only: leave --language out")
@@ -352,7 +352,8 @@ def finetune(
     ``warmup`` is a fraction of the steps (or a step count if >= 1); ``precision="auto"`` uses bf16
     (or fp16) on CUDA and fp32 on CPU; ``freeze`` is ``"front-end"`` (the convolutions),
     ``"encoder"`` (Whisper) or ``"none"``; ``language`` is the language token of a multilingual Whisper
-    checkpoint's labels (default ``en``; refused for models without language tokens); checkpoints are written each epoch (or every ``save_steps``).
+    checkpoint's labels (default ``en``; refused for models without language tokens); checkpoints are
+    written each epoch (or every ``save_steps``).
     Everything is checked before training starts. ``out_dir`` must be new or empty, or hold a run
     to ``resume``, or (``overwrite``) a speechprune output holding nothing else; a run that stopped
     before its first checkpoint is started again. ``allow_new_weights`` accepts a dense folder

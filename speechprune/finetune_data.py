@@ -21,7 +21,7 @@ from torch import nn
 
 from speechprune.data import SAMPLE_RATE, SpeechSet, StreamedSpeech
 from speechprune.errors import SpeechPruneError
-from speechprune.models import english_generate_kwargs
+from speechprune.models import is_multilingual
 from speechprune.structure import model_family
 
 _DASHES = re.compile(r"[-\u2010-\u2015]")
@@ -117,7 +117,7 @@ def _whisper_labels(model: nn.Module, tokenizer, ids: list[str], texts: list[str
     English-only models (with language and task tokens first for multilingual ones), the sequence
     that ``generate`` produces after the start token. Text gets Whisper's leading space."""
     tokenizer = copy.deepcopy(tokenizer)
-    if "language" in english_generate_kwargs(model):  # multilingual: decoded with language and task tokens
+    if is_multilingual(model):  # decoded with language and task tokens
         tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
     else:
         tokenizer.set_prefix_tokens(predict_timestamps=False)

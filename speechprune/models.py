@@ -377,6 +377,11 @@ def load_model(
     return model, load_processor(location)
 
 
+def is_multilingual(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a Whisper checkpoint with language tokens (not an English-only ``.en`` one)."""
+    return bool(getattr(getattr(model, "generation_config", None), "is_multilingual", False))
+
+
 def english_generate_kwargs(model: torch.nn.Module) -> dict[str, Any]:
     """``generate`` keyword arguments for English transcription without timestamps.
 
@@ -384,6 +389,6 @@ def english_generate_kwargs(model: torch.nn.Module) -> dict[str, Any]:
     models refuse a language, so they get none.
     """
     kwargs: dict[str, Any] = {"return_timestamps": False}
-    if getattr(model.generation_config, "is_multilingual", False):
+    if is_multilingual(model):
         kwargs.update(language="en", task="transcribe")
     return kwargs

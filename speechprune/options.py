@@ -151,10 +151,10 @@ class CompressionOptions:
         chosen.update({k: getattr(self, k) for k in RECIPE_FIELDS if getattr(self, k) is not None})
         method = get_method(chosen["method"])
         scope = DEFAULT_SCOPE if self.scope is None and self.budget is None else self.scope
-        if scope is not None and (not isinstance(scope, str) or not scope.strip()):
-            raise SpeechPruneError(f"scope must be a string such as 'ffn' or 'encoder.ffn,decoder.attention', "
-                                   f"got {scope!r}")
         if scope is not None:
+            if not isinstance(scope, str) or not scope.strip():
+                raise SpeechPruneError(f"scope must be a string such as 'ffn' or 'encoder.ffn,decoder.attention', "
+                                       f"got {scope!r}")
             parse_scope(scope)  # its parts, before any model is loaded; compress checks them against the model
         check_choice("merge rule", chosen["merge"], MERGES)
         check_choice("feature set", chosen["features"], FEATURES)
